@@ -1,0 +1,68 @@
+import type { StatusResponse } from '../rpc/types.js';
+
+/** Left-aligned columns with two spaces between; no library needed for a table this plain. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
+
+export function humanBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/** The `-o json` shape of status: camelCase, stable, documented in the README. */
+export function statusJson(status: StatusResponse): object {
+  return {
+    node: status.node,
+    isLeader: status.isLeader,
+    leader: status.leader,
+    version: status.version,
+    uptimeSeconds: Math.round(status.uptimeSeconds),
+    clusterId: status.clusterId,
+    fencingToken: status.fencingToken,
+    etcdRunning: status.etcdRunning,
+    etcdRestarts: status.etcdRestarts,
+    members: status.members.map((m) => ({
+      name: m.name,
+      id: m.id,
+      endpoint: m.endpoint,
+      healthy: m.healthy,
+      isRaftLeader: m.isRaftLeader,
+      dbSizeBytes: m.dbSizeBytes,
+      revision: m.revision,
+      alarms: m.alarms,
+      version: m.version,
+      problem: m.problem,
+    })),
+  };
+}
+
+export function statusText(status: StatusResponse): string {
+  const head = [
+    `node:      ${status.node}${status.isLeader ? ' (leader)' : ''}`,
+    `leader:    ${status.leader || 'none elected'}`,
+    `cluster:   ${status.clusterId || 'unknown'}`,
+    `steward:   v${status.version}, up ${Math.round(status.uptimeSeconds)}s, etcd ${status.etcdRunning ? 'running' : 'NOT running'}, ${status.etcdRestarts} etcd restarts`,
+    '',
+  ];
+  const rows = status.members.map((m) => [
+    m.name || '?',
+    m.endpoint,
+    m.healthy ? 'healthy' : 'UNHEALTHY',
+    m.isRaftLeader ? 'yes' : '',
+    m.healthy || m.dbSizeBytes ? humanBytes(m.dbSizeBytes) : '',
+    m.revision ? String(m.revision) : '',
+    m.alarms.join(','),
+    m.version,
+    m.problem,
+  ]);
+  return head.join('\n') + table(['MEMBER', 'ENDPOINT', 'HEALTH', 'RAFT LEADER', 'DB SIZE', 'REVISION', 'ALARMS', 'VERSION', 'PROBLEM'], rows);
+}

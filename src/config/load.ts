@@ -1,0 +1,159 @@
+import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { Command, CommanderError, Option } from 'commander';
+import { parse as parseYaml } from 'yaml';
+import { ConfigError, UsageError, errorText } from '../errors/index.js';
+import { SETTINGS, envName, type Config, type RawValue, type SettingKey, type SettingSpec } from './settings.js';
+
+export type Source = 'cli' | 'env' | 'config' | 'default' | 'derived';
+
+/** Thrown for --help and --version: not an error, the caller exits 0. */
+export class HelpShown extends Error {}
+
+const SETTING_KEYS = Object.keys(SETTINGS) as SettingKey[];
+
+/** The daemon's command line: one option per setting, plus --config. Help lists every default and env name. */
+export function daemonCommand(version: string): Command {
+  const command = new Command('etcd-steward')
+    .description('Supervises this node\'s etcd member, elects a leader among the stewards and serves the ctl API.')
+    .version(version)
+    .helpOption('-h, --help', 'show this help')
+    .exitOverride()
+    .configureOutput({ outputError: () => undefined })
+    .addOption(new Option('--config <file>', 'YAML file whose keys are the flag names below').env('ETCD_STEWARD_CONFIG'));
+  for (const key of SETTING_KEYS) {
+    const spec: SettingSpec<unknown> = SETTINGS[key];
+    let description = `${spec.description}; ${spec.kind.allowed}`;
+    if (spec.derived) description += ` (default: ${spec.derived})`;
+    const option = new Option(`--${spec.flag} <value>`, description).env(envName(spec));
+    if (spec.default !== undefined) option.default(spec.default);
+    command.addOption(option);
+  }
+  return command;
+}
+
+/** Parses flags, env and the YAML file into one validated Config; throws ConfigError/UsageError, or HelpShown. */
+export async function loadConfig(argv: readonly string[], version: string): Promise<Config> {
+  const command = daemonCommand(version);
+  try {
+    command.parse([...argv], { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') throw new HelpShown();
+      throw new UsageError(err.message.replace(/^error: /, ''), { hint: 'run etcd-steward --help for every setting' });
+    }
+    throw err;
+  }
+  if (command.args.length > 0) {
+    throw new UsageError(`unexpected argument '${command.args[0]}'`, { hint: 'every setting is a --flag; run etcd-steward --help' });
+  }
+  const configFile = command.getOptionValue('config') as string | undefined;
+  const fileValues = configFile ? await readConfigFile(configFile) : {};
+
+  const raw = new Map<SettingKey, { value: RawValue; source: Source }>();
+  for (const key of SETTING_KEYS) {
+    const source = command.getOptionValueSource(key) as Source | undefined;
+    const fromFile = fileValues[SETTINGS[key].flag];
+    if ((source === undefined || source === 'default') && fromFile !== undefined) {
+      raw.set(key, { value: fromFile, source: 'config' });
+    } else if (source !== undefined) {
+      raw.set(key, { value: command.getOptionValue(key) as RawValue, source });
+    }
+  }
+  return validate(raw, configFile);
+}
+
+async function readConfigFile(path: string): Promise<Record<string, RawValue>> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`--config: cannot read ${path}: ${errorText(err)}`, { hint: 'point --config at a readable YAML file' });
+  }
+  let parsed: unknown;
+  try {
+    parsed = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`--config: ${path} is not valid YAML: ${errorText(err).split('\n')[0]}`, { hint: 'fix the file' });
+  }
+  if (parsed === null || parsed === undefined) return {};
+  if (typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new ConfigError(`--config: ${path} must be a YAML mapping of setting names to values`);
+  }
+  const known = new Set(SETTING_KEYS.map((key) => SETTINGS[key].flag));
+  const values: Record<string, RawValue> = {};
+  for (const [name, value] of Object.entries(parsed)) {
+    if (!known.has(name)) {
+      throw new ConfigError(`--config: unknown setting '${name}' in ${path}`, { hint: 'keys are the flag names without dashes in front; run etcd-steward --help' });
+    }
+    if (!isRawValue(value)) throw new ConfigError(`${name} in ${path}: expected a string, number, boolean or list of strings`);
+    values[name] = value;
+  }
+  return values;
+}
+
+function isRawValue(value: unknown): value is RawValue {
+  return (
+    typeof value === 'string' ||
+    typeof value === 'number' ||
+    typeof value === 'boolean' ||
+    (Array.isArray(value) && value.every((item) => typeof item === 'string'))
+  );
+}
+
+function where(key: SettingKey, source: Source, configFile: string | undefined): string {
+  const spec = SETTINGS[key];
+  if (source === 'env') return envName(spec);
+  if (source === 'config') return `${spec.flag} in ${configFile ?? 'the config file'}`;
+  return `--${spec.flag}`;
+}
+
+function parseOne<K extends SettingKey>(key: K, value: RawValue, source: Source, configFile: string | undefined): Config[K] {
+  const spec = SETTINGS[key];
+  const result = spec.kind.schema.safeParse(value);
+  if (!result.success) {
+    throw new ConfigError(`${where(key, source, configFile)}: ${JSON.stringify(value)} is not allowed: expected ${spec.kind.allowed}`, {
+      hint: `fix ${where(key, source, configFile)}; nothing was started`,
+    });
+  }
+  return result.data as Config[K];
+}
+
+function validate(raw: Map<SettingKey, { value: RawValue; source: Source }>, configFile: string | undefined): Config {
+  const out: Partial<Config> = {};
+  const set = <K extends SettingKey>(key: K, value: Config[K]): void => {
+    out[key] = value;
+  };
+  for (const [key, { value, source }] of raw) set(key, parseOne(key, value, source, configFile));
+
+  const derive = <K extends SettingKey>(key: K, value: () => RawValue): Config[K] =>
+    out[key] ?? parseOne(key, value(), 'derived', configFile);
+  const config: Partial<Config> = { ...out };
+  config.name = derive('name', () => hostname());
+  config.advertiseClientUrls = derive('advertiseClientUrls', () => out.listenClientUrls as string[]);
+  config.initialAdvertisePeerUrls = derive('initialAdvertisePeerUrls', () => out.listenPeerUrls as string[]);
+  config.initialCluster = out.initialCluster ?? [{ name: config.name, peerUrl: config.initialAdvertisePeerUrls[0] as string }];
+  config.etcdEndpoints = derive('etcdEndpoints', () => config.advertiseClientUrls as string[]);
+  const complete = config as Config;
+  checkConsistency(complete);
+  return complete;
+}
+
+function checkConsistency(config: Config): void {
+  if (!config.initialCluster.some((member) => member.name === config.name)) {
+    throw new ConfigError(`--initial-cluster: this node's name '${config.name}' is not one of its members`, {
+      hint: 'list this node in --initial-cluster under the same --name',
+    });
+  }
+  if (config.electionTtl % 1000 !== 0) {
+    throw new ConfigError(`--election-ttl: ${config.electionTtl}ms is not allowed: etcd leases take whole seconds`, {
+      hint: 'use a whole number of seconds such as 10s',
+    });
+  }
+  const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(config.grpcListen.host) || config.grpcListen.host.startsWith('127.');
+  if (!loopback && !config.grpcInsecureNonLoopback) {
+    throw new ConfigError(`--grpc-listen: ${config.grpcListen.host} is not a loopback address and the gRPC API has no TLS yet`, {
+      hint: 'listen on 127.0.0.1, or pass --grpc-insecure-non-loopback=true if you accept an unauthenticated API on the network',
+    });
+  }
+}

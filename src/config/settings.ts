@@ -1,0 +1,95 @@
+import type { z } from 'zod';
+import {
+  boolean,
+  duration,
+  hostPort,
+  initialCluster,
+  memberName,
+  oneOf,
+  text,
+  urlList,
+  type ValueKind,
+} from './values.js';
+
+/**
+ * Every daemon setting, once. Each is a flag `--<flag>`, a key `<flag>` in the YAML file given by
+ * `--config`, and an env variable `ETCD_STEWARD_<FLAG_IN_UPPER_SNAKE>`; flag beats env beats file beats
+ * default. A setting without `default` is derived from others (see `load.ts`) and says so in `derived`.
+ */
+export interface SettingSpec<T> {
+  flag: string;
+  kind: ValueKind<T>;
+  description: string;
+  default?: string;
+  derived?: string;
+}
+
+function setting<T>(flag: string, kind: ValueKind<T>, description: string, more: { default?: string; derived?: string } = {}): SettingSpec<T> {
+  return { flag, kind, description, ...more };
+}
+
+export const SETTINGS = {
+  name: setting('name', memberName(), "this node's etcd member name", { derived: 'the host name' }),
+  dataDir: setting('data-dir', text('a directory path'), "the etcd member's data dir (never deleted: a replaced one is renamed aside)", {
+    default: '/var/lib/etcd',
+  }),
+  stateDir: setting('state-dir', text('a directory path'), "the steward's own state (pid file, later restore phases)", {
+    default: '/var/lib/etcd-steward',
+  }),
+  etcdBinary: setting('etcd-binary', text('a command name or path'), 'the etcd binary to supervise', { default: 'etcd' }),
+  listenClientUrls: setting('listen-client-urls', urlList(), 'URLs etcd listens on for clients', {
+    default: 'http://127.0.0.1:2379',
+  }),
+  advertiseClientUrls: setting('advertise-client-urls', urlList(), 'client URLs etcd advertises to the cluster', {
+    derived: '--listen-client-urls',
+  }),
+  listenPeerUrls: setting('listen-peer-urls', urlList(), 'URLs etcd listens on for peers', { default: 'http://127.0.0.1:2380' }),
+  initialAdvertisePeerUrls: setting('initial-advertise-peer-urls', urlList(), 'peer URLs etcd advertises', {
+    derived: '--listen-peer-urls',
+  }),
+  initialCluster: setting('initial-cluster', initialCluster(), 'every member as name=peerURL, comma-separated', {
+    derived: '<name>=<first initial-advertise-peer-url>',
+  }),
+  initialClusterToken: setting('initial-cluster-token', text(), "the cluster's bootstrap token", { default: 'etcd-steward' }),
+  initialClusterState: setting('initial-cluster-state', oneOf(['new', 'existing'] as const), 'bootstrap state for an empty data dir', {
+    default: 'new',
+  }),
+  etcdEndpoints: setting('etcd-endpoints', urlList(), "client URLs of every member, for the steward's own etcd client", {
+    derived: '--advertise-client-urls',
+  }),
+  etcdStopGrace: setting('etcd-stop-grace', duration({ minMs: 1000, maxMs: 300_000 }), 'time etcd gets after SIGTERM before SIGKILL', {
+    default: '10s',
+  }),
+  etcdRestartMaxBackoff: setting('etcd-restart-max-backoff', duration({ minMs: 100, maxMs: 600_000 }), 'longest wait between etcd restarts', {
+    default: '30s',
+  }),
+  electionTtl: setting('election-ttl', duration({ minMs: 2000, maxMs: 300_000 }), 'lease TTL of the leader election (whole seconds)', {
+    default: '10s',
+  }),
+  healthInterval: setting('health-interval', duration({ minMs: 500, maxMs: 300_000 }), 'how often every member is probed', {
+    default: '5s',
+  }),
+  grpcListen: setting('grpc-listen', hostPort(), 'address of the gRPC API (ctl and peers)', { default: '127.0.0.1:7401' }),
+  httpListen: setting('http-listen', hostPort(), 'address of /metrics, /healthz and /readyz', { default: '127.0.0.1:7481' }),
+  grpcInsecureNonLoopback: setting(
+    'grpc-insecure-non-loopback',
+    boolean(),
+    'allow plaintext gRPC on a non-loopback address (unsafe: anyone on the network can drive the steward)',
+    { default: 'false' },
+  ),
+  logLevel: setting('log-level', oneOf(['trace', 'debug', 'info', 'warn', 'error'] as const), 'log level', { default: 'info' }),
+} as const;
+
+export type SettingKey = keyof typeof SETTINGS;
+
+type ValueOf<S> = S extends SettingSpec<infer T> ? T : never;
+
+export type Config = { [K in SettingKey]: ValueOf<(typeof SETTINGS)[K]> };
+
+export type RawValue = string | number | boolean | string[];
+
+export function envName(spec: SettingSpec<unknown>): string {
+  return `ETCD_STEWARD_${spec.flag.toUpperCase().replace(/-/g, '_')}`;
+}
+
+export type SettingSchema<K extends SettingKey> = z.ZodType<ValueOf<(typeof SETTINGS)[K]>>;

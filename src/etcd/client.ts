@@ -1,0 +1,37 @@
+import { ConsecutiveBreaker, circuitBreaker, handleWhen, noop } from 'cockatiel';
+import { Etcd3, isRecoverableError, type IOptions } from 'etcd3';
+
+export interface EtcdClientOptions {
+  /** Deadline for every unary call; streams (watch, keepalive, snapshot) set their own. */
+  callTimeoutMs?: number;
+}
+
+function baseOptions(hosts: string[], options: EtcdClientOptions): IOptions {
+  const timeout = options.callTimeoutMs ?? 10_000;
+  return {
+    hosts,
+    // A function, not an object: a plain object's deadline is computed once and goes stale.
+    defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeout }),
+    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000 },
+  };
+}
+
+/** The steward's cluster client: any member may answer, with etcd3's retries and circuit breakers. */
+export function createClusterClient(endpoints: string[], options: EtcdClientOptions = {}): Etcd3 {
+  return new Etcd3({
+    ...baseOptions(endpoints, options),
+    // etcd3's default breaker stays open 5 s after three failures: at start-up, while the members are still
+    // forming a quorum, that alone delayed the first election by seconds. 1 s is enough to shed load.
+    faultHandling: {
+      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(3) }),
+    },
+  });
+}
+
+/**
+ * A client bound to exactly one member (etcd3 picks hosts at random otherwise). No retries and no
+ * circuit breaker: a probe must report what that member does now, not what a retry hid.
+ */
+export function createMemberClient(endpoint: string, options: EtcdClientOptions = {}): Etcd3 {
+  return new Etcd3({ ...baseOptions([endpoint], options), faultHandling: { host: () => noop, global: noop } });
+}

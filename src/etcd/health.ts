@@ -1,0 +1,128 @@
+import type { Etcd3, IMember } from 'etcd3';
+import { errorText } from '../errors/index.js';
+import { createMemberClient } from './client.js';
+
+export interface MemberHealth {
+  id: string;
+  name: string;
+  endpoint: string;
+  healthy: boolean;
+  isRaftLeader: boolean;
+  dbSizeBytes: number;
+  revision: number;
+  alarms: string[];
+  version: string;
+  /** Why the member is unhealthy, in words an operator can act on; empty when healthy. */
+  problem: string;
+}
+
+export interface ClusterHealth {
+  clusterId: string;
+  members: MemberHealth[];
+  checkedAt: Date;
+}
+
+/** Probes every member directly: Status, alarms, whether it sees a raft leader. */
+export class ClusterProbe {
+  private readonly clients = new Map<string, Etcd3>();
+
+  constructor(
+    private readonly seedEndpoints: string[],
+    private readonly timeoutMs: number,
+  ) {}
+
+  async probe(): Promise<ClusterHealth> {
+    const { members, clusterId } = await this.memberList();
+    const alarms = await this.alarms(members);
+    const results = await Promise.all(members.map((member) => this.probeMember(member, alarms.get(member.ID) ?? [])));
+    return { clusterId: clusterId ?? results.find((r) => r.clusterId)?.clusterId ?? '', members: results.map((r) => r.health), checkedAt: new Date() };
+  }
+
+  close(): void {
+    for (const client of this.clients.values()) client.close();
+    this.clients.clear();
+  }
+
+  private client(endpoint: string): Etcd3 {
+    let client = this.clients.get(endpoint);
+    if (!client) {
+      client = createMemberClient(endpoint, { callTimeoutMs: this.timeoutMs });
+      this.clients.set(endpoint, client);
+    }
+    return client;
+  }
+
+  /** The member list from the first seed that answers: any single member knows the whole list. */
+  private async memberList(): Promise<{ members: IMember[]; clusterId: string | undefined }> {
+    for (const endpoint of this.seedEndpoints) {
+      try {
+        const response = await this.client(endpoint).cluster.memberList({});
+        return { members: response.members, clusterId: response.header.cluster_id };
+      } catch {
+        // Try the next seed.
+      }
+    }
+    // No member answers: report each configured endpoint as unreachable rather than an empty cluster.
+    const members = this.seedEndpoints.map((endpoint) => ({ ID: '', name: '', peerURLs: [], clientURLs: [endpoint], isLearner: false }));
+    return { members, clusterId: undefined };
+  }
+
+  private async alarms(members: IMember[]): Promise<Map<string, string[]>> {
+    const byMember = new Map<string, string[]>();
+    for (const member of members) {
+      const endpoint = member.clientURLs[0];
+      if (!endpoint) continue;
+      try {
+        const response = await this.client(endpoint).maintenance.alarm({ action: 'Get', alarm: 'None', memberID: 0 });
+        for (const alarm of response.alarms) {
+          const list = byMember.get(alarm.memberID) ?? [];
+          list.push(String(alarm.alarm));
+          byMember.set(alarm.memberID, list);
+        }
+        return byMember;
+      } catch {
+        // Try the next member: alarms are cluster-wide state that any member can report.
+      }
+    }
+    return byMember;
+  }
+
+  private async probeMember(member: IMember, alarms: string[]): Promise<{ health: MemberHealth; clusterId?: string }> {
+    const endpoint = member.clientURLs[0] ?? '';
+    const base: MemberHealth = {
+      id: member.ID,
+      name: member.name,
+      endpoint,
+      healthy: false,
+      isRaftLeader: false,
+      dbSizeBytes: 0,
+      revision: 0,
+      alarms,
+      version: '',
+      problem: '',
+    };
+    if (!endpoint) return { health: { ...base, problem: 'member has not started yet (no client URL published)' } };
+    try {
+      const status = await this.client(endpoint).maintenance.status();
+      const memberId = status.header.member_id;
+      const health: MemberHealth = {
+        ...base,
+        id: memberId,
+        name: member.name,
+        isRaftLeader: status.leader === memberId,
+        dbSizeBytes: Number(status.dbSize),
+        revision: Number(status.header.revision),
+        version: status.version,
+      };
+      const problems: string[] = [];
+      if (alarms.length > 0) problems.push(`alarm ${alarms.join(',')}`);
+      if (!status.leader || status.leader === '0') problems.push('no raft leader');
+      if (status.errors?.length) problems.push(status.errors.join('; '));
+      health.problem = problems.join('; ');
+      health.healthy = problems.length === 0;
+      return { health, clusterId: status.header.cluster_id };
+    } catch (err) {
+      return { health: { ...base, problem: `unreachable: ${errorText(err)}` } };
+    }
+  }
+}

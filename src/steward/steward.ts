@@ -1,0 +1,136 @@
+import type { Etcd3 } from 'etcd3';
+import type { Logger } from 'pino';
+import type { Config } from '../config/settings.js';
+import { LeaderElection } from '../election/election.js';
+import { etcdArgs } from '../etcd/args.js';
+import { createClusterClient } from '../etcd/client.js';
+import { ClusterProbe } from '../etcd/health.js';
+import { EtcdSupervisor } from '../etcd/supervisor.js';
+import { ObservabilityServer } from '../observability/http.js';
+import { StewardMetrics } from '../observability/metrics.js';
+import { RpcServer } from '../rpc/server.js';
+import type { StatusResponse } from '../rpc/types.js';
+import { HealthMonitor } from './health-monitor.js';
+import { STEWARD_VERSION } from './version.js';
+
+/**
+ * One steward: supervises the local etcd member, takes part in the election, serves the API.
+ *
+ * Lifecycle: `create()` builds the parts without I/O; `run(signal)` starts everything and settles only once
+ * everything it started has stopped. Shutdown goes in stages so each part can still use the ones below
+ * it: resign leadership (needs etcd) → stop the API → stop probing → stop etcd → close the HTTP listener.
+ */
+export class Steward {
+  private readonly startedAt = Date.now();
+  private readonly metrics = new StewardMetrics();
+  private readonly supervisor: EtcdSupervisor;
+  private readonly client: Etcd3;
+  private readonly probe: ClusterProbe;
+  private readonly health: HealthMonitor;
+  private readonly election: LeaderElection;
+  private readonly log: Logger;
+  private rpc: RpcServer | undefined;
+  private etcdRestarts = 0;
+
+  private constructor(
+    private readonly config: Config,
+    private readonly logger: Logger,
+  ) {
+    this.log = logger.child({ component: 'steward' });
+    this.supervisor = new EtcdSupervisor({
+      binary: config.etcdBinary,
+      args: etcdArgs(config),
+      stateDir: config.stateDir,
+      dataDir: config.dataDir,
+      stopGraceMs: config.etcdStopGrace,
+      maxBackoffMs: config.etcdRestartMaxBackoff,
+      logger,
+      onRestart: () => {
+        this.etcdRestarts += 1;
+        this.metrics.etcdRestarts.inc();
+      },
+      onRunningChange: (running) => this.metrics.etcdUp.set(running ? 1 : 0),
+    });
+    this.client = createClusterClient(config.etcdEndpoints);
+    this.probe = new ClusterProbe(config.etcdEndpoints, Math.min(5000, config.healthInterval));
+    this.health = new HealthMonitor(this.probe, { intervalMs: config.healthInterval, localMember: config.name, metrics: this.metrics, logger });
+    this.election = new LeaderElection({
+      client: this.client,
+      node: config.name,
+      ttlSeconds: config.electionTtl / 1000,
+      logger,
+      onTermStarted: () => {
+        this.metrics.isLeader.set(1);
+        this.metrics.leaderTerms.inc();
+      },
+      onTermEnded: () => this.metrics.isLeader.set(0),
+    });
+  }
+
+  static create(config: Config, logger: Logger): Steward {
+    return new Steward(config, logger);
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    const { config } = this;
+    const etcdStop = new AbortController();
+    const leadershipStop = new AbortController();
+    const probingStop = new AbortController();
+    const http = await ObservabilityServer.start({
+      ...config.httpListen,
+      registry: this.metrics.registry,
+      readiness: { notReadyReason: () => (this.rpc ? this.health.localProblem() : 'gRPC API not serving yet') },
+      logger: this.logger,
+    });
+    this.log.info({ version: STEWARD_VERSION, http: `${http.address.host}:${http.address.port}` }, 'steward starting');
+    let fatal: unknown;
+    const supervising = this.supervisor.run(etcdStop.signal).catch((err: unknown) => {
+      fatal = err;
+      this.log.fatal({ err }, 'cannot supervise etcd; shutting down');
+      leadershipStop.abort();
+    });
+    const onStop = (): void => leadershipStop.abort();
+    signal.addEventListener('abort', onStop, { once: true });
+    if (signal.aborted) onStop();
+    try {
+      this.rpc = await RpcServer.start({ ...config.grpcListen, handlers: { status: () => this.status() }, logger: this.logger });
+      const probing = this.health.run(probingStop.signal);
+      await this.election.run(leadershipStop.signal);
+      this.log.info('shutting down: leadership released');
+      await this.rpc.stop();
+      probingStop.abort();
+      await probing;
+    } finally {
+      signal.removeEventListener('abort', onStop);
+      probingStop.abort();
+      etcdStop.abort();
+      await supervising;
+      this.probe.close();
+      this.client.close();
+      await http.close();
+      this.log.info('steward stopped');
+    }
+    if (fatal !== undefined) throw fatal;
+  }
+
+  private async status(): Promise<StatusResponse> {
+    const [health, leader] = await Promise.all([this.health.check(), this.election.leader().catch(() => undefined)]);
+    const term = this.election.currentTerm;
+    return {
+      node: this.config.name,
+      isLeader: term !== undefined,
+      leader: leader ?? '',
+      version: STEWARD_VERSION,
+      uptimeSeconds: (Date.now() - this.startedAt) / 1000,
+      clusterId: toHex(health.clusterId),
+      fencingToken: term?.fencingToken ?? '',
+      etcdRunning: this.supervisor.pid !== undefined,
+      etcdRestarts: this.etcdRestarts,
+      members: health.members.map((m) => ({ ...m, id: toHex(m.id) })),
+    };
+  }
+}
+
+function toHex(decimal: string): string {
+  return /^\d+$/.test(decimal) ? BigInt(decimal).toString(16) : decimal;
+}
