@@ -1,0 +1,96 @@
+import { EventEmitter } from 'node:events';
+import type { Etcd3, Lease, Namespace } from 'etcd3';
+
+/**
+ * One bid for leadership, the algorithm of etcd's Go `concurrency.Election`: put `<prefix><leaseId>` under
+ * our own lease, then wait until every key created before ours is gone. Written here rather than using
+ * etcd3's `Campaign` because that one keeps its lease private (its keepalives are our only timely sign
+ * of trouble) and leaves its delete-watch open after `resign()`, which keeps reconnecting after the
+ * client closes and so kept a stopped steward's process alive.
+ *
+ * Events: `keepalive` on every successful lease keepalive; `lost` once if the lease is lost.
+ */
+export class Candidacy extends EventEmitter {
+  private readonly namespace: Namespace;
+  private lease: Lease | undefined;
+  private closed = false;
+
+  constructor(
+    client: Etcd3,
+    readonly prefix: string,
+    private readonly value: string,
+    private readonly ttlSeconds: number,
+  ) {
+    super();
+    this.namespace = client.namespace(prefix);
+  }
+
+  /** Resolves with the campaign key's create revision (the fencing token) once elected; rejects on abort or loss. */
+  async campaign(signal: AbortSignal): Promise<{ key: string; createRevision: string }> {
+    const lease = this.namespace.lease(this.ttlSeconds);
+    this.lease = lease;
+    lease.on('keepaliveSucceeded', (res) => {
+      if (res.TTL !== '0') this.emit('keepalive');
+    });
+    lease.on('lost', (err) => this.emit('lost', err));
+    const leaseId = await lease.grant();
+    const result = await this.namespace
+      .if(leaseId, 'Create', '==', 0)
+      .then(this.namespace.put(leaseId).value(this.value).lease(leaseId))
+      .else(this.namespace.get(leaseId))
+      .commit();
+    const createRevision = result.succeeded ? result.header.revision : (result.responses[0]?.response_range.kvs[0]?.create_revision ?? '');
+    if (!createRevision) throw new Error(`campaign key ${this.prefix}${leaseId} vanished while campaigning`);
+    for (;;) {
+      signal.throwIfAborted();
+      const ahead = await this.namespace
+        .getAll()
+        .maxCreateRevision((BigInt(createRevision) - 1n).toString())
+        .sort('Create', 'Descend')
+        .limit(1)
+        .exec();
+      const blocker = ahead.kvs[0];
+      if (!blocker) return { key: `${this.prefix}${leaseId}`, createRevision };
+      await this.waitForDelete(blocker.key.toString().slice(this.prefix.length), ahead.header.revision, signal);
+    }
+  }
+
+  /** Revokes the lease (deleting our key, so the next candidate wins at once); bounded, never throws. */
+  async resign(timeoutMs = 3000): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.removeAllListeners();
+    const lease = this.lease;
+    if (!lease) return;
+    lease.removeAllListeners();
+    lease.on('lost', () => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      lease.revoke({ deadline: Date.now() + timeoutMs }).catch(() => undefined),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    // revoke() already stops keepalives; release() makes sure of it when revoke timed out.
+    lease.release();
+  }
+
+  private async waitForDelete(key: string, revision: string, signal: AbortSignal): Promise<void> {
+    const watcher = await this.namespace.watch().key(key).startRevision((BigInt(revision) + 1n).toString()).only('delete').create();
+    try {
+      const gone = await this.namespace.get(key).exec();
+      if (gone.kvs.length === 0) return;
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = (): void => reject(signal.reason);
+        signal.addEventListener('abort', onAbort, { once: true });
+        this.once('lost', reject);
+        watcher.once('delete', () => resolve());
+        watcher.once('error', reject);
+        if (signal.aborted) onAbort();
+      }).finally(() => this.removeAllListeners('lost'));
+    } finally {
+      await watcher.cancel().catch(() => undefined);
+    }
+  }
+}

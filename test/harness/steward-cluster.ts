@@ -1,0 +1,195 @@
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { StewardClient } from '../../src/rpc/client.js';
+import type { StatusResponse } from '../../src/rpc/types.js';
+import { freePort } from './ports.js';
+import { isAlive, killGroup, waitUntil } from './processes.js';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const STEWARD_JS = join(REPO_ROOT, 'dist/cli/steward.js');
+export const CTL_JS = join(REPO_ROOT, 'dist/cli/ctl.js');
+
+export function assertBuilt(): void {
+  if (!existsSync(STEWARD_JS) || !existsSync(CTL_JS)) throw new Error(`${STEWARD_JS} is missing: run 'make build' (make test does) first`);
+}
+
+export interface StewardNode {
+  index: number;
+  name: string;
+  grpc: string;
+  http: string;
+  clientUrl: string;
+  peerUrl: string;
+  dataDir: string;
+  stateDir: string;
+  logFile: string;
+  process?: ChildProcess;
+}
+
+export interface ClusterOptions {
+  size?: number;
+  electionTtl?: string;
+  extraArgs?: string[];
+}
+
+/**
+ * N real steward processes, each supervising a real etcd on free loopback ports, in one temp dir.
+ * Each steward is a process-group leader, so its etcd child can be found and killed with it even after
+ * the steward itself was SIGKILLed.
+ */
+export class StewardCluster {
+  private constructor(
+    readonly root: string,
+    readonly nodes: StewardNode[],
+    private readonly options: ClusterOptions,
+  ) {}
+
+  static async create(options: ClusterOptions = {}): Promise<StewardCluster> {
+    assertBuilt();
+    const root = await mkdtemp(join(tmpdir(), 'steward-test-'));
+    const nodes: StewardNode[] = [];
+    for (let index = 0; index < (options.size ?? 3); index++) {
+      const name = `node-${index + 1}`;
+      nodes.push({
+        index,
+        name,
+        grpc: `127.0.0.1:${await freePort()}`,
+        http: `127.0.0.1:${await freePort()}`,
+        clientUrl: `http://127.0.0.1:${await freePort()}`,
+        peerUrl: `http://127.0.0.1:${await freePort()}`,
+        dataDir: join(root, name, 'etcd'),
+        stateDir: join(root, name, 'steward'),
+        logFile: join(root, `${name}.log`),
+      });
+    }
+    return new StewardCluster(root, nodes, options);
+  }
+
+  args(node: StewardNode): string[] {
+    return [
+      `--name=${node.name}`,
+      `--data-dir=${node.dataDir}`,
+      `--state-dir=${node.stateDir}`,
+      `--listen-client-urls=${node.clientUrl}`,
+      `--listen-peer-urls=${node.peerUrl}`,
+      `--initial-cluster=${this.nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
+      `--etcd-endpoints=${this.nodes.map((n) => n.clientUrl).join(',')}`,
+      `--grpc-listen=${node.grpc}`,
+      `--http-listen=${node.http}`,
+      `--election-ttl=${this.options.electionTtl ?? '5s'}`,
+      '--health-interval=1s',
+      '--etcd-restart-max-backoff=2s',
+      '--log-level=debug',
+      ...(this.options.extraArgs ?? []),
+    ];
+  }
+
+  async startAll(): Promise<void> {
+    for (const node of this.nodes) this.start(node.index);
+  }
+
+  start(index: number): ChildProcess {
+    const node = this.node(index);
+    const log = openSync(node.logFile, 'a');
+    const child = spawn(process.execPath, [STEWARD_JS, ...this.args(node)], { stdio: ['ignore', log, log], detached: true });
+    closeSync(log);
+    node.process = child;
+    return child;
+  }
+
+  node(index: number): StewardNode {
+    const node = this.nodes[index];
+    if (!node) throw new Error(`no node ${index}`);
+    return node;
+  }
+
+  /** Sends a signal to the steward process only (not its etcd child). */
+  signal(index: number, signal: NodeJS.Signals): void {
+    const pid = this.node(index).process?.pid;
+    if (pid) process.kill(pid, signal);
+  }
+
+  /** SIGTERM and wait for exit; returns the exit code and how long it took. */
+  async stop(index: number, timeoutMs = 35_000): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }> {
+    const child = this.node(index).process;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return { code: child?.exitCode ?? null, signal: null, ms: 0 };
+    const started = Date.now();
+    const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    const [code, signal] = await exited;
+    clearTimeout(timer);
+    return { code, signal, ms: Date.now() - started };
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all(this.nodes.map((n) => this.stop(n.index)));
+  }
+
+  etcdPid(index: number): number | undefined {
+    try {
+      const pid = Number.parseInt(readFileSync(join(this.node(index).stateDir, 'etcd.pid'), 'utf8'), 10);
+      return Number.isInteger(pid) && isAlive(pid) ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async status(index: number): Promise<StatusResponse> {
+    const client = new StewardClient(this.node(index).grpc, 5000);
+    try {
+      return await client.status();
+    } finally {
+      client.close();
+    }
+  }
+
+  /** Waits until every running steward agrees on one leader and sees every member healthy. */
+  async waitForStableLeader(timeoutMs: number, running = this.nodes.map((n) => n.index)): Promise<{ leader: number; statuses: StatusResponse[] }> {
+    return waitUntil(
+      'one leader and all members healthy',
+      async () => {
+        const statuses = await Promise.all(running.map((i) => this.status(i)));
+        const leaders = statuses.filter((s) => s.isLeader);
+        const allHealthy = statuses.every((s) => s.etcdRunning && s.members.length === this.nodes.length && s.members.every((m) => m.healthy));
+        const agreed = statuses.every((s) => s.leader === leaders[0]?.node);
+        if (leaders.length !== 1 || !allHealthy || !agreed) return undefined;
+        const leader = this.nodes.findIndex((n) => n.name === leaders[0]?.node);
+        return { leader, statuses };
+      },
+      timeoutMs,
+    );
+  }
+
+  async ctl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+    return runCtl(args, env);
+  }
+
+  logs(index: number): string {
+    return readFileSync(this.node(index).logFile, 'utf8');
+  }
+
+  async destroy(): Promise<void> {
+    for (const node of this.nodes) {
+      const pid = node.process?.pid;
+      if (pid) killGroup(pid);
+      const etcd = this.etcdPid(node.index);
+      if (etcd) killGroup(etcd);
+    }
+    if (!process.env.KEEP_TEST_DIRS) await rm(this.root, { recursive: true, force: true });
+  }
+}
+
+export function runCtl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CTL_JS, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+      const code = err && typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : err ? 1 : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
