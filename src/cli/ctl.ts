@@ -57,7 +57,10 @@ async function main(argv: string[]): Promise<number> {
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return 0;
       // Help shown because no command was given: a usage error, not a success.
-      if (err.code === 'commander.help') return 2;
+      if (err.code === 'commander.help') {
+        process.stderr.write('error[USAGE]: no command given — pick one of the commands above\n');
+        return 2;
+      }
       const usage = new UsageError(err.message.replace(/^error: /, ''), { hint: 'run etcd-stewardctl --help' });
       process.stderr.write(`error[${usage.code}]: ${usage.describe()}\n`);
       return 2;

@@ -114,8 +114,14 @@ export class Steward {
   }
 
   private async status(): Promise<StatusResponse> {
-    const [health, leader] = await Promise.all([this.health.check(), this.election.leader().catch(() => undefined)]);
     const term = this.election.currentTerm;
+    const [health, leader] = await Promise.all([
+      this.health.check(),
+      term ? this.config.name : this.election.leader().catch((err: unknown) => {
+        this.log.warn({ err }, 'could not read the election leader for status');
+        return undefined;
+      }),
+    ]);
     return {
       node: this.config.name,
       isLeader: term !== undefined,

@@ -1,0 +1,237 @@
+#!/usr/bin/env node
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { Command, Option } from 'commander';
+import { PreconditionError, StewardError, exitCodeFor } from '../errors/index.js';
+import { StewardClient } from '../rpc/client.js';
+import { rootSignalFromProcess } from './signals.js';
+
+/**
+ * `make run`: the embedded default. Three stewards, each supervising its own etcd member, and a local
+ * S3-compatible server, all on 127.0.0.1 with state under `.run/`. Running it again resumes the same
+ * cluster from the same data dirs; it refuses to start if only some of them exist.
+ */
+const STEWARD_JS = fileURLToPath(new URL('./steward.js', import.meta.url));
+const MEMBERS = 3;
+
+interface Options {
+  dir: string;
+  grpcPorts: string;
+  httpPorts: string;
+  clientPorts: string;
+  peerPorts: string;
+  s3Port: string;
+  bucket: string;
+}
+
+function ports(list: string, what: string): number[] {
+  const values = list.split(',').map((p) => Number(p.trim()));
+  if (values.length !== MEMBERS || !values.every((p) => Number.isInteger(p) && p > 0 && p < 65536)) {
+    throw new StewardError('invalid', 'INVALID_CONFIG', `--${what}: '${list}' must be ${MEMBERS} comma-separated ports`);
+  }
+  return values;
+}
+
+function parseOptions(argv: string[]): Options {
+  const opt = (flag: string, env: string, description: string, value: string): Option => new Option(flag, description).env(env).default(value);
+  return new Command('local-cluster')
+    .description('start the embedded default: 3 stewards, 3 etcd members and a local S3 server on 127.0.0.1')
+    .addOption(opt('--dir <path>', 'ETCD_STEWARD_RUN_DIR', 'state directory', '.run'))
+    .addOption(opt('--grpc-ports <list>', 'ETCD_STEWARD_RUN_GRPC_PORTS', 'steward gRPC ports', '7401,7402,7403'))
+    .addOption(opt('--http-ports <list>', 'ETCD_STEWARD_RUN_HTTP_PORTS', 'steward metrics/health ports', '7481,7482,7483'))
+    .addOption(opt('--client-ports <list>', 'ETCD_STEWARD_RUN_CLIENT_PORTS', 'etcd client ports', '2379,22379,32379'))
+    .addOption(opt('--peer-ports <list>', 'ETCD_STEWARD_RUN_PEER_PORTS', 'etcd peer ports', '2380,22380,32380'))
+    .addOption(opt('--s3-port <port>', 'ETCD_STEWARD_RUN_S3_PORT', 'S3 server port', '9000'))
+    .addOption(opt('--bucket <name>', 'ETCD_STEWARD_RUN_BUCKET', 'bucket created on the S3 server', 'etcd-snapshots'))
+    .parse(argv, { from: 'user' })
+    .opts<Options>();
+}
+
+interface Member {
+  name: string;
+  grpc: string;
+  http: string;
+  clientUrl: string;
+  peerUrl: string;
+  dataDir: string;
+  stateDir: string;
+}
+
+function members(options: Options, dir: string): Member[] {
+  const grpc = ports(options.grpcPorts, 'grpc-ports');
+  const http = ports(options.httpPorts, 'http-ports');
+  const client = ports(options.clientPorts, 'client-ports');
+  const peer = ports(options.peerPorts, 'peer-ports');
+  return grpc.map((port, i) => ({
+    name: `node-${i + 1}`,
+    grpc: `127.0.0.1:${port}`,
+    http: `127.0.0.1:${http[i]}`,
+    clientUrl: `http://127.0.0.1:${client[i]}`,
+    peerUrl: `http://127.0.0.1:${peer[i]}`,
+    dataDir: join(dir, `node-${i + 1}`, 'etcd'),
+    stateDir: join(dir, `node-${i + 1}`, 'steward'),
+  }));
+}
+
+/** A fresh `.run/` bootstraps a cluster; a complete one resumes; a partial one is refused, never re-initialised. */
+function checkExistingData(dir: string, nodes: Member[]): 'new' | 'resume' {
+  const marker = join(dir, 'cluster.json');
+  const present = nodes.filter((n) => existsSync(join(n.dataDir, 'member')));
+  if (present.length === 0 && !existsSync(marker)) {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(marker, `${JSON.stringify({ createdAt: new Date().toISOString(), members: nodes.map((n) => n.name) }, null, 2)}\n`);
+    return 'new';
+  }
+  if (present.length === nodes.length) return 'resume';
+  const missing = nodes.filter((n) => !present.includes(n)).map((n) => n.dataDir);
+  throw new PreconditionError('PARTIAL_LOCAL_CLUSTER', `${dir} holds a cluster but these data dirs are missing: ${missing.join(', ')}`, {
+    hint: `nothing was started and nothing was deleted; restore the missing dirs, or move ${dir} aside to start a brand-new cluster`,
+  });
+}
+
+function startS3(options: Options, dir: string, logs: string): ChildProcess {
+  const s3Dir = join(dir, 's3');
+  mkdirSync(s3Dir, { recursive: true });
+  const s3rverBin = createRequire(import.meta.url).resolve('s3rver/bin/s3rver.js');
+  const log = openSync(join(logs, 's3.log'), 'a');
+  // Without the legacy provider, s3rver answers 500 to any paginated listing (it uses DES for tokens).
+  const child = spawn(
+    process.execPath,
+    ['--openssl-legacy-provider', s3rverBin, '-d', s3Dir, '-a', '127.0.0.1', '-p', options.s3Port, '--configure-bucket', options.bucket],
+    // Own process groups: a terminal's Ctrl-C reaches only this process, which then stops each child once.
+    { stdio: ['ignore', log, log], detached: true },
+  );
+  closeSync(log);
+  return child;
+}
+
+function startSteward(member: Member, nodes: Member[], logs: string): ChildProcess {
+  const log = openSync(join(logs, `${member.name}.log`), 'a');
+  const child = spawn(
+    process.execPath,
+    [
+      STEWARD_JS,
+      `--name=${member.name}`,
+      `--data-dir=${member.dataDir}`,
+      `--state-dir=${member.stateDir}`,
+      `--listen-client-urls=${member.clientUrl}`,
+      `--listen-peer-urls=${member.peerUrl}`,
+      `--initial-cluster=${nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
+      `--etcd-endpoints=${nodes.map((n) => n.clientUrl).join(',')}`,
+      `--grpc-listen=${member.grpc}`,
+      `--http-listen=${member.http}`,
+    ],
+    // Own process groups: a terminal's Ctrl-C reaches only this process, which then stops each child once.
+    { stdio: ['ignore', log, log], detached: true },
+  );
+  closeSync(log);
+  return child;
+}
+
+async function waitForHealthy(nodes: Member[], signal: AbortSignal, timeoutMs: number): Promise<string | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  while (!signal.aborted && Date.now() < deadline) {
+    const client = new StewardClient(nodes[0]?.grpc ?? '', 2000);
+    try {
+      const status = await client.status();
+      if (status.leader && status.members.length === nodes.length && status.members.every((m) => m.healthy)) return status.leader;
+    } catch {
+      // Not up yet.
+    } finally {
+      client.close();
+    }
+    await sleep(500, undefined, { signal }).catch(() => undefined);
+  }
+  return undefined;
+}
+
+function killGroup(pgid: number): void {
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch {
+    // Already gone.
+  }
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  const dir = resolve(options.dir);
+  const logs = join(dir, 'logs');
+  const nodes = members(options, dir);
+  const mode = checkExistingData(dir, nodes);
+  mkdirSync(logs, { recursive: true });
+  const children: Array<{ name: string; child: ChildProcess }> = [];
+  const signal = rootSignalFromProcess(
+    (received) => process.stdout.write(`\n${received}: stopping every process this started…\n`),
+    // The children run in their own process groups; a forced exit must not leave them (or their etcds) behind.
+    () => children.forEach(({ child }) => child.pid && killGroup(child.pid)),
+  );
+  const started = Date.now();
+  children.push({ name: 's3', child: startS3(options, dir, logs) });
+  for (const member of nodes) children.push({ name: member.name, child: startSteward(member, nodes, logs) });
+  const failed = new AbortController();
+  for (const { name, child } of children) {
+    child.once('exit', (code, sig) => {
+      if (signal.aborted) return;
+      process.stderr.write(`error[CHILD_EXITED]: ${name} exited (${code ?? sig}) — see ${join(logs, `${name}.log`)}; stopping the rest\n`);
+      failed.abort();
+    });
+  }
+  const stop = AbortSignal.any([signal, failed.signal]);
+  process.stdout.write(`${mode === 'new' ? 'Initialising a new' : 'Resuming the'} local cluster in ${dir} …\n`);
+  const leader = await waitForHealthy(nodes, stop, 60_000);
+  if (leader) {
+    const seconds = ((Date.now() - started) / 1000).toFixed(1);
+    process.stdout.write(
+      [
+        `Ready in ${seconds}s: 3 etcd members, 3 stewards (leader: ${leader}), S3 at http://127.0.0.1:${options.s3Port} (bucket ${options.bucket}).`,
+        '',
+        ...nodes.map((n) => `  ${n.name}: steward gRPC ${n.grpc}, metrics http://${n.http}/metrics, etcd ${n.clientUrl}`),
+        '',
+        'Try:',
+        '  ./bin/etcd-stewardctl status',
+        '  ./bin/etcd-stewardctl -o json status --endpoint 127.0.0.1:7402',
+        `  curl -s http://${nodes[0]?.http}/metrics | grep etcd_steward_`,
+        `  etcdctl --endpoints ${nodes.map((n) => n.clientUrl).join(',')} endpoint status -w table`,
+        '',
+        `Logs (JSON, one event a line): ${logs}/. Ctrl-C stops everything; 'make run' again resumes the same cluster.`,
+        '',
+      ].join('\n'),
+    );
+  } else if (!stop.aborted) {
+    process.stderr.write(`error[NOT_READY]: the cluster did not become healthy within 60s — see the logs in ${logs}\n`);
+    failed.abort();
+  }
+  await new Promise<void>((resolveStop) => (stop.aborted ? resolveStop() : stop.addEventListener('abort', () => resolveStop(), { once: true })));
+  await Promise.all(
+    children.map(async ({ child }) => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = once(child, 'exit');
+      child.kill('SIGTERM');
+      await exited;
+    }),
+  );
+  process.stdout.write('Stopped.\n');
+  return failed.signal.aborted && !signal.aborted ? 1 : 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof StewardError) {
+      process.stderr.write(`error[${err.code}]: ${err.describe()}\n`);
+      process.exitCode = exitCodeFor(err);
+    } else {
+      process.stderr.write(`error[INTERNAL]: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = 1;
+    }
+  },
+);
+
