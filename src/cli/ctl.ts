@@ -3,7 +3,9 @@ import { Command, CommanderError, Option } from 'commander';
 import { StewardError, UsageError, exitCodeFor } from '../errors/index.js';
 import { StewardClient } from '../rpc/client.js';
 import { STEWARD_VERSION } from '../steward/version.js';
-import { statusJson, statusText } from './format.js';
+import { validateName } from '../snapshot/names.js';
+import { recordJson, recordsText, saveJson, saveText, statusJson, statusText } from './format.js';
+import { ByteProgress } from './progress.js';
 
 type Output = 'text' | 'json';
 interface GlobalOptions {
@@ -28,6 +30,64 @@ function program(): Command {
       await withClient(global, async (client) => {
         const status = await client.status();
         print(global.output, statusJson(status), () => statusText(status));
+      });
+    });
+  root
+    .command('save')
+    .description('take an on-demand snapshot now, on the addressed steward, to its local dir and S3')
+    .option('--name <base>', 'name base instead of on-demand: <base>-<node>-<unix-ts>')
+    .option('--force', 'snapshot even if the cluster is unhealthy (needs a member that still sees a raft leader)', false)
+    .action(async (options: { name?: string; force: boolean }, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      if (options.name !== undefined) validateName(options.name);
+      await withClient(global, async (client) => {
+        const progress = global.output === 'text' ? new ByteProgress(process.stderr) : undefined;
+        const info = await client.save({ name: options.name ?? '', force: options.force }, (bytes) => progress?.update(bytes));
+        progress?.done();
+        print(global.output, saveJson(info), () => saveText(info));
+      });
+    });
+
+  root
+    .command('ls')
+    .aliases(['list', 'l'])
+    .description('every snapshot in the cluster-wide inventory')
+    .action(async (_options: unknown, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      await withClient(global, async (client) => {
+        const records = await client.list();
+        print(global.output, records.map(recordJson), () => recordsText(records));
+      });
+    });
+
+  root
+    .command('delete')
+    .argument('<name...>', 'snapshot names as ls shows them')
+    .description('remove snapshots from every location and the inventory; an unknown name deletes nothing')
+    .action(async (names: string[], _options: unknown, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      for (const name of names) validateName(name, 'name');
+      await withClient(global, async (client) => {
+        const deleted = await client.delete(names);
+        print(global.output, deleted.map(recordJson), () => (deleted.length ? `deleted:\n${recordsText(deleted)}` : 'nothing deleted'));
+      });
+    });
+
+  root
+    .command('prune')
+    .description('apply retention now: keep the newest N scheduled snapshots per location')
+    .option('--snapshot-retention <n>', 'snapshots to keep per location (default: the steward\'s --etcd-snapshot-retention)')
+    .action(async (options: { snapshotRetention?: string }, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      const retention = options.snapshotRetention === undefined ? 0 : Number(options.snapshotRetention);
+      if (!Number.isInteger(retention) || (options.snapshotRetention !== undefined && retention < 1)) {
+        throw new UsageError(`--snapshot-retention: '${options.snapshotRetention}' is not allowed: expected a whole number of at least 1`, {
+          hint: 'pass how many scheduled snapshots to keep per location',
+        });
+      }
+      await withClient(global, async (client) => {
+        const deleted = await client.prune(retention);
+        print(global.output, deleted.map(recordJson), () => (deleted.length ? `pruned:\n${recordsText(deleted)}` : 'nothing to prune'));
       });
     });
   return root;

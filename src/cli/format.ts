@@ -1,4 +1,4 @@
-import type { StatusResponse } from '../rpc/types.js';
+import type { SnapshotInfo, SnapshotRecord, StatusResponse } from '../rpc/types.js';
 
 /** Left-aligned columns with two spaces between; no library needed for a table this plain. */
 export function table(header: string[], rows: string[][]): string {
@@ -65,4 +65,36 @@ export function statusText(status: StatusResponse): string {
     m.problem,
   ]);
   return head.join('\n') + table(['MEMBER', 'ENDPOINT', 'HEALTH', 'RAFT LEADER', 'DB SIZE', 'REVISION', 'ALARMS', 'VERSION', 'PROBLEM'], rows);
+}
+
+export function saveJson(info: SnapshotInfo): object {
+  return { name: info.name, size: info.size, sha256: info.sha256, locations: info.locations, failures: info.failures, revision: info.revision };
+}
+
+export function saveText(info: SnapshotInfo): string {
+  const lines = [`snapshot ${info.name}: ${humanBytes(info.size)}, sha256 ${info.sha256}, revision ${info.revision}`, ...info.locations.map((l) => `  stored at ${l}`)];
+  for (const failure of info.failures) lines.push(`  FAILED at ${failure}`);
+  return lines.join('\n');
+}
+
+/** `ls -o json`: exactly these fields, in this order. */
+export function recordJson(record: SnapshotRecord): object {
+  return {
+    name: record.name,
+    node: record.node,
+    location: record.location,
+    size: record.size,
+    sha256: record.sha256,
+    created: record.created,
+    kind: record.kind,
+    compressed: record.compressed,
+  };
+}
+
+export function recordsText(records: SnapshotRecord[]): string {
+  if (records.length === 0) return 'no snapshots';
+  return table(
+    ['NAME', 'NODE', 'LOCATION', 'SIZE', 'CREATED', 'KIND', 'SHA256'],
+    records.map((r) => [r.name, r.node, r.location, humanBytes(r.size), r.created, r.kind + (r.compressed ? ' (gz)' : ''), r.sha256.slice(0, 12)]),
+  );
 }

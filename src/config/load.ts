@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, UsageError, errorText } from '../errors/index.js';
@@ -134,6 +135,8 @@ function validate(raw: Map<SettingKey, { value: RawValue; source: Source }>, con
   config.initialAdvertisePeerUrls = derive('initialAdvertisePeerUrls', () => out.listenPeerUrls as string[]);
   config.initialCluster = out.initialCluster ?? [{ name: config.name, peerUrl: config.initialAdvertisePeerUrls[0] as string }];
   config.etcdEndpoints = derive('etcdEndpoints', () => config.advertiseClientUrls as string[]);
+  config.advertiseGrpc = out.advertiseGrpc ?? (out.grpcListen as Config['grpcListen']);
+  config.etcdSnapshotDir = derive('etcdSnapshotDir', () => join(out.stateDir as string, 'snapshots'));
   const complete = config as Config;
   checkConsistency(complete);
   return complete;
@@ -149,6 +152,12 @@ function checkConsistency(config: Config): void {
     throw new ConfigError(`--election-ttl: ${config.electionTtl}ms is not allowed: etcd leases take whole seconds`, {
       hint: 'use a whole number of seconds such as 10s',
     });
+  }
+  if (config.etcdS3 && !config.etcdS3Bucket) {
+    throw new ConfigError('--etcd-s3-bucket: empty is not allowed when --etcd-s3 is true', { hint: 'name the bucket snapshots go to' });
+  }
+  if (config.etcdS3Folder.startsWith('/') || config.etcdS3Folder.includes('..')) {
+    throw new ConfigError(`--etcd-s3-folder: ${JSON.stringify(config.etcdS3Folder)} is not allowed: expected a key prefix without a leading slash or '..'`);
   }
   const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(config.grpcListen.host) || config.grpcListen.host.startsWith('127.');
   if (!loopback && !config.grpcInsecureNonLoopback) {

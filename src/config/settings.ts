@@ -1,11 +1,15 @@
 import type { z } from 'zod';
+import { Cron } from 'croner';
 import {
   boolean,
+  cronExpression,
   duration,
+  integer,
   hostPort,
   initialCluster,
   memberName,
   oneOf,
+  optionalText,
   text,
   urlList,
   type ValueKind,
@@ -77,8 +81,45 @@ export const SETTINGS = {
     'allow plaintext gRPC on a non-loopback address (unsafe: anyone on the network can drive the steward)',
     { default: 'false' },
   ),
+  advertiseGrpc: setting('advertise-grpc', hostPort(), 'gRPC address other stewards use to reach this one', { derived: '--grpc-listen' }),
+  etcdSnapshotDir: setting('etcd-snapshot-dir', text('a directory path'), 'local snapshot dir', { derived: '<state-dir>/snapshots' }),
+  etcdSnapshotScheduleCron: setting('etcd-snapshot-schedule-cron', cronExpression(isCron), 'when the leader takes scheduled snapshots', {
+    default: '0 */12 * * *',
+  }),
+  etcdDisableSnapshots: setting('etcd-disable-snapshots', boolean(), 'turn scheduled snapshots off', { default: 'false' }),
+  etcdSnapshotRetention: setting('etcd-snapshot-retention', integer(1, 10_000), 'scheduled snapshots kept per location', { default: '5' }),
+  etcdSnapshotCompress: setting('etcd-snapshot-compress', boolean(), 'store snapshots gzip-compressed (.gz)', { default: 'false' }),
+  etcdSnapshotReconcileInterval: setting(
+    'etcd-snapshot-reconcile-interval',
+    duration({ minMs: 1000, maxMs: 7 * 24 * 3_600_000 }),
+    'how often the leader reconciles the inventory with every location and applies retention',
+    { default: '10m' },
+  ),
+  etcdSnapshotTimeout: setting('etcd-snapshot-timeout', duration({ minMs: 1000, maxMs: 24 * 3_600_000 }), 'longest a snapshot may take', {
+    default: '1h',
+  }),
+  etcdS3: setting('etcd-s3', boolean(), 'also store snapshots in S3', { default: 'false' }),
+  etcdS3Endpoint: setting('etcd-s3-endpoint', text('host[:port] or a URL'), 'S3 endpoint', { default: 's3.amazonaws.com' }),
+  etcdS3Bucket: setting('etcd-s3-bucket', optionalText('a bucket name'), 'S3 bucket (required with --etcd-s3)', { default: '' }),
+  etcdS3Region: setting('etcd-s3-region', text('a region name'), 'S3 region', { default: 'us-east-1' }),
+  etcdS3Folder: setting('etcd-s3-folder', optionalText('a key prefix without leading slash'), 'folder (key prefix) for snapshots in the bucket', {
+    default: '',
+  }),
+  etcdS3AccessKey: setting('etcd-s3-access-key', optionalText('an access key id'), 'S3 access key', { default: '' }),
+  etcdS3SecretKey: setting('etcd-s3-secret-key', optionalText('a secret key'), 'S3 secret key (never logged)', { default: '' }),
+  etcdS3Insecure: setting('etcd-s3-insecure', boolean(), 'use http instead of https for S3', { default: 'false' }),
+  etcdS3Timeout: setting('etcd-s3-timeout', duration({ minMs: 1000, maxMs: 24 * 3_600_000 }), 'timeout of one S3 request', { default: '5m' }),
   logLevel: setting('log-level', oneOf(['trace', 'debug', 'info', 'warn', 'error'] as const), 'log level', { default: 'info' }),
 } as const;
+
+function isCron(expression: string): boolean {
+  try {
+    new Cron(expression, { paused: true }).stop();
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 export type SettingKey = keyof typeof SETTINGS;
 

@@ -106,6 +106,19 @@ export function initialCluster(): ValueKind<Array<{ name: string; peerUrl: strin
   return { schema, allowed: 'comma-separated name=http(s)://host:port entries with unique names' };
 }
 
+/** A cron expression as croner parses it: 5 fields, or 6 with seconds first. */
+export function cronExpression(validate: (expr: string) => boolean): ValueKind<string> {
+  return {
+    schema: z.string().trim().refine(validate),
+    allowed: "a cron expression of 5 fields (or 6 with seconds first), e.g. '0 */12 * * *'",
+  };
+}
+
+/** Free text that may be empty (an S3 folder, an optional endpoint). */
+export function optionalText(description: string): ValueKind<string> {
+  return { schema: z.union([z.string(), z.number()]).transform((v) => String(v).trim()), allowed: description };
+}
+
 export function memberName(): ValueKind<string> {
   return {
     schema: z.string().trim().refine(isMemberName),

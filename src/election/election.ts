@@ -9,9 +9,13 @@ import { Candidacy } from './candidacy.js';
 export interface LeaderTerm {
   /** The campaign key's create revision: strictly increasing across terms, so a stale leader's writes can be refused. */
   fencingToken: string;
+  /** The etcd key whose create revision is the token: a fenced write compares against it in a transaction. */
+  campaignKey: string;
   signal: AbortSignal;
   startedAt: Date;
 }
+
+export type Fence = Pick<LeaderTerm, 'fencingToken' | 'campaignKey'>;
 
 export interface LeaderElectionOptions {
   client: Etcd3;
@@ -67,9 +71,9 @@ export class LeaderElection {
       });
       let ended = 'shutdown';
       try {
-        const { createRevision } = await candidacy.campaign(signal);
+        const { key, createRevision } = await candidacy.campaign(signal);
         backoff = undefined;
-        ended = await this.holdTerm(candidacy, createRevision, () => lastKeepalive, signal);
+        ended = await this.holdTerm(candidacy, { fencingToken: createRevision, campaignKey: key }, () => lastKeepalive, signal);
       } catch (err) {
         if (!signal.aborted) {
           ended = `campaign failed: ${errorText(err)}`;
@@ -87,9 +91,10 @@ export class LeaderElection {
     }
   }
 
-  private async holdTerm(candidacy: Candidacy, fencingToken: string, lastKeepalive: () => number, signal: AbortSignal): Promise<string> {
+  private async holdTerm(candidacy: Candidacy, fence: Fence, lastKeepalive: () => number, signal: AbortSignal): Promise<string> {
     const controller = new AbortController();
-    const term: LeaderTerm = { fencingToken, signal: controller.signal, startedAt: new Date() };
+    const { fencingToken } = fence;
+    const term: LeaderTerm = { ...fence, signal: controller.signal, startedAt: new Date() };
     this.term = term;
     this.log.info({ fencingToken }, 'elected leader: leadership term started');
     this.options.onTermStarted?.(term);

@@ -14,6 +14,10 @@ export interface MemberHealth {
   version: string;
   /** Why the member is unhealthy, in words an operator can act on; empty when healthy. */
   problem: string;
+  /** It answered Status. */
+  reachable: boolean;
+  /** It answered and knows a raft leader: it can serve a consistent snapshot even if alarms make it unhealthy. */
+  sawLeader: boolean;
 }
 
 export interface ClusterHealth {
@@ -100,6 +104,8 @@ export class ClusterProbe {
       alarms,
       version: '',
       problem: '',
+      reachable: false,
+      sawLeader: false,
     };
     if (!endpoint) return { health: { ...base, problem: 'member has not started yet (no client URL published)' } };
     try {
@@ -113,10 +119,12 @@ export class ClusterProbe {
         dbSizeBytes: Number(status.dbSize),
         revision: Number(status.header.revision),
         version: status.version,
+        reachable: true,
+        sawLeader: Boolean(status.leader) && status.leader !== '0',
       };
       const problems: string[] = [];
       if (alarms.length > 0) problems.push(`alarm ${alarms.join(',')}`);
-      if (!status.leader || status.leader === '0') problems.push('no raft leader');
+      if (!health.sawLeader) problems.push('no raft leader');
       if (status.errors?.length) problems.push(status.errors.join('; '));
       health.problem = problems.join('; ');
       health.healthy = problems.length === 0;

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** Every metric the steward exports, on one registry that the HTTP listener serves. */
 export class StewardMetrics {
@@ -19,6 +19,32 @@ export class StewardMetrics {
   readonly leaderTerms = new Counter({
     name: 'etcd_steward_leader_terms_total',
     help: 'leadership terms this steward has started',
+    registers: [this.registry],
+  });
+
+  readonly lastSuccessfulSnapshot = new Gauge({
+    name: 'etcd_steward_last_successful_snapshot_timestamp_seconds',
+    help: 'when the last snapshot was committed to each location (alert when it grows old)',
+    labelNames: ['location'] as const,
+    registers: [this.registry],
+  });
+  readonly snapshotDuration = new Histogram({
+    name: 'etcd_steward_snapshot_duration_seconds',
+    help: 'wall time of successful snapshots, from health gate to metadata written',
+    buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800],
+    registers: [this.registry],
+  });
+  readonly snapshotSize = new Gauge({ name: 'etcd_steward_snapshot_size_bytes', help: 'size of the last snapshot as stored', registers: [this.registry] });
+  readonly snapshotFailures = new Counter({
+    name: 'etcd_steward_snapshot_failures_total',
+    help: 'snapshots (or a location of one) that failed, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly snapshots = new Gauge({
+    name: 'etcd_steward_snapshots',
+    help: 'snapshots in the inventory per location',
+    labelNames: ['location'] as const,
     registers: [this.registry],
   });
 

@@ -9,7 +9,7 @@ const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
 const LOADER_OPTIONS = { keepCase: false, longs: Number, enums: String, defaults: true, arrays: true, includeDirs: [PROTO_ROOT] };
 
 function loadStewardPackage(): GrpcObject {
-  const definition = loadSync(['steward/v1/ctl.proto'], LOADER_OPTIONS);
+  const definition = loadSync(['steward/v1/ctl.proto', 'steward/v1/peer.proto'], LOADER_OPTIONS);
   const root = loadPackageDefinition(definition);
   return (root.etcdsteward as GrpcObject).v1 as GrpcObject;
 }
@@ -18,3 +18,5 @@ const stewardPackage = loadStewardPackage();
 
 export const StewardCtlClient = stewardPackage.StewardCtl as ServiceClientConstructor;
 export const stewardCtlService: ServiceDefinition = StewardCtlClient.service;
+export const StewardPeerClient = stewardPackage.StewardPeer as ServiceClientConstructor;
+export const stewardPeerService: ServiceDefinition = StewardPeerClient.service;

@@ -1,8 +1,15 @@
-import { Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import {
+  Server,
+  ServerCredentials,
+  type sendUnaryData,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { toGrpcStatus } from '../errors/index.js';
-import { stewardCtlService } from './proto.js';
-import type { StewardCtlHandlers } from './types.js';
+import { stewardCtlService, stewardPeerService } from './proto.js';
+import type { SaveEvent, SaveRequest, StewardCtlHandlers, StewardPeerHandlers } from './types.js';
 
 const SHUTDOWN_GRACE_MS = 5000;
 
@@ -16,10 +23,11 @@ export class RpcServer {
     readonly port: number,
   ) {}
 
-  static async start(options: { host: string; port: number; handlers: StewardCtlHandlers; logger: Logger }): Promise<RpcServer> {
+  static async start(options: { host: string; port: number; handlers: StewardCtlHandlers; peer: StewardPeerHandlers; logger: Logger }): Promise<RpcServer> {
     const log = options.logger.child({ component: 'rpc' });
     const server = new Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000 });
     server.addService(stewardCtlService, ctlImplementation(options.handlers, log));
+    server.addService(stewardPeerService, peerImplementation(options.peer, log));
     const credentials = ServerCredentials.createInsecure();
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(`${options.host}:${options.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
@@ -47,6 +55,34 @@ export class RpcServer {
 function ctlImplementation(handlers: StewardCtlHandlers, log: Logger): UntypedServiceImplementation {
   return {
     Status: unary('Status', log, () => handlers.status()),
+    Save: (call: ServerWritableStream<SaveRequest, SaveEvent>): void => {
+      // A ctl that hangs up (Ctrl-C) cancels the call; the snapshot in progress is aborted with it.
+      const cancelled = new AbortController();
+      call.on('cancelled', () => cancelled.abort(new Error('the client cancelled the call')));
+      handlers
+        .save(call.request, (event) => call.write(event), cancelled.signal)
+        .then((result) => {
+          call.write({ result });
+          call.end();
+        })
+        .catch((err: unknown) => {
+          log.warn({ err, method: 'Save' }, 'call failed');
+          call.emit('error', toGrpcStatus(err));
+        });
+    },
+    List: unary('List', log, async () => ({ snapshots: await handlers.list() })),
+    Delete: unary('Delete', log, async (request: { names: string[] }) => ({ deleted: await handlers.delete(request.names) })),
+    Prune: unary('Prune', log, async (request: { retention: number }) => ({ deleted: await handlers.prune(request.retention) })),
+  };
+}
+
+function peerImplementation(handlers: StewardPeerHandlers, log: Logger): UntypedServiceImplementation {
+  return {
+    ListLocalSnapshots: unary('ListLocalSnapshots', log, async () => ({ snapshots: await handlers.listLocalSnapshots() })),
+    DeleteLocalSnapshot: unary('DeleteLocalSnapshot', log, async (request: { name: string; key: string }) => {
+      await handlers.deleteLocalSnapshot(request.name, request.key);
+      return {};
+    }),
   };
 }
 

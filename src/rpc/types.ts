@@ -26,7 +26,45 @@ export interface StatusResponse {
   etcdRestarts: number;
 }
 
+export interface SaveRequest {
+  name: string;
+  force: boolean;
+}
+
+export interface SnapshotInfo {
+  name: string;
+  size: number;
+  sha256: string;
+  locations: string[];
+  failures: string[];
+  revision: number;
+}
+
+export type SaveEvent = { progress: { bytes: number }; result?: undefined } | { result: SnapshotInfo; progress?: undefined };
+
+export interface SnapshotRecord {
+  name: string;
+  node: string;
+  location: string;
+  size: number;
+  sha256: string;
+  created: string;
+  kind: string;
+  compressed: boolean;
+  locationId: string;
+  key: string;
+}
+
 /** The handlers a steward implements; rpc/server.ts adapts them to grpc-js. */
 export interface StewardCtlHandlers {
   status(): Promise<StatusResponse>;
+  save(request: SaveRequest, emit: (event: SaveEvent) => void, signal: AbortSignal): Promise<SnapshotInfo>;
+  list(): Promise<SnapshotRecord[]>;
+  delete(names: string[]): Promise<SnapshotRecord[]>;
+  prune(retention: number): Promise<SnapshotRecord[]>;
+}
+
+export interface StewardPeerHandlers {
+  listLocalSnapshots(): Promise<SnapshotRecord[]>;
+  deleteLocalSnapshot(name: string, key: string): Promise<void>;
 }

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
@@ -11,6 +12,9 @@ import { StewardMetrics } from '../observability/metrics.js';
 import { RpcServer } from '../rpc/server.js';
 import type { StatusResponse } from '../rpc/types.js';
 import { HealthMonitor } from './health-monitor.js';
+import { SnapshotService } from './snapshots.js';
+import { StewardRegistry } from '../rpc/registry.js';
+import { createMemberClient } from '../etcd/client.js';
 import { STEWARD_VERSION } from './version.js';
 
 /**
@@ -29,6 +33,10 @@ export class Steward {
   private readonly health: HealthMonitor;
   private readonly election: LeaderElection;
   private readonly log: Logger;
+  private readonly snapshots: SnapshotService;
+  private readonly registry: StewardRegistry;
+  private readonly memberClients = new Map<string, Etcd3>();
+  private readonly leaderWork = new Set<Promise<void>>();
   private rpc: RpcServer | undefined;
   private etcdRestarts = 0;
 
@@ -54,17 +62,43 @@ export class Steward {
     this.client = createClusterClient(config.etcdEndpoints);
     this.probe = new ClusterProbe(config.etcdEndpoints, Math.min(5000, config.healthInterval));
     this.health = new HealthMonitor(this.probe, { intervalMs: config.healthInterval, localMember: config.name, metrics: this.metrics, logger });
+    this.registry = new StewardRegistry(this.client);
+    this.snapshots = new SnapshotService({
+      config,
+      client: this.client,
+      registry: this.registry,
+      checkHealth: () => this.health.check(),
+      memberClient: (endpoint) => this.memberClient(endpoint),
+      metrics: this.metrics,
+      logger,
+      currentTerm: () => this.election.currentTerm,
+    });
     this.election = new LeaderElection({
       client: this.client,
       node: config.name,
       ttlSeconds: config.electionTtl / 1000,
       logger,
-      onTermStarted: () => {
+      onTermStarted: (term) => {
         this.metrics.isLeader.set(1);
         this.metrics.leaderTerms.inc();
+        const work = this.snapshots
+          .runTerm(term)
+          .catch((err: unknown) => this.log.error({ err }, 'leader work failed'))
+          .finally(() => this.leaderWork.delete(work));
+        this.leaderWork.add(work);
       },
       onTermEnded: () => this.metrics.isLeader.set(0),
     });
+  }
+
+  private memberClient(endpoint: string): Etcd3 {
+    let client = this.memberClients.get(endpoint);
+    if (!client) {
+      // Snapshots stream for minutes: no unary deadline applies to them, the snapshotter sets its own.
+      client = createMemberClient(endpoint, { callTimeoutMs: 30_000 });
+      this.memberClients.set(endpoint, client);
+    }
+    return client;
   }
 
   static create(config: Config, logger: Logger): Steward {
@@ -93,24 +127,55 @@ export class Steward {
     signal.addEventListener('abort', onStop, { once: true });
     if (signal.aborted) onStop();
     try {
-      this.rpc = await RpcServer.start({ ...config.grpcListen, handlers: { status: () => this.status() }, logger: this.logger });
+      this.rpc = await RpcServer.start({
+        ...config.grpcListen,
+        handlers: {
+          status: () => this.status(),
+          save: (request, emit, callSignal) => this.snapshots.handleSave(request, emit, AbortSignal.any([callSignal, leadershipStop.signal])),
+          list: () => this.snapshots.handleList(),
+          delete: (names) => this.snapshots.handleDelete(names),
+          prune: (retention) => this.snapshots.handlePrune(retention),
+        },
+        peer: this.snapshots.peerHandlers,
+        logger: this.logger,
+      });
       const probing = this.health.run(probingStop.signal);
+      const registering = this.register(probingStop.signal);
       await this.election.run(leadershipStop.signal);
+      await Promise.all(this.leaderWork);
       this.log.info('shutting down: leadership released');
       await this.rpc.stop();
       probingStop.abort();
-      await probing;
+      await Promise.all([probing, registering]);
     } finally {
       signal.removeEventListener('abort', onStop);
       probingStop.abort();
       etcdStop.abort();
       await supervising;
       this.probe.close();
+      this.snapshots.close();
+      for (const client of this.memberClients.values()) client.close();
       this.client.close();
       await http.close();
       this.log.info('steward stopped');
     }
     if (fatal !== undefined) throw fatal;
+  }
+
+  /** Publishes this steward's gRPC address for its peers; retried until etcd answers, then refreshed. */
+  private async register(signal: AbortSignal): Promise<void> {
+    const { host, port } = this.config.advertiseGrpc;
+    let registered = false;
+    while (!signal.aborted) {
+      try {
+        await this.registry.register({ node: this.config.name, grpc: `${host}:${port}`, version: STEWARD_VERSION });
+        if (!registered) this.log.info({ grpc: `${host}:${port}` }, 'registered with the other stewards');
+        registered = true;
+      } catch (err) {
+        this.log.debug({ err }, 'cannot register yet; retrying');
+      }
+      await sleep(registered ? 60_000 : 1000, undefined, { signal }).catch(() => undefined);
+    }
   }
 
   private async status(): Promise<StatusResponse> {

@@ -1,0 +1,76 @@
+import type { Etcd3 } from 'etcd3';
+import { z } from 'zod';
+import type { Fence } from '../election/election.js';
+import { PreconditionError } from '../errors/index.js';
+
+/** One snapshot at one location, as `etcd-stewardctl ls` shows it. */
+export const inventoryRecordSchema = z.object({
+  name: z.string(),
+  node: z.string(),
+  locationId: z.string(),
+  location: z.string(),
+  key: z.string(),
+  size: z.number(),
+  sha256: z.string(),
+  created: z.string(),
+  kind: z.enum(['scheduled', 'on-demand']),
+  compressed: z.boolean(),
+});
+
+export type InventoryRecord = z.infer<typeof inventoryRecordSchema>;
+
+const PREFIX = 'etcd-steward/inventory/';
+
+/**
+ * The cluster-wide list of snapshots, kept in etcd itself: one key per (snapshot, location), so any
+ * steward can answer `ls`. Leader writes are fenced: the transaction only applies while the leader's
+ * campaign key still has the create revision that is its fencing token.
+ */
+export class Inventory {
+  constructor(private readonly client: Etcd3) {}
+
+  async list(): Promise<InventoryRecord[]> {
+    const values = await this.client.getAll().prefix(PREFIX).strings();
+    const records: InventoryRecord[] = [];
+    for (const text of Object.values(values)) {
+      const parsed = inventoryRecordSchema.safeParse(JSON.parse(text));
+      if (parsed.success) records.push(parsed.data);
+    }
+    return records.sort((a, b) => a.created.localeCompare(b.created) || a.name.localeCompare(b.name) || a.locationId.localeCompare(b.locationId));
+  }
+
+  async byName(name: string): Promise<InventoryRecord[]> {
+    return (await this.list()).filter((record) => record.name === name);
+  }
+
+  async put(record: InventoryRecord, fence?: Fence): Promise<void> {
+    const key = recordKey(record.name, record.locationId);
+    const value = JSON.stringify(record);
+    if (!fence) {
+      await this.client.put(key).value(value);
+      return;
+    }
+    const result = await this.client.if(fence.campaignKey, 'Create', '==', fence.fencingToken).then(this.client.put(key).value(value)).commit();
+    if (!result.succeeded) throw staleLeader(fence);
+  }
+
+  async remove(name: string, locationId: string, fence?: Fence): Promise<void> {
+    const key = recordKey(name, locationId);
+    if (!fence) {
+      await this.client.delete().key(key);
+      return;
+    }
+    const result = await this.client.if(fence.campaignKey, 'Create', '==', fence.fencingToken).then(this.client.delete().key(key)).commit();
+    if (!result.succeeded) throw staleLeader(fence);
+  }
+}
+
+function recordKey(name: string, locationId: string): string {
+  return `${PREFIX}${name}/${locationId}`;
+}
+
+function staleLeader(fence: Fence): PreconditionError {
+  return new PreconditionError('STALE_LEADER', `this steward is no longer the leader (fencing token ${fence.fencingToken}); write refused`, {
+    hint: 'nothing to do: the new leader carries on',
+  });
+}

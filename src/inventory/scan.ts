@@ -1,0 +1,55 @@
+import type { Logger } from 'pino';
+import { errorText } from '../errors/index.js';
+import { parseMetadata } from '../snapshot/metadata.js';
+import { METADATA_SUFFIX, metadataKey } from '../snapshot/names.js';
+import type { NamedStore } from '../snapshot/snapshotter.js';
+import type { InventoryRecord } from './inventory.js';
+
+/**
+ * What really is at one location: every snapshot whose metadata parses and whose object exists with the
+ * recorded size. A snapshot without metadata is unfinished and invisible; one whose object is missing
+ * or truncated is reported, not listed.
+ */
+export async function scanStore({ locationId, store }: NamedStore, signal: AbortSignal, log: Logger): Promise<InventoryRecord[]> {
+  const objects = await store.list('', signal);
+  const sizes = new Map(objects.map((o) => [o.key, o.size]));
+  const records: InventoryRecord[] = [];
+  for (const object of objects) {
+    if (!object.key.endsWith(METADATA_SUFFIX)) continue;
+    let metadata;
+    try {
+      metadata = parseMetadata((await store.readSmall(object.key, signal)).toString('utf8'));
+    } catch (err) {
+      log.warn({ location: locationId, key: object.key, err: errorText(err) }, 'cannot read snapshot metadata; skipping it');
+      continue;
+    }
+    if (!metadata || metadataKey(metadata.name) !== object.key) {
+      log.warn({ location: locationId, key: object.key }, 'snapshot metadata is malformed; skipping it');
+      continue;
+    }
+    const size = sizes.get(metadata.key);
+    if (size !== metadata.size) {
+      log.warn({ location: locationId, snapshot: metadata.name, expected: metadata.size, found: size ?? 'missing' }, 'snapshot object missing or of the wrong size; not listing it');
+      continue;
+    }
+    records.push({
+      name: metadata.name,
+      node: metadata.node,
+      locationId,
+      location: store.urlFor(metadata.key),
+      key: metadata.key,
+      size: metadata.size,
+      sha256: metadata.sha256,
+      created: metadata.created,
+      kind: metadata.kind,
+      compressed: metadata.compressed,
+    });
+  }
+  return records;
+}
+
+/** Deletes a snapshot from a store: metadata first, so a half-done delete leaves it invisible, not broken. */
+export async function deleteFromStore(store: NamedStore['store'], name: string, key: string, signal: AbortSignal): Promise<void> {
+  await store.delete(metadataKey(name), signal);
+  await store.delete(key, signal);
+}

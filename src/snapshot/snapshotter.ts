@@ -1,0 +1,193 @@
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import type { Etcd3 } from 'etcd3';
+import type { Logger } from 'pino';
+import { StewardError, errorText } from '../errors/index.js';
+import type { ClusterHealth } from '../etcd/health.js';
+import { openSnapshotStream, snapshotBytes } from '../etcd/snapshot-stream.js';
+import type { StewardMetrics } from '../observability/metrics.js';
+import type { BackupStore } from '../store/store.js';
+import { FanOut, type Destination } from './fan-out.js';
+import { gateSnapshot } from './gate.js';
+import { EtcdIntegrityCheck, StoredDigest } from './integrity.js';
+import type { SnapshotMetadata } from './metadata.js';
+import { ON_DEMAND_BASE, SCHEDULED_BASE, metadataKey, objectKey, snapshotName, validateName, type SnapshotKind } from './names.js';
+
+export interface NamedStore {
+  /** `local:<node>` or `s3`: one inventory record per snapshot and location. */
+  locationId: string;
+  store: BackupStore;
+}
+
+export interface SnapshotRequest {
+  kind: SnapshotKind;
+  base?: string;
+  force?: boolean;
+  fencingToken: string;
+  signal: AbortSignal;
+  onProgress?: (bytes: number) => void;
+}
+
+export interface StoredCopy {
+  locationId: string;
+  url: string;
+}
+
+export interface SnapshotResult {
+  metadata: SnapshotMetadata;
+  copies: StoredCopy[];
+  failures: Array<{ locationId: string; error: string }>;
+}
+
+export interface SnapshotterOptions {
+  node: string;
+  stores: NamedStore[];
+  compress: boolean;
+  timeoutMs: number;
+  checkHealth: () => Promise<ClusterHealth>;
+  memberClient: (endpoint: string) => Etcd3;
+  metrics: StewardMetrics;
+  logger: Logger;
+}
+
+const PROGRESS_EVERY_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Takes one snapshot: health gate → one `Maintenance.Snapshot` stream → integrity check → (gzip) → every
+ * location at once. Nothing is visible until complete; the metadata, which makes a snapshot exist, is
+ * written last. One snapshot at a time per steward: a second request waits for the first.
+ */
+export class Snapshotter {
+  private readonly log: Logger;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly options: SnapshotterOptions) {
+    this.log = options.logger.child({ component: 'snapshot' });
+  }
+
+  take(request: SnapshotRequest): Promise<SnapshotResult> {
+    const run = this.queue.then(() => this.takeNow(request));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async takeNow(request: SnapshotRequest): Promise<SnapshotResult> {
+    const started = Date.now();
+    const { metrics } = this.options;
+    try {
+      const result = await this.stream(request, started);
+      metrics.snapshotDuration.observe((Date.now() - started) / 1000);
+      metrics.snapshotSize.set(result.metadata.size);
+      for (const copy of result.copies) metrics.lastSuccessfulSnapshot.set({ location: copy.locationId }, Date.now() / 1000);
+      for (const failure of result.failures) metrics.snapshotFailures.inc({ reason: `location_${failure.locationId.split(':')[0]}` });
+      return result;
+    } catch (err) {
+      const reason = err instanceof StewardError ? err.code.toLowerCase() : 'error';
+      metrics.snapshotFailures.inc({ reason });
+      this.log.error({ err: errorText(err), reason, kind: request.kind }, 'snapshot failed');
+      throw err;
+    }
+  }
+
+  private async stream(request: SnapshotRequest, started: number): Promise<SnapshotResult> {
+    const { node, compress } = this.options;
+    const base = request.base === undefined ? (request.kind === 'scheduled' ? SCHEDULED_BASE : ON_DEMAND_BASE) : validateName(request.base);
+    const decision = gateSnapshot(await this.options.checkHealth(), node, request.force ?? false);
+    if (decision.overridden.length > 0) this.log.warn({ problems: decision.overridden }, 'snapshot forced despite an unhealthy cluster');
+    const created = new Date();
+    const name = snapshotName(base, node, created);
+    const key = objectKey(name, compress);
+    const signal = AbortSignal.any([request.signal, AbortSignal.timeout(this.options.timeoutMs)]);
+    const log = this.log.child({ snapshot: name });
+    log.info({ source: decision.source.name, kind: request.kind, compress }, 'snapshot started');
+
+    const destinations: Destination[] = [];
+    for (const { locationId, store } of this.options.stores) {
+      try {
+        destinations.push({ locationId, writer: await store.createWriter(key, signal) });
+      } catch (err) {
+        destinations.push({ locationId, writer: noopWriter, failure: err });
+        log.error({ location: locationId, err: errorText(err) }, 'cannot open this location for the snapshot');
+      }
+    }
+    const abortAll = (reason: unknown): Promise<unknown> => Promise.all(destinations.map((d) => d.writer.abort(reason)));
+    const integrity = new EtcdIntegrityCheck();
+    const stored = compress ? new StoredDigest() : undefined;
+    try {
+      const fanOut = new FanOut(destinations, log);
+      if (fanOut.live.length === 0) throw destinations[0]?.failure ?? new Error('no location to write to');
+      const etcd = await openSnapshotStream(this.options.memberClient(decision.source.endpoint), Date.now() + this.options.timeoutMs);
+      const source = withProgress(snapshotBytes(etcd), request.onProgress);
+      if (stored) await pipeline(source, integrity, createGzip(), stored, fanOut, { signal });
+      else await pipeline(source, integrity, fanOut, { signal });
+    } catch (err) {
+      await abortAll(err);
+      throw err;
+    }
+
+    const metadata: SnapshotMetadata = {
+      formatVersion: 1,
+      name,
+      key,
+      node,
+      kind: request.kind,
+      created: created.toISOString(),
+      size: stored ? stored.size : integrity.size,
+      sha256: stored ? stored.sha256 : integrity.fileSha256,
+      compressed: compress,
+      etcdVersion: decision.source.version,
+      clusterId: decision.source.id ? BigInt(decision.source.id).toString(16) : '',
+      revision: decision.source.revision,
+      fencingToken: request.fencingToken,
+    };
+    const copies: StoredCopy[] = [];
+    const failures: SnapshotResult['failures'] = [];
+    for (const destination of destinations) {
+      const store = this.options.stores.find((s) => s.locationId === destination.locationId)?.store;
+      if (destination.failure !== undefined || !store) {
+        failures.push({ locationId: destination.locationId, error: errorText(destination.failure) });
+        continue;
+      }
+      try {
+        const { size } = await destination.writer.commit();
+        if (size !== metadata.size) throw new Error(`stored ${size} bytes, expected ${metadata.size}`);
+        await store.putSmall(metadataKey(name), `${JSON.stringify(metadata, null, 2)}\n`, signal);
+        copies.push({ locationId: destination.locationId, url: store.urlFor(key) });
+      } catch (err) {
+        await destination.writer.abort(err);
+        await store.delete(key, AbortSignal.timeout(30_000)).catch(() => undefined);
+        failures.push({ locationId: destination.locationId, error: errorText(err) });
+        log.error({ location: destination.locationId, err: errorText(err) }, 'committing the snapshot to this location failed');
+      }
+    }
+    if (copies.length === 0) {
+      throw new StewardError('internal', 'SNAPSHOT_FAILED', `snapshot ${name} could not be stored anywhere: ${failures.map((f) => `${f.locationId}: ${f.error}`).join('; ')}`, {
+        hint: 'check the snapshot dir and S3 settings; the cluster itself is unaffected',
+      });
+    }
+    log.info(
+      { size: metadata.size, sha256: metadata.sha256, revision: metadata.revision, ms: Date.now() - started, locations: copies.map((c) => c.url), failed: failures },
+      'snapshot stored',
+    );
+    return { metadata, copies, failures };
+  }
+}
+
+async function* withProgress(source: AsyncIterable<Buffer>, onProgress: ((bytes: number) => void) | undefined): AsyncGenerator<Buffer> {
+  let bytes = 0;
+  let next = PROGRESS_EVERY_BYTES;
+  for await (const chunk of source) {
+    bytes += chunk.length;
+    if (onProgress && bytes >= next) {
+      next += PROGRESS_EVERY_BYTES;
+      onProgress(bytes);
+    }
+    yield chunk;
+  }
+}
+
+const noopWriter = {
+  write: async (): Promise<void> => undefined,
+  commit: async (): Promise<{ size: number }> => ({ size: 0 }),
+  abort: async (): Promise<void> => undefined,
+};

@@ -1,0 +1,217 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Etcd3 } from 'etcd3';
+import type { Logger } from 'pino';
+import type { Config } from '../config/settings.js';
+import type { LeaderTerm } from '../election/election.js';
+import { errorText } from '../errors/index.js';
+import type { ClusterHealth } from '../etcd/health.js';
+import { Inventory, inventoryRecordSchema, type InventoryRecord } from '../inventory/inventory.js';
+import { InventoryKeeper, type SnapshotLocation } from '../inventory/keeper.js';
+import { deleteFromStore, scanStore } from '../inventory/scan.js';
+import type { StewardMetrics } from '../observability/metrics.js';
+import { PeerClient } from '../rpc/client.js';
+import type { StewardRegistry } from '../rpc/registry.js';
+import type { SaveEvent, SaveRequest, SnapshotInfo, SnapshotRecord, StewardPeerHandlers } from '../rpc/types.js';
+import { SnapshotScheduler } from '../snapshot/scheduler.js';
+import { Snapshotter, type NamedStore, type SnapshotResult } from '../snapshot/snapshotter.js';
+import { LocalStore } from '../store/local.js';
+import { S3Store } from '../store/s3.js';
+
+export interface SnapshotServiceOptions {
+  config: Config;
+  client: Etcd3;
+  registry: StewardRegistry;
+  checkHealth: () => Promise<ClusterHealth>;
+  memberClient: (endpoint: string) => Etcd3;
+  metrics: StewardMetrics;
+  logger: Logger;
+  /** The current leadership term, if this steward leads; scheduled work is fenced with it. */
+  currentTerm: () => LeaderTerm | undefined;
+}
+
+/**
+ * Everything about snapshots on one steward: its stores (own dir, S3), the snapshotter, the inventory
+ * keeper, the ctl and peer handlers, and the leader-only loop (schedule, reconcile, retention).
+ */
+export class SnapshotService {
+  private readonly log: Logger;
+  private readonly local: NamedStore;
+  private readonly s3: NamedStore | undefined;
+  private readonly snapshotter: Snapshotter;
+  private readonly keeper: InventoryKeeper;
+  private readonly inventory: Inventory;
+  private readonly peers = new Map<string, PeerClient>();
+
+  constructor(private readonly options: SnapshotServiceOptions) {
+    const { config } = options;
+    this.log = options.logger.child({ component: 'snapshots' });
+    this.local = { locationId: `local:${config.name}`, store: new LocalStore(config.etcdSnapshotDir) };
+    this.s3 = config.etcdS3
+      ? {
+          locationId: 's3',
+          store: new S3Store({
+            endpoint: config.etcdS3Endpoint,
+            bucket: config.etcdS3Bucket,
+            region: config.etcdS3Region,
+            folder: config.etcdS3Folder,
+            ...(config.etcdS3AccessKey ? { accessKey: config.etcdS3AccessKey, secretKey: config.etcdS3SecretKey } : {}),
+            insecure: config.etcdS3Insecure,
+            timeoutMs: config.etcdS3Timeout,
+          }),
+        }
+      : undefined;
+    this.snapshotter = new Snapshotter({
+      node: config.name,
+      stores: this.ownStores(),
+      compress: config.etcdSnapshotCompress,
+      timeoutMs: config.etcdSnapshotTimeout,
+      checkHealth: options.checkHealth,
+      memberClient: options.memberClient,
+      metrics: options.metrics,
+      logger: options.logger,
+    });
+    this.inventory = new Inventory(options.client);
+    this.keeper = new InventoryKeeper({ inventory: this.inventory, locations: (signal) => this.locations(signal), metrics: options.metrics, logger: options.logger });
+  }
+
+  /** Leader-only work for one term: the schedule and the reconcile loop, both ending with the term. */
+  async runTerm(term: LeaderTerm): Promise<void> {
+    const { config } = this.options;
+    const scheduling = config.etcdDisableSnapshots
+      ? Promise.resolve()
+      : new SnapshotScheduler({
+          client: this.options.client,
+          cron: config.etcdSnapshotScheduleCron,
+          logger: this.options.logger,
+          run: async (scheduledTerm) => {
+            await this.save({ kind: 'scheduled', term: scheduledTerm, signal: scheduledTerm.signal });
+            await this.keeper.applyRetention(config.etcdSnapshotRetention, scheduledTerm.signal, scheduledTerm);
+          },
+        }).runTerm(term);
+    const reconciling = (async () => {
+      while (!term.signal.aborted) {
+        try {
+          await this.keeper.reconcile(term.signal, term);
+          await this.keeper.applyRetention(config.etcdSnapshotRetention, term.signal, term);
+        } catch (err) {
+          if (!term.signal.aborted) this.log.error({ err: errorText(err) }, 'reconcile failed; will try again next interval');
+        }
+        await sleep(config.etcdSnapshotReconcileInterval, undefined, { signal: term.signal }).catch(() => undefined);
+      }
+    })();
+    await Promise.all([scheduling.catch((err: unknown) => this.log.error({ err: errorText(err) }, 'scheduler stopped')), reconciling]);
+  }
+
+  /** ctl Save: an on-demand snapshot taken here, by whichever steward was addressed. */
+  async handleSave(request: SaveRequest, emit: (event: SaveEvent) => void, signal: AbortSignal): Promise<SnapshotInfo> {
+    const result = await this.save({
+      kind: 'on-demand',
+      ...(request.name ? { base: request.name } : {}),
+      force: request.force,
+      term: this.options.currentTerm(),
+      signal,
+      onProgress: (bytes) => emit({ progress: { bytes } }),
+    });
+    return {
+      name: result.metadata.name,
+      size: result.metadata.size,
+      sha256: result.metadata.sha256,
+      locations: result.copies.map((c) => c.url),
+      failures: result.failures.map((f) => `${f.locationId}: ${f.error}`),
+      revision: result.metadata.revision,
+    };
+  }
+
+  async handleList(): Promise<SnapshotRecord[]> {
+    return this.inventory.list();
+  }
+
+  async handleDelete(names: string[]): Promise<SnapshotRecord[]> {
+    return this.keeper.delete(names, AbortSignal.timeout(10 * 60_000));
+  }
+
+  async handlePrune(retention: number): Promise<SnapshotRecord[]> {
+    const keep = retention > 0 ? retention : this.options.config.etcdSnapshotRetention;
+    return this.keeper.applyRetention(keep, AbortSignal.timeout(10 * 60_000), this.options.currentTerm());
+  }
+
+  readonly peerHandlers: StewardPeerHandlers = {
+    listLocalSnapshots: () => scanStore(this.local, AbortSignal.timeout(60_000), this.log),
+    deleteLocalSnapshot: (name, key) => deleteFromStore(this.local.store, name, key, AbortSignal.timeout(60_000)),
+  };
+
+  close(): void {
+    for (const peer of this.peers.values()) peer.close();
+    this.peers.clear();
+    if (this.s3?.store instanceof S3Store) this.s3.store.close();
+  }
+
+  private ownStores(): NamedStore[] {
+    return this.s3 ? [this.local, this.s3] : [this.local];
+  }
+
+  private async save(request: {
+    kind: 'scheduled' | 'on-demand';
+    base?: string;
+    force?: boolean;
+    term: LeaderTerm | undefined;
+    signal: AbortSignal;
+    onProgress?: (bytes: number) => void;
+  }): Promise<SnapshotResult> {
+    const result = await this.snapshotter.take({
+      kind: request.kind,
+      ...(request.base === undefined ? {} : { base: request.base }),
+      force: request.force ?? false,
+      fencingToken: request.term?.fencingToken ?? '',
+      signal: request.signal,
+      ...(request.onProgress ? { onProgress: request.onProgress } : {}),
+    });
+    const records: InventoryRecord[] = result.copies.map((copy) => ({
+      name: result.metadata.name,
+      node: result.metadata.node,
+      locationId: copy.locationId,
+      location: copy.url,
+      key: result.metadata.key,
+      size: result.metadata.size,
+      sha256: result.metadata.sha256,
+      created: result.metadata.created,
+      kind: result.metadata.kind,
+      compressed: result.metadata.compressed,
+    }));
+    // Scheduled snapshots are recorded under the leader's fence; a stale leader's record is refused.
+    await this.keeper.record(records, request.kind === 'scheduled' ? request.term : undefined);
+    return result;
+  }
+
+  /** This steward's own dir, S3, and every other registered steward's dir through the peer API. */
+  private async locations(signal: AbortSignal): Promise<SnapshotLocation[]> {
+    const own: SnapshotLocation[] = this.ownStores().map((named) => ({
+      locationId: named.locationId,
+      scan: (s) => scanStore(named, s, this.log),
+      remove: (name, key, s) => deleteFromStore(named.store, name, key, s),
+    }));
+    signal.throwIfAborted();
+    const others = (await this.options.registry.list()).filter((entry) => entry.node !== this.options.config.name);
+    return [
+      ...own,
+      ...others.map((entry) => {
+        const peer = this.peer(entry.grpc);
+        return {
+          locationId: `local:${entry.node}`,
+          // Records cross the wire from another process: validate them like any input.
+          scan: async () => (await peer.listLocalSnapshots()).map((record) => inventoryRecordSchema.parse(record)),
+          remove: (name: string, key: string) => peer.deleteLocalSnapshot(name, key),
+        };
+      }),
+    ];
+  }
+
+  private peer(endpoint: string): PeerClient {
+    let client = this.peers.get(endpoint);
+    if (!client) {
+      client = new PeerClient(endpoint);
+      this.peers.set(endpoint, client);
+    }
+    return client;
+  }
+}

@@ -1,0 +1,162 @@
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { S3Store } from '../../src/store/s3.js';
+import { S3Server } from '../harness/s3.js';
+import { etcdTrailerOk, readJson, restoreWithEtcdctl, sha256File } from '../harness/snapshot-checks.js';
+import { StewardCluster } from '../harness/steward-cluster.js';
+import { waitUntil } from '../harness/processes.js';
+
+interface LsEntry {
+  name: string;
+  node: string;
+  location: string;
+  size: number;
+  sha256: string;
+  created: string;
+  kind: string;
+  compressed: boolean;
+}
+
+async function s3Sha256(store: S3Store, key: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of await store.read(key, AbortSignal.timeout(30_000))) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+describe('on-demand snapshots, inventory and reconcile (3 stewards, real s3rver)', () => {
+  let s3: S3Server;
+  let cluster: StewardCluster;
+  let bucketStore: S3Store;
+  const ls = async (node = 0): Promise<LsEntry[]> => {
+    const result = await cluster.ctl(['--endpoint', cluster.node(node).grpc, '-o', 'json', 'ls']);
+    expect(result.code, result.stderr).toBe(0);
+    return JSON.parse(result.stdout) as LsEntry[];
+  };
+
+  beforeAll(async () => {
+    s3 = await S3Server.start({ bucket: 'snapshots' });
+    bucketStore = new S3Store(s3.storeOptions('backups'));
+    cluster = await StewardCluster.create({
+      size: 3,
+      extraArgs: [
+        '--etcd-s3=true',
+        `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,
+        '--etcd-s3-insecure=true',
+        '--etcd-s3-bucket=snapshots',
+        '--etcd-s3-folder=backups',
+        `--etcd-s3-access-key=${s3.accessKey}`,
+        `--etcd-s3-secret-key=${s3.secretKey}`,
+        '--etcd-disable-snapshots=true',
+        '--etcd-snapshot-reconcile-interval=2s',
+      ],
+    });
+    await cluster.startAll();
+    await cluster.waitForStableLeader(20_000);
+  });
+  afterAll(async () => {
+    bucketStore?.close();
+    await cluster?.destroy();
+    await s3?.stop();
+  });
+
+  it('save stores identical, verifiable bytes locally and in S3', async () => {
+    const result = await cluster.ctl(['--endpoint', cluster.node(1).grpc, '-o', 'json', 'save']);
+    expect(result.code, result.stderr).toBe(0);
+    const saved = JSON.parse(result.stdout) as { name: string; size: number; sha256: string; locations: string[] };
+    expect(saved.name).toMatch(/^on-demand-node-2-\d{10}$/);
+    expect(saved.locations).toHaveLength(2);
+    const localPath = join(cluster.node(1).stateDir, 'snapshots', saved.name);
+    expect(saved.locations).toContain(`file://${localPath}`);
+    expect(saved.locations).toContain(`s3://snapshots/backups/${saved.name}`);
+    expect(await sha256File(localPath)).toBe(saved.sha256);
+    expect(await s3Sha256(bucketStore, saved.name)).toBe(saved.sha256);
+    expect(await etcdTrailerOk(localPath)).toBe(true);
+    const metadata = await readJson<Record<string, unknown>>(`${localPath}.metadata.json`);
+    expect(metadata).toMatchObject({ name: saved.name, node: 'node-2', kind: 'on-demand', size: saved.size, sha256: saved.sha256, compressed: false });
+    expect(metadata.revision).toBeGreaterThan(0);
+    expect(metadata.etcdVersion).toBe('3.4.23');
+    const restore = await restoreWithEtcdctl(localPath);
+    expect(restore.code, restore.output).toBe(0);
+    expect(existsSync(join(restore.dataDir, 'member', 'snap', 'db'))).toBe(true);
+  });
+
+  it('ls shows each snapshot once per location with exactly the documented fields', async () => {
+    const entries = await ls(2);
+    expect(entries.length).toBeGreaterThanOrEqual(2);
+    for (const entry of entries) {
+      expect(Object.keys(entry).sort()).toEqual(['compressed', 'created', 'kind', 'location', 'name', 'node', 'sha256', 'size']);
+    }
+    const name = entries[0]?.name as string;
+    expect(entries.filter((e) => e.name === name).map((e) => e.location.split(':')[0]).sort()).toEqual(['file', 's3']);
+    const text = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'list']);
+    expect(text.stdout).toMatch(/NAME\s+NODE\s+LOCATION/);
+    expect((await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'l'])).code).toBe(0);
+  });
+
+  it('rejects bad names and unknown snapshots without deleting anything', async () => {
+    const before = await ls();
+    for (const bad of ['../x', 'Upper', 'with space', 'a'.repeat(300), '']) {
+      const result = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'save', '--name', bad]);
+      expect(result.code, bad).toBe(2);
+      expect(result.stderr).toMatch(/^error\[INVALID_ARGUMENT\]: --name: /);
+    }
+    const unknown = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'delete', 'no-such-snapshot', before[0]?.name as string]);
+    expect(unknown.code).toBe(3);
+    expect(unknown.stderr).toMatch(/error\[NOT_FOUND\]: no snapshot named no-such-snapshot/);
+    expect(await ls()).toEqual(before);
+    const retention = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'prune', '--snapshot-retention', '0']);
+    expect(retention.code).toBe(2);
+    const negative = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'prune', '--snapshot-retention=-3']);
+    expect(negative.code).toBe(2);
+  });
+
+  it('delete removes a snapshot from every location and the inventory', async () => {
+    const result = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'save', '--name', 'before-upgrade']);
+    expect(result.code, result.stderr).toBe(0);
+    const { name } = JSON.parse(result.stdout) as { name: string };
+    expect(name).toMatch(/^before-upgrade-node-1-\d+$/);
+    // Delete through another steward: the local copy lives on node-1 and is removed over the peer API.
+    const deleted = await cluster.ctl(['--endpoint', cluster.node(2).grpc, 'delete', name]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect((await ls()).some((e) => e.name === name)).toBe(false);
+    expect(existsSync(join(cluster.node(0).stateDir, 'snapshots', name))).toBe(false);
+    expect(await bucketStore.head(name, AbortSignal.timeout(5000))).toBeUndefined();
+  });
+
+  it('reconcile drops records of files deleted behind its back and adopts snapshots copied into S3', async () => {
+    const saved = JSON.parse((await cluster.ctl(['--endpoint', cluster.node(2).grpc, '-o', 'json', 'save'])).stdout) as { name: string };
+    const localPath = join(cluster.node(2).stateDir, 'snapshots', saved.name);
+    await unlink(`${localPath}.metadata.json`);
+    await unlink(localPath);
+    await waitUntil('the local record to disappear', async () => !(await ls()).some((e) => e.name === saved.name && e.location.startsWith('file:')), 15_000, 500);
+    expect((await ls()).some((e) => e.name === saved.name && e.location.startsWith('s3:'))).toBe(true);
+
+    // An operator copies a snapshot (object + metadata) into the bucket under a new name.
+    const source = (await ls()).find((e) => e.location.startsWith('s3:')) as LsEntry;
+    const copyName = 'on-demand-imported-1700000000';
+    const metadata = JSON.parse((await bucketStore.readSmall(`${source.name}.metadata.json`, AbortSignal.timeout(5000))).toString()) as Record<string, unknown>;
+    const writer = await bucketStore.createWriter(copyName, AbortSignal.timeout(30_000));
+    for await (const chunk of await bucketStore.read(source.name, AbortSignal.timeout(30_000))) await writer.write(chunk as Buffer);
+    await writer.commit();
+    await bucketStore.putSmall(`${copyName}.metadata.json`, JSON.stringify({ ...metadata, name: copyName, key: copyName }), AbortSignal.timeout(5000));
+    const adopted = await waitUntil('the copied snapshot to appear', async () => (await ls()).find((e) => e.name === copyName), 15_000, 500);
+    expect(adopted).toMatchObject({ location: `s3://snapshots/backups/${copyName}`, sha256: source.sha256, size: source.size });
+  });
+
+  it('refuses to snapshot a cluster without quorum, with or without --force', async () => {
+    await cluster.stop(0);
+    await cluster.stop(1);
+    const refused = await cluster.ctl(['--endpoint', cluster.node(2).grpc, 'save']);
+    expect(refused.code).toBe(4);
+    expect(refused.stderr).toMatch(/^error\[CLUSTER_UNHEALTHY\]: refusing to snapshot an unhealthy cluster: only \d of 3 members are healthy/);
+    const forced = await cluster.ctl(['--endpoint', cluster.node(2).grpc, 'save', '--force']);
+    expect(forced.code).toBe(4);
+    expect(forced.stderr).toMatch(/^error\[NO_HEALTHY_MEMBER\]: /);
+    const metrics = await (await fetch(`http://${cluster.node(2).http}/metrics`)).text();
+    expect(metrics).toMatch(/etcd_steward_snapshot_failures_total\{reason="cluster_unhealthy"\} [1-9]/);
+    expect(readdirSync(join(cluster.node(2).stateDir, 'snapshots')).filter((f) => f.startsWith('.'))).toEqual([]);
+  });
+});
