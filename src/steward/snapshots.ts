@@ -74,6 +74,17 @@ export class SnapshotService {
     this.keeper = new InventoryKeeper({ inventory: this.inventory, locations: (signal) => this.locations(signal), metrics: options.metrics, logger: options.logger });
   }
 
+  /** A steward killed mid-snapshot leaves a temp file: nothing else can be writing at start-up, so remove them all. */
+  async removeLeftoverTempFiles(): Promise<void> {
+    const store = this.local.store;
+    if (!(store instanceof LocalStore)) return;
+    const removed = await store.cleanupTempFiles(0).catch((err: unknown) => {
+      this.log.warn({ err: errorText(err) }, 'cannot clean up unfinished snapshot files');
+      return [];
+    });
+    if (removed.length > 0) this.log.warn({ files: removed }, 'removed unfinished snapshot files left by an interrupted snapshot');
+  }
+
   /** Leader-only work for one term: the schedule and the reconcile loop, both ending with the term. */
   async runTerm(term: LeaderTerm): Promise<void> {
     const { config } = this.options;

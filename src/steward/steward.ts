@@ -127,6 +127,7 @@ export class Steward {
     signal.addEventListener('abort', onStop, { once: true });
     if (signal.aborted) onStop();
     try {
+      await this.snapshots.removeLeftoverTempFiles();
       this.rpc = await RpcServer.start({
         ...config.grpcListen,
         handlers: {
