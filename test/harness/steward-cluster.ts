@@ -35,6 +35,8 @@ export interface ClusterOptions {
   size?: number;
   electionTtl?: string;
   extraArgs?: string[];
+  /** Extra flags for single nodes, by index. */
+  nodeArgs?: Record<number, string[]>;
 }
 
 /**
@@ -86,6 +88,7 @@ export class StewardCluster {
       '--etcd-restart-max-backoff=2s',
       '--log-level=debug',
       ...(this.options.extraArgs ?? []),
+      ...(this.options.nodeArgs?.[node.index] ?? []),
     ];
   }
 
