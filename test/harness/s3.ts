@@ -1,0 +1,95 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { once } from 'node:events';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { S3StoreOptions } from '../../src/store/s3.js';
+import { freePort } from './ports.js';
+import { waitUntil } from './processes.js';
+
+const S3RVER_JS = createRequire(import.meta.url).resolve('s3rver/bin/s3rver.js');
+
+export interface S3ServerOptions {
+  bucket?: string;
+}
+
+/**
+ * A real s3rver HTTP server in its own process and temp dir. It runs under --openssl-legacy-provider
+ * because it encrypts ListObjectsV2 continuation tokens with DES, and without it every truncated page is a 500.
+ */
+export class S3Server {
+  /** s3rver's built-in account; it checks the key id but not the signature. */
+  readonly accessKey = 'S3RVER';
+  readonly secretKey = 'S3RVER';
+
+  private constructor(
+    readonly root: string,
+    /** The data dir: objects live at `<dir>/<bucket>/<key>._S3rver_object`. */
+    readonly dir: string,
+    readonly port: number,
+    readonly bucket: string,
+    private readonly child: ChildProcess,
+  ) {}
+
+  get endpoint(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  static async start(options: S3ServerOptions = {}): Promise<S3Server> {
+    const bucket = options.bucket ?? 'steward-test';
+    const root = await mkdtemp(join(tmpdir(), 'steward-s3-'));
+    const dir = join(root, 'data');
+    await mkdir(dir);
+    const port = await freePort();
+    const logFile = join(root, 's3rver.log');
+    const log = openSync(logFile, 'a');
+    const args = ['--openssl-legacy-provider', S3RVER_JS, '-d', dir, '-a', '127.0.0.1', '-p', String(port), '--configure-bucket', bucket, '--silent'];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', log, log] });
+    closeSync(log);
+    const server = new S3Server(root, dir, port, bucket, child);
+    try {
+      await waitUntil(
+        `s3rver on ${server.endpoint}`,
+        async () => {
+          if (child.exitCode !== null) throw new Error(`s3rver exited with ${child.exitCode}: ${readFileSync(logFile, 'utf8')}`);
+          const response = await fetch(server.endpoint, { signal: AbortSignal.timeout(1000) });
+          await response.arrayBuffer();
+          return true;
+        },
+        15_000,
+        100,
+      );
+    } catch (err) {
+      await server.stop();
+      throw err;
+    }
+    return server;
+  }
+
+  storeOptions(folder = ''): S3StoreOptions {
+    return {
+      endpoint: this.endpoint,
+      bucket: this.bucket,
+      region: 'us-east-1',
+      folder,
+      accessKey: this.accessKey,
+      secretKey: this.secretKey,
+      insecure: true,
+      timeoutMs: 10_000,
+    };
+  }
+
+  async stop(): Promise<void> {
+    const { child } = this;
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      const exited = once(child, 'exit');
+      process.kill(child.pid, 'SIGTERM');
+      const timer = setTimeout(() => child.pid !== undefined && process.kill(child.pid, 'SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
+    if (!process.env.KEEP_TEST_DIRS) await rm(this.root, { recursive: true, force: true });
+  }
+}
