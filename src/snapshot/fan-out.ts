@@ -20,7 +20,8 @@ export class FanOut extends Writable {
     private readonly destinations: Destination[],
     private readonly log: Logger,
   ) {
-    super({ highWaterMark: 1 });
+    // One block may wait while the previous one is being written: reading etcd overlaps the writes.
+    super({ highWaterMark: 2 * 1024 * 1024 });
   }
 
   get live(): Destination[] {

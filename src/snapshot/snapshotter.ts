@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import type { Etcd3 } from 'etcd3';
@@ -7,6 +8,7 @@ import type { ClusterHealth } from '../etcd/health.js';
 import { openSnapshotStream, snapshotBytes } from '../etcd/snapshot-stream.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 import type { BackupStore } from '../store/store.js';
+import { Coalesce } from './coalesce.js';
 import { FanOut, type Destination } from './fan-out.js';
 import { gateSnapshot } from './gate.js';
 import { EtcdIntegrityCheck, StoredDigest } from './integrity.js';
@@ -117,9 +119,9 @@ export class Snapshotter {
       const fanOut = new FanOut(destinations, log);
       if (fanOut.live.length === 0) throw destinations[0]?.failure ?? new Error('no location to write to');
       const etcd = await openSnapshotStream(this.options.memberClient(decision.source.endpoint), Date.now() + this.options.timeoutMs);
-      const source = withProgress(snapshotBytes(etcd), request.onProgress);
-      if (stored) await pipeline(source, integrity, createGzip(), stored, fanOut, { signal });
-      else await pipeline(source, integrity, fanOut, { signal });
+      const source = Readable.from(withProgress(snapshotBytes(etcd), request.onProgress), { objectMode: false });
+      if (stored) await pipeline(source, new Coalesce(), integrity, createGzip(), new Coalesce(), stored, fanOut, { signal });
+      else await pipeline(source, new Coalesce(), integrity, fanOut, { signal });
     } catch (err) {
       await abortAll(err);
       throw err;

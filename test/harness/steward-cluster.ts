@@ -92,6 +92,11 @@ export class StewardCluster {
     ];
   }
 
+  /** Flags one node gets from its next start on (e.g. to restart it with another setting). */
+  setNodeArgs(index: number, args: string[]): void {
+    this.options.nodeArgs = { ...this.options.nodeArgs, [index]: args };
+  }
+
   async startAll(): Promise<void> {
     for (const node of this.nodes) this.start(node.index);
   }
