@@ -75,7 +75,7 @@ function program(): Command {
 
   root
     .command('prune')
-    .description('apply retention now: keep the newest N scheduled snapshots per location')
+    .description('apply retention now: keep the newest N scheduled and the newest N on-demand snapshots per location')
     .option('--snapshot-retention <n>', 'snapshots to keep per location (default: the steward\'s --etcd-snapshot-retention)')
     .action(async (options: { snapshotRetention?: string }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { PreconditionError, StewardError, exitCodeFor } from '../errors/index.js';
 import { StewardClient } from '../rpc/client.js';
+import { STEWARD_NODE_FLAGS } from './node-flags.js';
 import { rootSignalFromProcess } from './signals.js';
 
 /**
@@ -115,6 +116,7 @@ function startSteward(member: Member, nodes: Member[], logs: string): ChildProce
   const child = spawn(
     process.execPath,
     [
+      ...STEWARD_NODE_FLAGS,
       STEWARD_JS,
       `--name=${member.name}`,
       `--data-dir=${member.dataDir}`,

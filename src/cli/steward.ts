@@ -30,7 +30,7 @@ async function main(): Promise<number> {
     }, SHUTDOWN_DEADLINE_MS).unref();
   });
   try {
-    await Steward.create(config, logger).run(signal);
+    await (await Steward.create(config, logger)).run(signal);
     return 0;
   } catch (err) {
     logger.fatal({ component: 'steward', err }, err instanceof StewardError ? err.describe() : 'steward failed');

@@ -67,20 +67,25 @@ export class InventoryKeeper {
     await this.updateCounts();
   }
 
-  /** Removes the oldest scheduled snapshots beyond `keep` at each location; returns what it removed. */
-  async applyRetention(keep: number, signal: AbortSignal, fence?: Fence): Promise<InventoryRecord[]> {
+  /**
+   * Removes the oldest snapshots beyond `keep` of each kind at each location; returns what it removed.
+   * Automatic retention passes only 'scheduled'; an operator's prune also trims on-demand snapshots.
+   */
+  async applyRetention(keep: number, signal: AbortSignal, fence?: Fence, kinds: ReadonlyArray<InventoryRecord['kind']> = ['scheduled']): Promise<InventoryRecord[]> {
     const records = await this.options.inventory.list();
     const removed: InventoryRecord[] = [];
-    for (const location of await this.options.locations(signal)) {
-      const scheduled = records
-        .filter((r) => r.locationId === location.locationId && r.kind === 'scheduled')
-        .sort((a, b) => b.created.localeCompare(a.created));
-      for (const record of scheduled.slice(keep)) {
+    const locations = await this.options.locations(signal);
+    const groups = locations.flatMap((location) => kinds.map((kind) => ({ location, kind })));
+    for (const { location, kind } of groups) {
+      const newestFirst = records
+        .filter((r) => r.locationId === location.locationId && r.kind === kind)
+        .sort((a, b) => b.created.localeCompare(a.created) || b.name.localeCompare(a.name));
+      for (const record of newestFirst.slice(keep)) {
         try {
           await location.remove(record.name, record.key, signal);
           await this.options.inventory.remove(record.name, record.locationId, fence);
           removed.push(record);
-          this.log.info({ snapshot: record.name, location: record.locationId, keep }, 'retention: removed an old scheduled snapshot');
+          this.log.info({ snapshot: record.name, location: record.locationId, kind, keep }, `retention: removed an old ${kind} snapshot`);
         } catch (err) {
           this.log.error({ snapshot: record.name, location: record.locationId, err: errorText(err) }, 'retention: could not remove a snapshot');
         }

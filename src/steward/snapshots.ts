@@ -15,7 +15,22 @@ import type { SaveEvent, SaveRequest, SnapshotInfo, SnapshotRecord, StewardPeerH
 import { SnapshotScheduler } from '../snapshot/scheduler.js';
 import { Snapshotter, type NamedStore, type SnapshotResult } from '../snapshot/snapshotter.js';
 import { LocalStore } from '../store/local.js';
-import { S3Store } from '../store/s3.js';
+import type { S3Store } from '../store/s3.js';
+
+/** Loads the AWS SDK only when S3 is on: it costs ~23 MB of RSS that a local-only steward does not need. */
+export async function loadS3Store(config: Config): Promise<S3Store | undefined> {
+  if (!config.etcdS3) return undefined;
+  const { S3Store } = await import('../store/s3.js');
+  return new S3Store({
+    endpoint: config.etcdS3Endpoint,
+    bucket: config.etcdS3Bucket,
+    region: config.etcdS3Region,
+    folder: config.etcdS3Folder,
+    ...(config.etcdS3AccessKey ? { accessKey: config.etcdS3AccessKey, secretKey: config.etcdS3SecretKey } : {}),
+    insecure: config.etcdS3Insecure,
+    timeoutMs: config.etcdS3Timeout,
+  });
+}
 
 export interface SnapshotServiceOptions {
   config: Config;
@@ -42,24 +57,14 @@ export class SnapshotService {
   private readonly inventory: Inventory;
   private readonly peers = new Map<string, PeerClient>();
 
-  constructor(private readonly options: SnapshotServiceOptions) {
+  constructor(
+    private readonly options: SnapshotServiceOptions,
+    s3Store: S3Store | undefined,
+  ) {
     const { config } = options;
     this.log = options.logger.child({ component: 'snapshots' });
     this.local = { locationId: `local:${config.name}`, store: new LocalStore(config.etcdSnapshotDir) };
-    this.s3 = config.etcdS3
-      ? {
-          locationId: 's3',
-          store: new S3Store({
-            endpoint: config.etcdS3Endpoint,
-            bucket: config.etcdS3Bucket,
-            region: config.etcdS3Region,
-            folder: config.etcdS3Folder,
-            ...(config.etcdS3AccessKey ? { accessKey: config.etcdS3AccessKey, secretKey: config.etcdS3SecretKey } : {}),
-            insecure: config.etcdS3Insecure,
-            timeoutMs: config.etcdS3Timeout,
-          }),
-        }
-      : undefined;
+    this.s3 = s3Store ? { locationId: 's3', store: s3Store } : undefined;
     this.snapshotter = new Snapshotter({
       node: config.name,
       stores: this.ownStores(),
@@ -143,7 +148,8 @@ export class SnapshotService {
 
   async handlePrune(retention: number): Promise<SnapshotRecord[]> {
     const keep = retention > 0 ? retention : this.options.config.etcdSnapshotRetention;
-    return this.keeper.applyRetention(keep, AbortSignal.timeout(10 * 60_000), this.options.currentTerm());
+    // Like k3s's `etcd-snapshot prune`, an operator's prune trims on-demand snapshots as well (each kind counted apart).
+    return this.keeper.applyRetention(keep, AbortSignal.timeout(10 * 60_000), this.options.currentTerm(), ['scheduled', 'on-demand']);
   }
 
   readonly peerHandlers: StewardPeerHandlers = {
@@ -154,7 +160,7 @@ export class SnapshotService {
   close(): void {
     for (const peer of this.peers.values()) peer.close();
     this.peers.clear();
-    if (this.s3?.store instanceof S3Store) this.s3.store.close();
+    (this.s3?.store as S3Store | undefined)?.close();
   }
 
   private ownStores(): NamedStore[] {

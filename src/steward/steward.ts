@@ -12,7 +12,8 @@ import { StewardMetrics } from '../observability/metrics.js';
 import { RpcServer } from '../rpc/server.js';
 import type { StatusResponse } from '../rpc/types.js';
 import { HealthMonitor } from './health-monitor.js';
-import { SnapshotService } from './snapshots.js';
+import type { S3Store } from '../store/s3.js';
+import { SnapshotService, loadS3Store } from './snapshots.js';
 import { StewardRegistry } from '../rpc/registry.js';
 import { createMemberClient } from '../etcd/client.js';
 import { STEWARD_VERSION } from './version.js';
@@ -43,6 +44,7 @@ export class Steward {
   private constructor(
     private readonly config: Config,
     private readonly logger: Logger,
+    s3Store: S3Store | undefined,
   ) {
     this.log = logger.child({ component: 'steward' });
     this.supervisor = new EtcdSupervisor({
@@ -63,16 +65,19 @@ export class Steward {
     this.probe = new ClusterProbe(config.etcdEndpoints, Math.min(5000, config.healthInterval));
     this.health = new HealthMonitor(this.probe, { intervalMs: config.healthInterval, localMember: config.name, metrics: this.metrics, logger });
     this.registry = new StewardRegistry(this.client);
-    this.snapshots = new SnapshotService({
-      config,
-      client: this.client,
-      registry: this.registry,
-      checkHealth: () => this.health.check(),
-      memberClient: (endpoint) => this.memberClient(endpoint),
-      metrics: this.metrics,
-      logger,
-      currentTerm: () => this.election.currentTerm,
-    });
+    this.snapshots = new SnapshotService(
+      {
+        config,
+        client: this.client,
+        registry: this.registry,
+        checkHealth: () => this.health.check(),
+        memberClient: (endpoint) => this.memberClient(endpoint),
+        metrics: this.metrics,
+        logger,
+        currentTerm: () => this.election.currentTerm,
+      },
+      s3Store,
+    );
     this.election = new LeaderElection({
       client: this.client,
       node: config.name,
@@ -101,8 +106,8 @@ export class Steward {
     return client;
   }
 
-  static create(config: Config, logger: Logger): Steward {
-    return new Steward(config, logger);
+  static async create(config: Config, logger: Logger): Promise<Steward> {
+    return new Steward(config, logger, await loadS3Store(config));
   }
 
   async run(signal: AbortSignal): Promise<void> {

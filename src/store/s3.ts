@@ -272,9 +272,9 @@ class S3Writer implements ObjectWriter {
 
   async write(chunk: Buffer): Promise<void> {
     this.assertOpen();
-    // lib-storage keeps chunks by reference until their part is sent; the caller may reuse its buffer.
-    const copy = Buffer.from(chunk);
-    const accepted = new Promise<void>((resolve, reject) => this.body.write(copy, (err) => (err ? reject(err) : resolve())));
+    // lib-storage keeps the chunk by reference until its part is sent: BackupStore's contract is that a
+    // written chunk is handed over, so no copy (which doubled the garbage of a 1 GB upload).
+    const accepted = new Promise<void>((resolve, reject) => this.body.write(chunk, (err) => (err ? reject(err) : resolve())));
     try {
       await Promise.race([accepted, this.failed]);
     } catch (err) {

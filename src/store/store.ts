@@ -12,7 +12,7 @@ export interface ObjectInfo {
 }
 
 export interface ObjectWriter {
-  /** Resolves once the chunk is accepted; awaiting it is the backpressure. */
+  /** Resolves once the chunk is accepted; awaiting it is the backpressure. The chunk is handed over: never modify it afterwards. */
   write(chunk: Buffer): Promise<void>;
   /** Makes the object visible under its key (local: fsync + rename; S3: complete the upload) and reports its size as stored. */
   commit(): Promise<{ size: number }>;

@@ -85,6 +85,10 @@ describe('configuration', () => {
       [['--http-listen', 'localhost:port'], /^error\[INVALID_CONFIG\]: --http-listen: "localhost:port" is not allowed: expected host:port/],
       [['--grpc-listen', '127.0.0.1:0'], /^error\[INVALID_CONFIG\]: --grpc-listen: "127.0.0.1:0" is not allowed/],
       [['--grpc-listen', '0.0.0.0:7401'], /^error\[INVALID_CONFIG\]: --grpc-listen: 0.0.0.0 is not a loopback address/],
+      [['--etcd-snapshot-schedule-cron', 'every day'], /^error\[INVALID_CONFIG\]: --etcd-snapshot-schedule-cron: "every day" is not allowed: expected a cron expression/],
+      [['--etcd-snapshot-retention', '0'], /^error\[INVALID_CONFIG\]: --etcd-snapshot-retention: "0" is not allowed: expected a whole number from 1/],
+      [['--etcd-snapshot-retention=-2'], /^error\[INVALID_CONFIG\]: --etcd-snapshot-retention: "-2" is not allowed/],
+      [['--etcd-s3=true'], /^error\[INVALID_CONFIG\]: --etcd-s3-bucket: empty is not allowed when --etcd-s3 is true/],
     ];
     for (const [args, message] of cases) {
       const result = await runSteward(args);

@@ -146,6 +146,31 @@ describe('on-demand snapshots, inventory and reconcile (3 stewards, real s3rver)
     expect(adopted).toMatchObject({ location: `s3://snapshots/backups/${copyName}`, sha256: source.sha256, size: source.size });
   });
 
+  it('prune keeps the newest N of each kind per location and prints what it removed', async () => {
+    const names: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const result = await cluster.ctl(['--endpoint', cluster.node(1).grpc, '-o', 'json', 'save', '--name', 'prune-me']);
+      expect(result.code, result.stderr).toBe(0);
+      names.push((JSON.parse(result.stdout) as { name: string }).name);
+      // Names carry whole seconds: wait so the three are distinct.
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+    }
+    const pruned = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'prune', '--snapshot-retention', '1']);
+    expect(pruned.code, pruned.stderr).toBe(0);
+    const removed = JSON.parse(pruned.stdout) as LsEntry[];
+    expect(removed.map((e) => e.name)).toEqual(expect.arrayContaining([names[0], names[1]]));
+    expect(removed.some((e) => e.name === names[2])).toBe(false);
+    const after = await ls();
+    // Per location, one on-demand snapshot is left: the newest, which is names[2] at node-2's dir and in S3.
+    const onDemandPerLocation = new Map<string, string[]>();
+    for (const entry of after.filter((e) => e.kind === 'on-demand')) {
+      const location = entry.location.slice(0, entry.location.lastIndexOf('/'));
+      onDemandPerLocation.set(location, [...(onDemandPerLocation.get(location) ?? []), entry.name]);
+    }
+    for (const list of onDemandPerLocation.values()) expect(list).toHaveLength(1);
+    expect(after.filter((e) => e.name === names[2]).length).toBe(2);
+  });
+
   it('refuses to snapshot a cluster without quorum, with or without --force', async () => {
     await cluster.stop(0);
     await cluster.stop(1);

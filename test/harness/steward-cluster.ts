@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { STEWARD_NODE_FLAGS } from '../../src/cli/node-flags.js';
 import { StewardClient } from '../../src/rpc/client.js';
 import type { StatusResponse } from '../../src/rpc/types.js';
 import { freePort } from './ports.js';
@@ -104,7 +105,7 @@ export class StewardCluster {
   start(index: number): ChildProcess {
     const node = this.node(index);
     const log = openSync(node.logFile, 'a');
-    const child = spawn(process.execPath, [STEWARD_JS, ...this.args(node)], { stdio: ['ignore', log, log], detached: true });
+    const child = spawn(process.execPath, [...STEWARD_NODE_FLAGS, STEWARD_JS, ...this.args(node)], { stdio: ['ignore', log, log], detached: true });
     closeSync(log);
     node.process = child;
     return child;
