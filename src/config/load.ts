@@ -156,6 +156,12 @@ function checkConsistency(config: Config): void {
   if (config.etcdS3 && !config.etcdS3Bucket) {
     throw new ConfigError('--etcd-s3-bucket: empty is not allowed when --etcd-s3 is true', { hint: 'name the bucket snapshots go to' });
   }
+  if (config.etcdS3Proxy && !/^https?:\/\/[^\s/]+(:\d+)?\/?$/.test(config.etcdS3Proxy)) {
+    throw new ConfigError(`--etcd-s3-proxy: ${JSON.stringify(config.etcdS3Proxy)} is not allowed: expected http(s)://host:port`);
+  }
+  if (config.etcdS3AccessKey && !config.etcdS3SecretKey) {
+    throw new ConfigError('--etcd-s3-secret-key: empty is not allowed with --etcd-s3-access-key', { hint: 'give both keys, or neither to use --etcd-s3-config-file or the default credential chain' });
+  }
   if (config.etcdS3Folder.startsWith('/') || config.etcdS3Folder.includes('..')) {
     throw new ConfigError(`--etcd-s3-folder: ${JSON.stringify(config.etcdS3Folder)} is not allowed: expected a key prefix without a leading slash or '..'`);
   }

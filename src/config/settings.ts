@@ -107,6 +107,21 @@ export const SETTINGS = {
   }),
   etcdS3AccessKey: setting('etcd-s3-access-key', optionalText('an access key id'), 'S3 access key', { default: '' }),
   etcdS3SecretKey: setting('etcd-s3-secret-key', optionalText('a secret key'), 'S3 secret key (never logged)', { default: '' }),
+  etcdS3SessionToken: setting('etcd-s3-session-token', optionalText('a session token'), 'S3 session token for temporary credentials (never logged)', {
+    default: '',
+  }),
+  etcdS3ConfigFile: setting(
+    'etcd-s3-config-file',
+    optionalText('a file path'),
+    'YAML with etcd-s3-access-key, etcd-s3-secret-key, etcd-s3-session-token, re-read before every S3 operation so keys rotate without a restart',
+    { default: '' },
+  ),
+  etcdS3EndpointCa: setting('etcd-s3-endpoint-ca', optionalText('a PEM file path'), 'CA certificate(s) for a private S3 endpoint', { default: '' }),
+  etcdS3SkipSslVerify: setting('etcd-s3-skip-ssl-verify', boolean(), 'accept any S3 certificate (lab use only)', { default: 'false' }),
+  etcdS3Proxy: setting('etcd-s3-proxy', optionalText('http(s)://host:port'), 'forward proxy for S3 traffic', { default: '' }),
+  etcdS3BucketLookupType: setting('etcd-s3-bucket-lookup-type', oneOf(['auto', 'path', 'dns'] as const), 'path-style or virtual-host addressing (auto: path for custom endpoints)', {
+    default: 'auto',
+  }),
   etcdS3Insecure: setting('etcd-s3-insecure', boolean(), 'use http instead of https for S3', { default: 'false' }),
   etcdS3Timeout: setting('etcd-s3-timeout', duration({ minMs: 1000, maxMs: 24 * 3_600_000 }), 'timeout of one S3 request', { default: '5m' }),
   logLevel: setting('log-level', oneOf(['trace', 'debug', 'info', 'warn', 'error'] as const), 'log level', { default: 'info' }),

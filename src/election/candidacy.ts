@@ -14,6 +14,7 @@ export class Candidacy extends EventEmitter {
   private readonly namespace: Namespace;
   private lease: Lease | undefined;
   private closed = false;
+  private lost: unknown;
 
   constructor(
     client: Etcd3,
@@ -32,7 +33,10 @@ export class Candidacy extends EventEmitter {
     lease.on('keepaliveSucceeded', (res) => {
       if (res.TTL !== '0') this.emit('keepalive');
     });
-    lease.on('lost', (err) => this.emit('lost', err));
+    lease.on('lost', (err) => {
+      this.lost = err ?? new Error('lease lost');
+      this.emit('lost', err);
+    });
     const leaseId = await lease.grant();
     const result = await this.namespace
       .if(leaseId, 'Create', '==', 0)
@@ -43,6 +47,8 @@ export class Candidacy extends EventEmitter {
     if (!createRevision) throw new Error(`campaign key ${this.prefix}${leaseId} vanished while campaigning`);
     for (;;) {
       signal.throwIfAborted();
+      // A lease lost between waits must not let this bid win later with a dead lease.
+      if (this.lost !== undefined) throw this.lost;
       const ahead = await this.namespace
         .getAll()
         .maxCreateRevision((BigInt(createRevision) - 1n).toString())
@@ -50,7 +56,10 @@ export class Candidacy extends EventEmitter {
         .limit(1)
         .exec();
       const blocker = ahead.kvs[0];
-      if (!blocker) return { key: `${this.prefix}${leaseId}`, createRevision };
+      if (!blocker) {
+        if (this.lost !== undefined) throw this.lost;
+        return { key: `${this.prefix}${leaseId}`, createRevision };
+      }
       await this.waitForDelete(blocker.key.toString().slice(this.prefix.length), ahead.header.revision, signal);
     }
   }
@@ -78,18 +87,24 @@ export class Candidacy extends EventEmitter {
 
   private async waitForDelete(key: string, revision: string, signal: AbortSignal): Promise<void> {
     const watcher = await this.namespace.watch().key(key).startRevision((BigInt(revision) + 1n).toString()).only('delete').create();
+    let onAbort: (() => void) | undefined;
+    let onLost: ((err: unknown) => void) | undefined;
     try {
       const gone = await this.namespace.get(key).exec();
       if (gone.kvs.length === 0) return;
       await new Promise<void>((resolve, reject) => {
-        const onAbort = (): void => reject(signal.reason);
+        onAbort = () => reject(signal.reason);
+        onLost = (err) => reject(err);
         signal.addEventListener('abort', onAbort, { once: true });
-        this.once('lost', reject);
+        this.once('lost', onLost);
         watcher.once('delete', () => resolve());
         watcher.once('error', reject);
         if (signal.aborted) onAbort();
-      }).finally(() => this.removeAllListeners('lost'));
+      });
     } finally {
+      // The root signal outlives many bids: a listener left on it would pin every finished Candidacy.
+      if (onAbort) signal.removeEventListener('abort', onAbort);
+      if (onLost) this.off('lost', onLost);
       await watcher.cancel().catch(() => undefined);
     }
   }

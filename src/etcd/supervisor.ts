@@ -55,6 +55,8 @@ export class EtcdSupervisor {
       const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
       const stop = (): void => void this.stopChild(child);
       signal.addEventListener('abort', stop, { once: true });
+      // Aborted while etcd was being spawned: the listener above came too late to see it.
+      if (signal.aborted) stop();
       const [code, exitSignal] = await exited;
       signal.removeEventListener('abort', stop);
       this.child = undefined;

@@ -33,7 +33,8 @@ export class Inventory {
     const values = await this.client.getAll().prefix(PREFIX).strings();
     const records: InventoryRecord[] = [];
     for (const text of Object.values(values)) {
-      const parsed = inventoryRecordSchema.safeParse(JSON.parse(text));
+      // One malformed record must not break ls, reconcile and retention for every other snapshot.
+      const parsed = inventoryRecordSchema.safeParse(parseJson(text));
       if (parsed.success) records.push(parsed.data);
     }
     return records.sort((a, b) => a.created.localeCompare(b.created) || a.name.localeCompare(b.name) || a.locationId.localeCompare(b.locationId));
@@ -73,4 +74,12 @@ function staleLeader(fence: Fence): PreconditionError {
   return new PreconditionError('STALE_LEADER', `this steward is no longer the leader (fencing token ${fence.fencingToken}); write refused`, {
     hint: 'nothing to do: the new leader carries on',
   });
+}
+
+export function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
 }

@@ -82,8 +82,9 @@ export class InventoryKeeper {
         .sort((a, b) => b.created.localeCompare(a.created) || b.name.localeCompare(a.name));
       for (const record of newestFirst.slice(keep)) {
         try {
-          await location.remove(record.name, record.key, signal);
+          // Fenced record removal first: a stale leader is refused before it touches any stored file.
           await this.options.inventory.remove(record.name, record.locationId, fence);
+          await location.remove(record.name, record.key, signal);
           removed.push(record);
           this.log.info({ snapshot: record.name, location: record.locationId, kind, keep }, `retention: removed an old ${kind} snapshot`);
         } catch (err) {

@@ -48,6 +48,18 @@ export class StewardMetrics {
     registers: [this.registry],
   });
 
+  readonly s3Errors = new Counter({
+    name: 'etcd_steward_s3_errors_total',
+    help: 'failed S3 calls by operation and error code (S3_ACCESS_DENIED means credentials: check their expiry)',
+    labelNames: ['op', 'code'] as const,
+    registers: [this.registry],
+  });
+  readonly s3Healthy = new Gauge({
+    name: 'etcd_steward_s3_healthy',
+    help: '1 if the last S3 canary (write, read, delete under the backups prefix) succeeded',
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'etcd_steward_' });
   }

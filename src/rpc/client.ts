@@ -37,7 +37,8 @@ export class StewardClient extends BaseClient {
 
   constructor(endpoint: string, timeoutMs = 15_000) {
     super(endpoint, timeoutMs);
-    this.client = new StewardCtlClient(endpoint, credentials.createInsecure());
+    // Keepalive: a save has no deadline, so a steward host that vanishes mid-save must still be noticed.
+    this.client = new StewardCtlClient(endpoint, credentials.createInsecure(), { 'grpc.keepalive_time_ms': 20_000, 'grpc.keepalive_timeout_ms': 10_000 });
   }
 
   status(): Promise<StatusResponse> {

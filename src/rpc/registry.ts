@@ -1,5 +1,6 @@
 import type { Etcd3 } from 'etcd3';
 import { z } from 'zod';
+import { parseJson } from '../inventory/inventory.js';
 
 const PREFIX = 'etcd-steward/stewards/';
 const entrySchema = z.object({ node: z.string(), grpc: z.string(), version: z.string(), registeredAt: z.string() });
@@ -20,7 +21,7 @@ export class StewardRegistry {
   async list(): Promise<StewardEntry[]> {
     const values = await this.client.getAll().prefix(PREFIX).strings();
     return Object.values(values)
-      .map((text) => entrySchema.safeParse(JSON.parse(text)))
+      .map((text) => entrySchema.safeParse(parseJson(text)))
       .flatMap((parsed) => (parsed.success ? [parsed.data] : []));
   }
 }

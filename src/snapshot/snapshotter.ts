@@ -3,7 +3,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
-import { StewardError, errorText } from '../errors/index.js';
+import { PreconditionError, StewardError, errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';
 import { openSnapshotStream, snapshotBytes } from '../etcd/snapshot-stream.js';
 import type { StewardMetrics } from '../observability/metrics.js';
@@ -91,16 +91,30 @@ export class Snapshotter {
     }
   }
 
+  /** Names carry whole seconds: a second save within the same second must not overwrite the first. */
+  private async refuseExisting(name: string, signal: AbortSignal): Promise<void> {
+    for (const { store } of this.options.stores) {
+      const existing = await store.head(metadataKey(name), signal).catch(() => undefined);
+      if (existing) {
+        throw new PreconditionError('SNAPSHOT_EXISTS', `a snapshot named ${name} already exists at ${store.location}`, {
+          hint: 'names end in the second they were taken: wait a second, or pass another --name',
+        });
+      }
+    }
+  }
+
   private async stream(request: SnapshotRequest, started: number): Promise<SnapshotResult> {
     const { node, compress } = this.options;
     const base = request.base === undefined ? (request.kind === 'scheduled' ? SCHEDULED_BASE : ON_DEMAND_BASE) : validateName(request.base);
-    const decision = gateSnapshot(await this.options.checkHealth(), node, request.force ?? false);
+    const health = await this.options.checkHealth();
+    const decision = gateSnapshot(health, node, request.force ?? false);
     if (decision.overridden.length > 0) this.log.warn({ problems: decision.overridden }, 'snapshot forced despite an unhealthy cluster');
     const created = new Date();
     const name = snapshotName(base, node, created);
     const key = objectKey(name, compress);
     const signal = AbortSignal.any([request.signal, AbortSignal.timeout(this.options.timeoutMs)]);
     const log = this.log.child({ snapshot: name });
+    await this.refuseExisting(name, signal);
     log.info({ source: decision.source.name, kind: request.kind, compress }, 'snapshot started');
 
     const destinations: Destination[] = [];
@@ -114,15 +128,21 @@ export class Snapshotter {
     }
     const abortAll = (reason: unknown): Promise<unknown> => Promise.all(destinations.map((d) => d.writer.abort(reason)));
     const integrity = new EtcdIntegrityCheck();
+    let etcd: Awaited<ReturnType<typeof openSnapshotStream>> | undefined;
     const stored = compress ? new StoredDigest() : undefined;
     try {
       const fanOut = new FanOut(destinations, log);
       if (fanOut.live.length === 0) throw destinations[0]?.failure ?? new Error('no location to write to');
-      const etcd = await openSnapshotStream(this.options.memberClient(decision.source.endpoint), Date.now() + this.options.timeoutMs);
+      etcd = await openSnapshotStream(this.options.memberClient(decision.source.endpoint), Date.now() + this.options.timeoutMs);
+      // Destroying a grpc-js stream does not end the call: without cancel() the member would keep its read
+      // transaction (and this steward its HTTP/2 stream) open until the deadline.
+      const call = etcd;
+      signal.addEventListener('abort', () => call.cancel(), { once: true });
       const source = Readable.from(withProgress(snapshotBytes(etcd), request.onProgress), { objectMode: false });
       if (stored) await pipeline(source, new Coalesce(), integrity, createGzip(), new Coalesce(), stored, fanOut, { signal });
       else await pipeline(source, new Coalesce(), integrity, fanOut, { signal });
     } catch (err) {
+      etcd?.cancel();
       await abortAll(err);
       throw err;
     }
@@ -138,7 +158,7 @@ export class Snapshotter {
       sha256: stored ? stored.sha256 : integrity.fileSha256,
       compressed: compress,
       etcdVersion: decision.source.version,
-      clusterId: decision.source.id ? BigInt(decision.source.id).toString(16) : '',
+      clusterId: /^\d+$/.test(health.clusterId) ? BigInt(health.clusterId).toString(16) : health.clusterId,
       revision: decision.source.revision,
       fencingToken: request.fencingToken,
     };

@@ -1,9 +1,10 @@
+import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import type { LeaderTerm } from '../election/election.js';
-import { errorText } from '../errors/index.js';
+import { ConfigError, errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';
 import { Inventory, inventoryRecordSchema, type InventoryRecord } from '../inventory/inventory.js';
 import { InventoryKeeper, type SnapshotLocation } from '../inventory/keeper.js';
@@ -18,17 +19,35 @@ import { LocalStore } from '../store/local.js';
 import type { S3Store } from '../store/s3.js';
 
 /** Loads the AWS SDK only when S3 is on: it costs ~23 MB of RSS that a local-only steward does not need. */
-export async function loadS3Store(config: Config): Promise<S3Store | undefined> {
+export async function loadS3Store(config: Config, metrics: StewardMetrics): Promise<S3Store | undefined> {
   if (!config.etcdS3) return undefined;
   const { S3Store } = await import('../store/s3.js');
+  let caPem: string | undefined;
+  if (config.etcdS3EndpointCa) {
+    try {
+      caPem = await readFile(config.etcdS3EndpointCa, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`--etcd-s3-endpoint-ca: cannot read ${config.etcdS3EndpointCa}: ${errorText(err)}`, { hint: 'point it at a PEM file' });
+    }
+  }
+  const explicitKeys = config.etcdS3AccessKey
+    ? { accessKey: config.etcdS3AccessKey, secretKey: config.etcdS3SecretKey, ...(config.etcdS3SessionToken ? { sessionToken: config.etcdS3SessionToken } : {}) }
+    : {};
   return new S3Store({
     endpoint: config.etcdS3Endpoint,
     bucket: config.etcdS3Bucket,
     region: config.etcdS3Region,
     folder: config.etcdS3Folder,
-    ...(config.etcdS3AccessKey ? { accessKey: config.etcdS3AccessKey, secretKey: config.etcdS3SecretKey } : {}),
+    ...explicitKeys,
+    // Credential sources in order: flags, then the config file (re-read every operation), then the SDK's default chain.
+    ...(!config.etcdS3AccessKey && config.etcdS3ConfigFile ? { configFile: config.etcdS3ConfigFile } : {}),
     insecure: config.etcdS3Insecure,
     timeoutMs: config.etcdS3Timeout,
+    ...(config.etcdS3BucketLookupType === 'auto' ? {} : { forcePathStyle: config.etcdS3BucketLookupType === 'path' }),
+    ...(caPem ? { caPem } : {}),
+    skipTlsVerify: config.etcdS3SkipSslVerify,
+    ...(config.etcdS3Proxy ? { proxy: config.etcdS3Proxy } : {}),
+    onError: (op, code) => metrics.s3Errors.inc({ op, code }),
   });
 }
 
@@ -116,6 +135,36 @@ export class SnapshotService {
       }
     })();
     await Promise.all([scheduling.catch((err: unknown) => this.log.error({ err: errorText(err) }, 'scheduler stopped')), reconciling]);
+  }
+
+  /**
+   * Every reconcile interval, on every steward: write, read back and delete a small object under the
+   * backups' prefix, so broken credentials or a vanished bucket raise `etcd_steward_s3_healthy=0` and an
+   * error log long before the next snapshot would have failed.
+   */
+  async runS3Canary(signal: AbortSignal): Promise<void> {
+    const store = this.s3?.store;
+    if (!store) return;
+    const key = `etcd-steward-canary-${this.options.config.name.toLowerCase().replace(/[^a-z0-9.-]/g, '-')}`;
+    let healthy: boolean | undefined;
+    while (!signal.aborted) {
+      const body = `canary ${new Date().toISOString()}`;
+      try {
+        const callSignal = AbortSignal.any([signal, AbortSignal.timeout(this.options.config.etcdS3Timeout)]);
+        await store.putSmall(key, body, callSignal);
+        const read = (await store.readSmall(key, callSignal)).toString('utf8');
+        if (read !== body) throw new Error(`read back ${read.length} bytes that differ from the ${body.length} written`);
+        await store.delete(key, callSignal);
+        if (healthy !== true) this.log.info({ location: store.location }, 'S3 canary succeeded: write, read and delete work');
+        healthy = true;
+      } catch (err) {
+        if (signal.aborted) break;
+        healthy = false;
+        this.log.error({ location: store.location, err: errorText(err) }, 'S3 canary failed: snapshots will not reach S3 until this is fixed (local snapshots go on)');
+      }
+      this.options.metrics.s3Healthy.set(healthy ? 1 : 0);
+      await sleep(this.options.config.etcdSnapshotReconcileInterval, undefined, { signal }).catch(() => undefined);
+    }
   }
 
   /** ctl Save: an on-demand snapshot taken here, by whichever steward was addressed. */

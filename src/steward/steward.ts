@@ -27,7 +27,6 @@ import { STEWARD_VERSION } from './version.js';
  */
 export class Steward {
   private readonly startedAt = Date.now();
-  private readonly metrics = new StewardMetrics();
   private readonly supervisor: EtcdSupervisor;
   private readonly client: Etcd3;
   private readonly probe: ClusterProbe;
@@ -44,6 +43,7 @@ export class Steward {
   private constructor(
     private readonly config: Config,
     private readonly logger: Logger,
+    private readonly metrics: StewardMetrics,
     s3Store: S3Store | undefined,
   ) {
     this.log = logger.child({ component: 'steward' });
@@ -107,7 +107,8 @@ export class Steward {
   }
 
   static async create(config: Config, logger: Logger): Promise<Steward> {
-    return new Steward(config, logger, await loadS3Store(config));
+    const metrics = new StewardMetrics();
+    return new Steward(config, logger, metrics, await loadS3Store(config, metrics));
   }
 
   async run(signal: AbortSignal): Promise<void> {
@@ -147,12 +148,13 @@ export class Steward {
       });
       const probing = this.health.run(probingStop.signal);
       const registering = this.register(probingStop.signal);
+      const canary = this.snapshots.runS3Canary(probingStop.signal);
       await this.election.run(leadershipStop.signal);
       await Promise.all(this.leaderWork);
       this.log.info('shutting down: leadership released');
       await this.rpc.stop();
       probingStop.abort();
-      await Promise.all([probing, registering]);
+      await Promise.all([probing, registering, canary]);
     } finally {
       signal.removeEventListener('abort', onStop);
       probingStop.abort();

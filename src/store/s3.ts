@@ -1,86 +1,24 @@
-import { AbortMultipartUploadCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
 import { ListObjectsV2Command, PutObjectCommand, S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { PassThrough, Readable, addAbortSignal } from 'node:stream';
+import { Readable, addAbortSignal } from 'node:stream';
 import { InternalError, InvalidArgumentError, NotFoundError, StewardError, UnavailableError, errorText } from '../errors/index.js';
 import { checkKey } from './local.js';
+import { S3ClientSource, endpointUrl, type S3StoreOptions } from './s3-client.js';
+import { MultipartWriter } from './s3-multipart.js';
 import type { BackupStore, ObjectInfo, ObjectWriter } from './store.js';
 
-export interface S3StoreOptions {
-  /** host[:port] or a URL; empty or `s3.amazonaws.com` means AWS itself, addressed by region. */
-  endpoint?: string;
-  bucket: string;
-  region: string;
-  /** Key prefix without leading or trailing slash; may be empty. */
-  folder: string;
-  /** Both or neither; neither uses the SDK's default chain (env, web identity, instance role). */
-  accessKey?: string;
-  secretKey?: string;
-  sessionToken?: string;
-  /** Plain http for an endpoint given without a scheme. */
-  insecure: boolean;
-  /** Defaults to true with a custom endpoint (MinIO and friends rarely do virtual-host buckets). */
-  forcePathStyle?: boolean;
-  /** Bounds connecting, each request until its response headers, and any idle gap in a transfer. */
-  timeoutMs: number;
-  partSizeBytes?: number;
-  queueSize?: number;
-}
+export { createS3Client, type S3StoreOptions } from './s3-client.js';
 
 const MIB = 1024 * 1024;
 const SMALL_LIMIT = MIB;
 const DEFAULT_PART_SIZE = 8 * MIB;
 const DEFAULT_QUEUE_SIZE = 2;
-/** S3 refuses smaller parts (except the last), and lib-storage refuses them up front. */
+/** S3 refuses smaller parts (except the last). */
 const MIN_PART_SIZE = 5 * MIB;
-const AWS_DEFAULT_ENDPOINT = /^(https?:\/\/)?s3\.amazonaws\.com\/?$/i;
-
-/** The one place an S3Client is built, so every client gets the same checksum and timeout settings. */
-export function createS3Client(options: S3StoreOptions): S3Client {
-  if (!(options.timeoutMs > 0)) throw new InvalidArgumentError(`S3 timeout must be positive, got ${options.timeoutMs}`, { hint: 'set --etcd-s3-timeout' });
-  if (Boolean(options.accessKey) !== Boolean(options.secretKey)) {
-    throw new InvalidArgumentError('S3 credentials are incomplete: an access key needs its secret key and the other way round', {
-      hint: 'set both --etcd-s3-access-key and --etcd-s3-secret-key, or neither to use the default credential chain',
-    });
-  }
-  const endpoint = endpointUrl(options);
-  const config: S3ClientConfig = {
-    region: options.region,
-    forcePathStyle: options.forcePathStyle ?? endpoint !== undefined,
-    // Otherwise a streamed PutObject stores aws-chunked framing inside the object on S3-compatible servers.
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-    requestHandler: new NodeHttpHandler({
-      connectionTimeout: options.timeoutMs,
-      requestTimeout: options.timeoutMs,
-      // Without this an exceeded requestTimeout is only logged and the request hangs on.
-      throwOnRequestTimeout: true,
-      // Catches a download that stalls after its headers arrived, which requestTimeout no longer covers.
-      socketTimeout: options.timeoutMs,
-    }),
-  };
-  if (endpoint !== undefined) config.endpoint = endpoint;
-  if (options.accessKey && options.secretKey) {
-    config.credentials = {
-      accessKeyId: options.accessKey,
-      secretAccessKey: options.secretKey,
-      ...(options.sessionToken ? { sessionToken: options.sessionToken } : {}),
-    };
-  }
-  return new S3Client(config);
-}
-
-function endpointUrl(options: S3StoreOptions): string | undefined {
-  const endpoint = options.endpoint?.trim();
-  // With an explicit global endpoint the SDK would not route to the bucket's region.
-  if (!endpoint || AWS_DEFAULT_ENDPOINT.test(endpoint)) return undefined;
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(endpoint)) return endpoint;
-  return `${options.insecure ? 'http' : 'https'}://${endpoint}`;
-}
 
 /** What a writer and the error mapping need to know about their store. */
 interface S3Target {
+  /** The client for the next request: it changes when credentials rotate. */
   readonly client: S3Client;
   readonly bucket: string;
   readonly location: string;
@@ -96,10 +34,9 @@ export class S3Store implements BackupStore {
   private readonly folder: string;
   private readonly partSize: number;
   private readonly queueSize: number;
-  private readonly ownsClient: boolean;
+  private readonly source: S3ClientSource;
 
-  /** Pass `client` to share one connection pool between stores; it must come from `createS3Client`. */
-  constructor(options: S3StoreOptions, client?: S3Client) {
+  constructor(private readonly options: S3StoreOptions) {
     if (!options.bucket) throw new InvalidArgumentError('S3 bucket name is empty', { hint: 'set --etcd-s3-bucket' });
     this.partSize = options.partSizeBytes ?? DEFAULT_PART_SIZE;
     this.queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
@@ -111,14 +48,17 @@ export class S3Store implements BackupStore {
     }
     this.folder = options.folder.replace(/^\/+|\/+$/g, '');
     this.location = this.folder ? `s3://${options.bucket}/${this.folder}` : `s3://${options.bucket}`;
+    this.source = new S3ClientSource(options, options.configFile);
+    const source = this.source;
     this.target = {
-      client: client ?? createS3Client(options),
+      get client(): S3Client {
+        return source.current;
+      },
       bucket: options.bucket,
       location: this.location,
       endpoint: endpointUrl(options) ?? `AWS S3 (${options.region})`,
       timeoutMs: options.timeoutMs,
     };
-    this.ownsClient = client === undefined;
   }
 
   urlFor(key: string): string {
@@ -126,27 +66,24 @@ export class S3Store implements BackupStore {
     return `${this.location}/${key}`;
   }
 
-  /** Closes the connection pool if this store created it. */
+  /** Closes every connection pool this store opened. */
   close(): void {
-    if (this.ownsClient) this.target.client.destroy();
+    this.source.close();
   }
 
   async createWriter(key: string, signal: AbortSignal): Promise<ObjectWriter> {
     checkKey(key);
     signal.throwIfAborted();
-    const body = new PassThrough();
-    const controller = new AbortController();
-    const upload = new Upload({
-      client: withSignal(this.target.client, controller.signal),
-      params: { Bucket: this.target.bucket, Key: this.objectKey(key), Body: body },
-      partSize: this.partSize,
-      queueSize: this.queueSize,
-      leavePartsOnError: false,
-      abortController: controller,
+    await this.source.sync();
+    const url = this.urlFor(key);
+    let reported = false;
+    return new MultipartWriter(this.target, this.objectKey(key), url, this.partSize, this.queueSize, signal, (err) => {
+      const mapped = toStoreError(err, 'upload', url, this.target, signal);
+      // One failed upload is one error in the metrics, however many parts it had in flight.
+      if (!reported && mapped instanceof StewardError) this.options.onError?.('upload', mapped.code);
+      reported = true;
+      return mapped;
     });
-    // Started before the first write: the upload is what drains the stream, so writing first would deadlock.
-    const done = upload.done().then(() => undefined);
-    return new S3Writer(this.target, upload, done, body, this.urlFor(key), this.objectKey(key), signal);
   }
 
   async putSmall(key: string, body: string | Buffer, signal: AbortSignal): Promise<void> {
@@ -231,145 +168,31 @@ export class S3Store implements BackupStore {
     return this.folder ? `${this.folder}/${key}` : key;
   }
 
-  /** Runs one SDK call for `key` (or the whole store) and maps its failure. */
+  /**
+   * Runs one SDK call for `key` (or the whole store) and maps its failure. Rotated credentials are picked up
+   * first; an auth failure (expired token, rotated-away key) rebuilds the client and retries once.
+   */
   private async call<T>(op: string, key: string | undefined, signal: AbortSignal, run: (bucket: string, objectKey: string) => Promise<T>): Promise<T> {
     signal.throwIfAborted();
-    try {
-      return await run(this.target.bucket, key === undefined ? '' : this.objectKey(key));
-    } catch (err) {
-      throw toStoreError(err, op, key === undefined ? this.location : this.urlFor(key), this.target, signal);
-    }
-  }
-}
-
-type WriterState = 'open' | 'committing' | 'committed' | 'aborted';
-
-class S3Writer implements ObjectWriter {
-  private state: WriterState = 'open';
-  private bytes = 0;
-  private aborting: Promise<void> | undefined;
-  /** Rejects (mapped) as soon as the upload fails; never resolves otherwise. Raced against every write. */
-  private readonly failed: Promise<never>;
-  private readonly onAbort = (): void => void this.abort(this.signal.reason);
-
-  constructor(
-    private readonly target: S3Target,
-    private readonly upload: Upload,
-    private readonly done: Promise<void>,
-    private readonly body: PassThrough,
-    private readonly url: string,
-    private readonly objectKey: string,
-    private readonly signal: AbortSignal,
-  ) {
-    this.failed = done.then(
-      () => new Promise<never>(() => {}),
-      (err: unknown) => Promise.reject(this.stopError(err)),
-    );
-    // Nobody may be waiting when the upload fails; the failure surfaces on the next write or commit.
-    this.failed.catch(() => {});
-    signal.addEventListener('abort', this.onAbort, { once: true });
-  }
-
-  async write(chunk: Buffer): Promise<void> {
-    this.assertOpen();
-    // lib-storage keeps the chunk by reference until its part is sent: BackupStore's contract is that a
-    // written chunk is handed over, so no copy (which doubled the garbage of a 1 GB upload).
-    const accepted = new Promise<void>((resolve, reject) => this.body.write(chunk, (err) => (err ? reject(err) : resolve())));
-    try {
-      await Promise.race([accepted, this.failed]);
-    } catch (err) {
-      const error = this.stopError(err);
-      await this.abort(error);
-      throw error;
-    }
-    this.bytes += chunk.length;
-  }
-
-  async commit(): Promise<{ size: number }> {
-    this.assertOpen();
-    this.state = 'committing';
-    try {
-      this.body.end();
-      await this.done;
-      // From here the object is visible; only a failed check below can take it back.
-      this.state = 'committed';
-      const head = await this.target.client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey }), { abortSignal: this.signal });
-      const size = head.ContentLength ?? -1;
-      if (size !== this.bytes) {
-        throw new InternalError('S3_SIZE_MISMATCH', `${this.url} holds ${size} bytes after upload, ${this.bytes} were written; removing it`, {
-          hint: 'the S3 endpoint altered the upload (a proxy or an incompatible server?); check it before trusting any snapshot there',
-        });
+    const url = key === undefined ? this.location : this.urlFor(key);
+    const attempt = async (): Promise<T> => {
+      try {
+        await this.source.sync();
+        return await run(this.target.bucket, key === undefined ? '' : this.objectKey(key));
+      } catch (err) {
+        const mapped = toStoreError(err, op, url, this.target, signal);
+        if (mapped instanceof StewardError && mapped.code !== 'NOT_FOUND') this.options.onError?.(op, mapped.code);
+        throw mapped;
       }
-      return { size };
+    };
+    try {
+      return await attempt();
     } catch (err) {
-      const error = this.stopError(err);
-      if (this.state === 'committed') {
-        // A commit that fails must not leave an object behind that looks like a good backup.
-        await this.target.client
-          .send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey }), { abortSignal: AbortSignal.timeout(this.target.timeoutMs) })
-          .catch(() => {});
-        this.state = 'aborted';
-      } else {
-        await this.abort(error);
-      }
-      throw error;
-    } finally {
-      this.signal.removeEventListener('abort', this.onAbort);
+      if (!(err instanceof StewardError) || err.code !== 'S3_ACCESS_DENIED' || signal.aborted) throw err;
+      await this.source.rebuild();
+      return attempt();
     }
   }
-
-  async abort(_reason?: unknown): Promise<void> {
-    if (this.state === 'committed') return;
-    // A second caller (the signal, then a failing write) waits for the same cleanup to finish.
-    this.aborting ??= this.discard();
-    return this.aborting;
-  }
-
-  private async discard(): Promise<void> {
-    this.state = 'aborted';
-    this.signal.removeEventListener('abort', this.onAbort);
-    // Cancels the parts in flight too: the client lib-storage was given carries this controller's signal.
-    await this.upload.abort();
-    this.body.destroy();
-    await this.done.catch(() => {});
-    // lib-storage's own AbortMultipartUpload went out on the aborted signal, so it never reached S3.
-    const uploadId = this.upload.uploadId;
-    if (uploadId) {
-      await this.target.client
-        .send(new AbortMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.objectKey, UploadId: uploadId }), {
-          abortSignal: AbortSignal.timeout(this.target.timeoutMs),
-        })
-        .catch(() => {}); // s3rver answers 405; real S3 expires leftovers by a bucket lifecycle rule.
-    }
-  }
-
-  private assertOpen(): void {
-    if (this.state === 'open') return;
-    if (this.signal.aborted) throw this.signal.reason;
-    throw new InternalError('STORE_WRITER_CLOSED', `the writer for ${this.url} is already ${this.state}`);
-  }
-
-  /** What a failed write or commit reports: the caller's abort reason, a closed writer, or the S3 error. */
-  private stopError(err: unknown): unknown {
-    if (this.signal.aborted) return this.signal.reason;
-    if (this.state === 'aborted') return new InternalError('STORE_WRITER_CLOSED', `the upload of ${this.url} was aborted`, { cause: err });
-    return toStoreError(err, 'upload', this.url, this.target, this.signal);
-  }
-}
-
-/**
- * lib-storage sends its requests without a signal, so an aborted upload would keep its parts (and a final
- * PutObject) in flight until they finish. This view of the client attaches the upload's own signal to each.
- */
-function withSignal(client: S3Client, signal: AbortSignal): S3Client {
-  return new Proxy(client, {
-    get(target, prop, receiver) {
-      if (prop === 'send') {
-        return (command: Parameters<S3Client['send']>[0]) => target.send(command, { abortSignal: signal });
-      }
-      return Reflect.get(target, prop, receiver);
-    },
-  });
 }
 
 const ACCESS_DENIED = new Set(['AccessDenied', 'InvalidAccessKeyId', 'ExpiredToken', 'InvalidToken', 'TokenRefreshRequired', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'CredentialsProviderError']);
@@ -398,7 +221,13 @@ function toStoreError(err: unknown, op: string, url: string, target: S3Target, s
       hint: `check --etcd-s3-access-key / --etcd-s3-secret-key (or the role the pod runs as): they must be valid, unexpired and allowed to get, put, list and delete under ${target.location}`,
     });
   }
-  if ((errno && (UNREACHABLE.has(errno) || errno.startsWith('ERR_SSL') || errno.includes('CERT'))) || name === 'TimeoutError') {
+  if (errno && /CERT|UNABLE_TO_VERIFY|SELF_SIGNED|^ERR_SSL|^ERR_TLS/.test(errno)) {
+    return new UnavailableError('S3_TLS', `the TLS certificate of ${target.endpoint} was not accepted: ${message}`, {
+      cause: err,
+      hint: 'for a private CA pass --etcd-s3-endpoint-ca with its PEM; --etcd-s3-skip-ssl-verify only in a lab',
+    });
+  }
+  if ((errno && UNREACHABLE.has(errno)) || name === 'TimeoutError') {
     return new UnavailableError('S3_UNREACHABLE', `cannot reach S3 at ${target.endpoint}: ${message}`, {
       cause: err,
       hint: 'check --etcd-s3-endpoint and --etcd-s3-insecure (http or https), DNS and network policy; raise --etcd-s3-timeout on a slow link',

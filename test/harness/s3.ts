@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { once } from 'node:events';
+import { connect } from 'node:net';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +14,8 @@ const S3RVER_JS = createRequire(import.meta.url).resolve('s3rver/bin/s3rver.js')
 
 export interface S3ServerOptions {
   bucket?: string;
+  /** Serve HTTPS with this key and certificate (PEM file paths). */
+  tls?: { key: string; cert: string };
 }
 
 /**
@@ -33,8 +36,10 @@ export class S3Server {
     private readonly child: ChildProcess,
   ) {}
 
+  private scheme = 'http';
+
   get endpoint(): string {
-    return `http://127.0.0.1:${this.port}`;
+    return `${this.scheme}://127.0.0.1:${this.port}`;
   }
 
   static async start(options: S3ServerOptions = {}): Promise<S3Server> {
@@ -46,16 +51,24 @@ export class S3Server {
     const logFile = join(root, 's3rver.log');
     const log = openSync(logFile, 'a');
     const args = ['--openssl-legacy-provider', S3RVER_JS, '-d', dir, '-a', '127.0.0.1', '-p', String(port), '--configure-bucket', bucket, '--silent'];
+    if (options.tls) args.push('--key', options.tls.key, '--cert', options.tls.cert);
     const child = spawn(process.execPath, args, { stdio: ['ignore', log, log] });
     closeSync(log);
     const server = new S3Server(root, dir, port, bucket, child);
+    if (options.tls) server.scheme = 'https';
     try {
       await waitUntil(
         `s3rver on ${server.endpoint}`,
         async () => {
           if (child.exitCode !== null) throw new Error(`s3rver exited with ${child.exitCode}: ${readFileSync(logFile, 'utf8')}`);
-          const response = await fetch(server.endpoint, { signal: AbortSignal.timeout(1000) });
-          await response.arrayBuffer();
+          // A TCP connect is enough to know it listens; with TLS, fetch would refuse the test CA.
+          await new Promise<void>((resolve, reject) => {
+            const socket = connect(port, '127.0.0.1', () => {
+              socket.destroy();
+              resolve();
+            });
+            socket.on('error', reject);
+          });
           return true;
         },
         15_000,
