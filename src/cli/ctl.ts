@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, Option } from 'commander';
 import { StewardError, UsageError, exitCodeFor } from '../errors/index.js';
 import { StewardClient } from '../rpc/client.js';
@@ -88,6 +89,46 @@ function program(): Command {
       await withClient(global, async (client) => {
         const deleted = await client.prune(retention);
         print(global.output, deleted.map(recordJson), () => (deleted.length ? `pruned:\n${recordsText(deleted)}` : 'nothing to prune'));
+      });
+    });
+  const spec = root.command('spec').description('the cluster spec in the control store');
+  spec
+    .command('get')
+    .description('print the cluster spec (JSON)')
+    .action(async (_options: unknown, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      await withClient(global, async (client) => {
+        const response = await client.specGet();
+        print(global.output, JSON.parse(response.specJson) as unknown, () => `# ${response.location} (generation ${response.generation})\n${response.specJson.trimEnd()}`);
+      });
+    });
+  spec
+    .command('set')
+    .argument('<file>', 'JSON spec, e.g. edited output of spec get -o json')
+    .description('replace the cluster spec (on the leader; validated; must be based on the current generation)')
+    .action(async (file: string, _options: unknown, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      let text: string;
+      try {
+        text = await readFile(file, 'utf8');
+      } catch (err) {
+        throw new UsageError(`cannot read ${file}: ${err instanceof Error ? err.message : String(err)}`, { hint: 'pass the path of a JSON spec file' });
+      }
+      await withClient(global, async (client) => {
+        const response = await client.specSet(text);
+        print(global.output, JSON.parse(response.specJson) as unknown, () => `cluster spec set: generation ${response.generation} at ${response.location}`);
+      });
+    });
+
+  root
+    .command('init')
+    .description('create the spec of a brand-new, empty cluster; refused if any data or snapshot exists')
+    .option('--yes', 'confirm: yes, create a new cluster', false)
+    .action(async (options: { yes: boolean }, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      await withClient(global, async (client) => {
+        const response = await client.init(options.yes);
+        print(global.output, JSON.parse(response.specJson) as unknown, () => `initialised a new cluster spec (generation ${response.generation}) at ${response.location}`);
       });
     });
   return root;

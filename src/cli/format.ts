@@ -30,6 +30,9 @@ export function statusJson(status: StatusResponse): object {
     fencingToken: status.fencingToken,
     etcdRunning: status.etcdRunning,
     etcdRestarts: status.etcdRestarts,
+    specHealthy: status.specHealthy,
+    specGeneration: status.specGeneration,
+    specProblem: status.specProblem,
     members: status.members.map((m) => ({
       name: m.name,
       id: m.id,
@@ -51,6 +54,7 @@ export function statusText(status: StatusResponse): string {
     `leader:    ${status.leader || 'none elected'}`,
     `cluster:   ${status.clusterId || 'unknown'}`,
     `steward:   v${status.version}, up ${Math.round(status.uptimeSeconds)}s, etcd ${status.etcdRunning ? 'running' : 'NOT running'}, ${status.etcdRestarts} etcd restarts`,
+    `spec:      ${status.specHealthy ? `generation ${status.specGeneration}` : `PROBLEM: ${status.specProblem}`}`,
     '',
   ];
   const rows = status.members.map((m) => [

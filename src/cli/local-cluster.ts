@@ -111,7 +111,7 @@ function startS3(options: Options, dir: string, logs: string): ChildProcess {
   return child;
 }
 
-function startSteward(member: Member, nodes: Member[], logs: string): ChildProcess {
+function startSteward(member: Member, nodes: Member[], logs: string, s3: { port: string; bucket: string; credentials: string }): ChildProcess {
   const log = openSync(join(logs, `${member.name}.log`), 'a');
   const child = spawn(
     process.execPath,
@@ -127,12 +127,34 @@ function startSteward(member: Member, nodes: Member[], logs: string): ChildProce
       `--etcd-endpoints=${nodes.map((n) => n.clientUrl).join(',')}`,
       `--grpc-listen=${member.grpc}`,
       `--http-listen=${member.http}`,
+      '--etcd-s3=true',
+      `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,
+      '--etcd-s3-insecure=true',
+      `--etcd-s3-bucket=${s3.bucket}`,
+      '--etcd-s3-folder=backups',
+      // Keys in a file, not on the command line: re-read before every S3 call, so they can be rotated live.
+      `--etcd-s3-config-file=${s3.credentials}`,
     ],
     // Own process groups: a terminal's Ctrl-C reaches only this process, which then stops each child once.
     { stdio: ['ignore', log, log], detached: true },
   );
   closeSync(log);
   return child;
+}
+
+async function initNewCluster(nodes: Member[], signal: AbortSignal): Promise<void> {
+  while (!signal.aborted) {
+    const client = new StewardClient(nodes[0]?.grpc ?? '', 5000);
+    try {
+      await client.init(true);
+      return;
+    } catch (err) {
+      if (err instanceof StewardError && err.family !== 'unavailable') throw err;
+    } finally {
+      client.close();
+    }
+    await sleep(250, undefined, { signal }).catch(() => undefined);
+  }
 }
 
 async function waitForHealthy(nodes: Member[], signal: AbortSignal, timeoutMs: number): Promise<string | undefined> {
@@ -175,7 +197,11 @@ async function main(): Promise<number> {
   );
   const started = Date.now();
   children.push({ name: 's3', child: startS3(options, dir, logs) });
-  for (const member of nodes) children.push({ name: member.name, child: startSteward(member, nodes, logs) });
+  const credentials = join(dir, 's3-credentials.yaml');
+  // s3rver's built-in account; it checks the key id, not the signature.
+  if (!existsSync(credentials)) writeFileSync(credentials, 'etcd-s3-access-key: S3RVER\netcd-s3-secret-key: S3RVER\n', { mode: 0o600 });
+  const s3 = { port: options.s3Port, bucket: options.bucket, credentials };
+  for (const member of nodes) children.push({ name: member.name, child: startSteward(member, nodes, logs, s3) });
   const failed = new AbortController();
   for (const { name, child } of children) {
     child.once('exit', (code, sig) => {
@@ -186,6 +212,9 @@ async function main(): Promise<number> {
   }
   const stop = AbortSignal.any([signal, failed.signal]);
   process.stdout.write(`${mode === 'new' ? 'Initialising a new' : 'Resuming the'} local cluster in ${dir} …\n`);
+  // The stewards never bootstrap an empty data dir without a cluster spec; on a fresh .run/ this command
+  // is the operator who confirms a new cluster (etcd-stewardctl init --yes).
+  if (mode === 'new') await initNewCluster(nodes, stop);
   const leader = await waitForHealthy(nodes, stop, 60_000);
   if (leader) {
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
@@ -200,6 +229,8 @@ async function main(): Promise<number> {
         '  ./bin/etcd-stewardctl -o json status --endpoint 127.0.0.1:7402',
         `  curl -s http://${nodes[0]?.http}/metrics | grep etcd_steward_`,
         `  etcdctl --endpoints ${nodes.map((n) => n.clientUrl).join(',')} endpoint status -w table`,
+        '  ./bin/etcd-stewardctl save && ./bin/etcd-stewardctl ls',
+        '  ./bin/etcd-stewardctl spec get',
         '',
         `Logs (JSON, one event a line): ${logs}/. Ctrl-C stops everything; 'make run' again resumes the same cluster.`,
         '',

@@ -137,6 +137,8 @@ function validate(raw: Map<SettingKey, { value: RawValue; source: Source }>, con
   config.etcdEndpoints = derive('etcdEndpoints', () => config.advertiseClientUrls as string[]);
   config.advertiseGrpc = out.advertiseGrpc ?? (out.grpcListen as Config['grpcListen']);
   config.etcdSnapshotDir = derive('etcdSnapshotDir', () => join(out.stateDir as string, 'snapshots'));
+  config.controlS3Bucket = out.controlS3Bucket || (out.etcdS3Bucket as string);
+  config.controlS3Folder = out.controlS3Folder || `${(out.etcdS3Folder as string) || 'etcd-steward'}-control`;
   const complete = config as Config;
   checkConsistency(complete);
   return complete;
@@ -165,10 +167,27 @@ function checkConsistency(config: Config): void {
   if (config.etcdS3Folder.startsWith('/') || config.etcdS3Folder.includes('..')) {
     throw new ConfigError(`--etcd-s3-folder: ${JSON.stringify(config.etcdS3Folder)} is not allowed: expected a key prefix without a leading slash or '..'`);
   }
+  checkControlPrefix(config);
   const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(config.grpcListen.host) || config.grpcListen.host.startsWith('127.');
   if (!loopback && !config.grpcInsecureNonLoopback) {
     throw new ConfigError(`--grpc-listen: ${config.grpcListen.host} is not a loopback address and the gRPC API has no TLS yet`, {
       hint: 'listen on 127.0.0.1, or pass --grpc-insecure-non-loopback=true if you accept an unauthenticated API on the network',
     });
+  }
+}
+
+/**
+ * A bucket lifecycle rule on the backups' prefix must never reach the cluster spec (the kops failure), so
+ * the control prefix may not equal or sit under it. Backups at the bucket root put every prefix under them.
+ */
+function checkControlPrefix(config: Config): void {
+  if (!config.etcdS3 || config.controlS3Bucket !== config.etcdS3Bucket) return;
+  const backups = config.etcdS3Folder.replace(/\/+$/, '');
+  const control = config.controlS3Folder.replace(/\/+$/, '');
+  if (backups === '' || control === backups || control.startsWith(`${backups}/`)) {
+    throw new ConfigError(
+      `--control-s3-folder: ${JSON.stringify(control)} is not allowed: it is ${backups === '' ? 'inside the backups, which are at the bucket root' : `inside the backups' prefix ${JSON.stringify(backups)}`}`,
+      { hint: 'a lifecycle rule on the backups would delete the cluster spec: give --etcd-s3-folder a folder, or put the spec elsewhere with --control-s3-folder / --control-s3-bucket' },
+    );
   }
 }

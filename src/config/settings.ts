@@ -124,6 +124,13 @@ export const SETTINGS = {
   }),
   etcdS3Insecure: setting('etcd-s3-insecure', boolean(), 'use http instead of https for S3', { default: 'false' }),
   etcdS3Timeout: setting('etcd-s3-timeout', duration({ minMs: 1000, maxMs: 24 * 3_600_000 }), 'timeout of one S3 request', { default: '5m' }),
+  controlS3Folder: setting('control-s3-folder', optionalText('a key prefix without leading slash'), 'where the cluster spec lives in S3, never inside the backups\' prefix', {
+    derived: '<etcd-s3-folder>-control',
+  }),
+  controlS3Bucket: setting('control-s3-bucket', optionalText('a bucket name'), 'bucket of the cluster spec', { derived: '--etcd-s3-bucket' }),
+  controlSpecTtl: setting('control-spec-ttl', duration({ minMs: 1000, maxMs: 24 * 3_600_000 }), 'how often the cluster spec is re-read', {
+    default: '60s',
+  }),
   logLevel: setting('log-level', oneOf(['trace', 'debug', 'info', 'warn', 'error'] as const), 'log level', { default: 'info' }),
 } as const;
 

@@ -60,6 +60,17 @@ export class StewardMetrics {
     registers: [this.registry],
   });
 
+  readonly controlSpecHealthy = new Gauge({
+    name: 'etcd_steward_control_spec_healthy',
+    help: '1 if the cluster spec was read from the control store at the last check (alert on 0)',
+    registers: [this.registry],
+  });
+  readonly controlSpecGeneration = new Gauge({
+    name: 'etcd_steward_control_spec_generation',
+    help: 'generation of the cluster spec at the last successful read',
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'etcd_steward_' });
   }

@@ -1,7 +1,7 @@
 import { credentials, type Client, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { fromGrpcError } from '../errors/index.js';
 import { StewardCtlClient, StewardPeerClient } from './proto.js';
-import type { SaveEvent, SaveRequest, SnapshotInfo, SnapshotRecord, StatusResponse } from './types.js';
+import type { SaveEvent, SaveRequest, SnapshotInfo, SnapshotRecord, SpecResponse, StatusResponse } from './types.js';
 
 type UnaryMethod = (request: object, options: { deadline: number }, callback: (err: ServiceError | null, response: unknown) => void) => void;
 
@@ -55,6 +55,18 @@ export class StewardClient extends BaseClient {
 
   async prune(retention: number): Promise<SnapshotRecord[]> {
     return (await this.unary<{ deleted: SnapshotRecord[] }>('prune', { retention }, 10 * 60_000)).deleted;
+  }
+
+  specGet(): Promise<SpecResponse> {
+    return this.unary<SpecResponse>('specGet', {});
+  }
+
+  specSet(specJson: string): Promise<SpecResponse> {
+    return this.unary<SpecResponse>('specSet', { specJson });
+  }
+
+  init(confirm: boolean): Promise<SpecResponse> {
+    return this.unary<SpecResponse>('init', { confirm });
   }
 
   /** Streams progress to `onProgress` and resolves with the stored snapshot. No deadline: a save may be long. */

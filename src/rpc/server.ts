@@ -73,6 +73,9 @@ function ctlImplementation(handlers: StewardCtlHandlers, log: Logger): UntypedSe
     List: unary('List', log, async () => ({ snapshots: await handlers.list() })),
     Delete: unary('Delete', log, async (request: { names: string[] }) => ({ deleted: await handlers.delete(request.names) })),
     Prune: unary('Prune', log, async (request: { retention: number }) => ({ deleted: await handlers.prune(request.retention) })),
+    SpecGet: unary('SpecGet', log, () => handlers.specGet()),
+    SpecSet: unary('SpecSet', log, (request: { specJson: string }) => handlers.specSet(request.specJson)),
+    Init: unary('Init', log, (request: { confirm: boolean }) => handlers.init(request.confirm)),
   };
 }
 

@@ -24,6 +24,15 @@ export interface StatusResponse {
   fencingToken: string;
   etcdRunning: boolean;
   etcdRestarts: number;
+  specHealthy: boolean;
+  specGeneration: number;
+  specProblem: string;
+}
+
+export interface SpecResponse {
+  specJson: string;
+  generation: number;
+  location: string;
 }
 
 export interface SaveRequest {
@@ -62,6 +71,9 @@ export interface StewardCtlHandlers {
   list(): Promise<SnapshotRecord[]>;
   delete(names: string[]): Promise<SnapshotRecord[]>;
   prune(retention: number): Promise<SnapshotRecord[]>;
+  specGet(): Promise<SpecResponse>;
+  specSet(specJson: string): Promise<SpecResponse>;
+  init(confirm: boolean): Promise<SpecResponse>;
 }
 
 export interface StewardPeerHandlers {

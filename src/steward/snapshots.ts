@@ -19,7 +19,7 @@ import { LocalStore } from '../store/local.js';
 import type { S3Store } from '../store/s3.js';
 
 /** Loads the AWS SDK only when S3 is on: it costs ~23 MB of RSS that a local-only steward does not need. */
-export async function loadS3Store(config: Config, metrics: StewardMetrics): Promise<S3Store | undefined> {
+export async function loadS3Store(config: Config, metrics: StewardMetrics, where: { bucket: string; folder: string }): Promise<S3Store | undefined> {
   if (!config.etcdS3) return undefined;
   const { S3Store } = await import('../store/s3.js');
   let caPem: string | undefined;
@@ -35,9 +35,9 @@ export async function loadS3Store(config: Config, metrics: StewardMetrics): Prom
     : {};
   return new S3Store({
     endpoint: config.etcdS3Endpoint,
-    bucket: config.etcdS3Bucket,
+    bucket: where.bucket,
     region: config.etcdS3Region,
-    folder: config.etcdS3Folder,
+    folder: where.folder,
     ...explicitKeys,
     // Credential sources in order: flags, then the config file (re-read every operation), then the SDK's default chain.
     ...(!config.etcdS3AccessKey && config.etcdS3ConfigFile ? { configFile: config.etcdS3ConfigFile } : {}),

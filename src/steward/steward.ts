@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
@@ -10,7 +11,12 @@ import { EtcdSupervisor } from '../etcd/supervisor.js';
 import { ObservabilityServer } from '../observability/http.js';
 import { StewardMetrics } from '../observability/metrics.js';
 import { RpcServer } from '../rpc/server.js';
-import type { StatusResponse } from '../rpc/types.js';
+import type { SpecResponse, StatusResponse } from '../rpc/types.js';
+import { ControlStore } from '../spec/control-store.js';
+import { SpecService } from '../spec/service.js';
+import type { ClusterSpec } from '../spec/spec.js';
+import { LocalStore } from '../store/local.js';
+import type { BackupStore } from '../store/store.js';
 import { HealthMonitor } from './health-monitor.js';
 import type { S3Store } from '../store/s3.js';
 import { SnapshotService, loadS3Store } from './snapshots.js';
@@ -37,6 +43,10 @@ export class Steward {
   private readonly registry: StewardRegistry;
   private readonly memberClients = new Map<string, Etcd3>();
   private readonly leaderWork = new Set<Promise<void>>();
+  private readonly spec: SpecService;
+  private readonly control: ControlStore;
+  private readonly controlShared: boolean;
+  private readonly controlClose: () => void;
   private rpc: RpcServer | undefined;
   private etcdRestarts = 0;
 
@@ -45,6 +55,7 @@ export class Steward {
     private readonly logger: Logger,
     private readonly metrics: StewardMetrics,
     s3Store: S3Store | undefined,
+    controlStore: BackupStore,
   ) {
     this.log = logger.child({ component: 'steward' });
     this.supervisor = new EtcdSupervisor({
@@ -78,6 +89,18 @@ export class Steward {
       },
       s3Store,
     );
+    this.control = new ControlStore(controlStore, this.client);
+    this.controlShared = controlStore.kind === 's3';
+    this.controlClose = () => (controlStore as Partial<Pick<S3Store, 'close'>>).close?.();
+    this.spec = new SpecService({
+      config,
+      control: this.control,
+      backupStores: [new LocalStore(config.etcdSnapshotDir), ...(s3Store ? [s3Store] : [])],
+      client: this.client,
+      metrics: this.metrics,
+      logger,
+      currentTerm: () => this.election.currentTerm,
+    });
     this.election = new LeaderElection({
       client: this.client,
       node: config.name,
@@ -108,7 +131,9 @@ export class Steward {
 
   static async create(config: Config, logger: Logger): Promise<Steward> {
     const metrics = new StewardMetrics();
-    return new Steward(config, logger, metrics, await loadS3Store(config, metrics));
+    const s3 = await loadS3Store(config, metrics, { bucket: config.etcdS3Bucket, folder: config.etcdS3Folder });
+    const control = (await loadS3Store(config, metrics, { bucket: config.controlS3Bucket, folder: config.controlS3Folder })) ?? new LocalStore(join(config.stateDir, 'control'));
+    return new Steward(config, logger, metrics, s3, control);
   }
 
   async run(signal: AbortSignal): Promise<void> {
@@ -124,7 +149,11 @@ export class Steward {
     });
     this.log.info({ version: STEWARD_VERSION, http: `${http.address.host}:${http.address.port}` }, 'steward starting');
     let fatal: unknown;
-    const supervising = this.supervisor.run(etcdStop.signal).catch((err: unknown) => {
+    const supervising = (async () => {
+      // With a shared control store, an empty data dir is bootstrapped only from a cluster spec (see SpecService).
+      if (this.controlShared && !(await this.spec.waitUntilBootstrapAllowed(etcdStop.signal))) return;
+      await this.supervisor.run(etcdStop.signal);
+    })().catch((err: unknown) => {
       fatal = err;
       this.log.fatal({ err }, 'cannot supervise etcd; shutting down');
       leadershipStop.abort();
@@ -142,6 +171,9 @@ export class Steward {
           list: () => this.snapshots.handleList(),
           delete: (names) => this.snapshots.handleDelete(names),
           prune: (retention) => this.snapshots.handlePrune(retention),
+          specGet: async () => specResponse(await this.spec.get(AbortSignal.timeout(60_000)), this.control.location),
+          specSet: async (json) => specResponse(await this.spec.set(json, AbortSignal.timeout(60_000)), this.control.location),
+          init: async (confirm) => specResponse(await this.spec.init(confirm, AbortSignal.timeout(60_000)), this.control.location),
         },
         peer: this.snapshots.peerHandlers,
         logger: this.logger,
@@ -149,12 +181,13 @@ export class Steward {
       const probing = this.health.run(probingStop.signal);
       const registering = this.register(probingStop.signal);
       const canary = this.snapshots.runS3Canary(probingStop.signal);
+      const specWatch = this.spec.run(probingStop.signal);
       await this.election.run(leadershipStop.signal);
       await Promise.all(this.leaderWork);
       this.log.info('shutting down: leadership released');
       await this.rpc.stop();
       probingStop.abort();
-      await Promise.all([probing, registering, canary]);
+      await Promise.all([probing, registering, canary, specWatch]);
     } finally {
       signal.removeEventListener('abort', onStop);
       probingStop.abort();
@@ -162,6 +195,7 @@ export class Steward {
       await supervising;
       this.probe.close();
       this.snapshots.close();
+      this.controlClose();
       for (const client of this.memberClients.values()) client.close();
       this.client.close();
       await http.close();
@@ -205,9 +239,16 @@ export class Steward {
       fencingToken: term?.fencingToken ?? '',
       etcdRunning: this.supervisor.pid !== undefined,
       etcdRestarts: this.etcdRestarts,
+      specHealthy: this.spec.state.healthy,
+      specGeneration: this.spec.state.generation,
+      specProblem: this.spec.state.problem,
       members: health.members.map((m) => ({ ...m, id: toHex(m.id) })),
     };
   }
+}
+
+function specResponse(spec: ClusterSpec, location: string): SpecResponse {
+  return { specJson: `${JSON.stringify(spec, null, 2)}\n`, generation: spec.generation, location };
 }
 
 function toHex(decimal: string): string {

@@ -68,6 +68,7 @@ describe('snapshot benchmark', () => {
       `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,
       '--etcd-s3-insecure=true',
       '--etcd-s3-bucket=bench',
+      '--etcd-s3-folder=backups',
       `--etcd-s3-access-key=${s3.accessKey}`,
       `--etcd-s3-secret-key=${s3.secretKey}`,
     ];

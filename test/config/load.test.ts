@@ -89,6 +89,10 @@ describe('configuration', () => {
       [['--etcd-snapshot-retention', '0'], /^error\[INVALID_CONFIG\]: --etcd-snapshot-retention: "0" is not allowed: expected a whole number from 1/],
       [['--etcd-snapshot-retention=-2'], /^error\[INVALID_CONFIG\]: --etcd-snapshot-retention: "-2" is not allowed/],
       [['--etcd-s3=true'], /^error\[INVALID_CONFIG\]: --etcd-s3-bucket: empty is not allowed when --etcd-s3 is true/],
+      [['--etcd-s3=true', '--etcd-s3-bucket=b', '--etcd-s3-folder=backups', '--control-s3-folder=backups/control'], /^error\[INVALID_CONFIG\]: --control-s3-folder: "backups\/control" is not allowed: it is inside the backups' prefix/],
+      [['--etcd-s3=true', '--etcd-s3-bucket=b', '--etcd-s3-folder=backups', '--control-s3-folder=backups'], /^error\[INVALID_CONFIG\]: --control-s3-folder: "backups" is not allowed/],
+      [['--etcd-s3=true', '--etcd-s3-bucket=b'], /^error\[INVALID_CONFIG\]: --control-s3-folder: .* inside the backups, which are at the bucket root/],
+      [['--etcd-s3=true', '--etcd-s3-bucket=b', '--etcd-s3-folder=x', '--etcd-s3-proxy=not a url'], /^error\[INVALID_CONFIG\]: --etcd-s3-proxy: /],
     ];
     for (const [args, message] of cases) {
       const result = await runSteward(args);

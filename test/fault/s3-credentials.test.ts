@@ -50,6 +50,7 @@ describe('S3 that keeps working: rotated credentials, transient faults, outages 
       `--etcd-s3-endpoint=${proxy.endpoint}`,
       '--etcd-s3-insecure=true',
       '--etcd-s3-bucket=snapshots',
+      '--etcd-s3-folder=backups',
       `--etcd-s3-config-file=${credentialsFile}`,
       '--etcd-s3-timeout=3s',
       '--etcd-disable-snapshots=true',

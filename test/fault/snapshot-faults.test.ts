@@ -33,7 +33,7 @@ describe('snapshots under faults: compression, S3 cut mid-upload, steward killed
   beforeAll(async () => {
     s3 = await S3Server.start({ bucket: 'snapshots' });
     proxy = await TcpProxy.start(s3.port);
-    bucket = new S3Store(s3.storeOptions(''));
+    bucket = new S3Store(s3.storeOptions('backups'));
     cluster = await StewardCluster.create({
       size: 3,
       extraArgs: [
@@ -41,6 +41,7 @@ describe('snapshots under faults: compression, S3 cut mid-upload, steward killed
         `--etcd-s3-endpoint=127.0.0.1:${proxy.port}`,
         '--etcd-s3-insecure=true',
         '--etcd-s3-bucket=snapshots',
+        '--etcd-s3-folder=backups',
         `--etcd-s3-access-key=${s3.accessKey}`,
         `--etcd-s3-secret-key=${s3.secretKey}`,
         '--etcd-s3-timeout=5s',
@@ -65,7 +66,7 @@ describe('snapshots under faults: compression, S3 cut mid-upload, steward killed
     expect(result.code, result.stderr).toBe(0);
     const saved = JSON.parse(result.stdout) as Saved;
     const gz = join(snapshotDir(2), `${saved.name}.gz`);
-    expect(saved.locations).toEqual([`file://${gz}`, `s3://snapshots/${saved.name}.gz`]);
+    expect(saved.locations).toEqual([`file://${gz}`, `s3://snapshots/backups/${saved.name}.gz`]);
     expect(await sha256File(gz)).toBe(saved.sha256);
     expect(statSync(gz).size).toBe(saved.size);
     const head = await bucket.head(`${saved.name}.gz`, AbortSignal.timeout(5000));

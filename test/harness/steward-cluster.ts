@@ -100,6 +100,25 @@ export class StewardCluster {
 
   async startAll(): Promise<void> {
     for (const node of this.nodes) this.start(node.index);
+    if (this.nodes.some((n) => this.args(n).includes('--etcd-s3=true'))) await this.initIfNew();
+  }
+
+  /**
+   * With S3, stewards keep an empty data dir empty until a cluster spec exists (no silent new clusters),
+   * so a new test cluster is created the way an operator would: `etcd-stewardctl init --yes`.
+   * On a restart the spec exists and init is refused (exit 4), which is fine.
+   */
+  async initIfNew(): Promise<void> {
+    await waitUntil(
+      'init --yes to be answered',
+      async () => {
+        const result = await runCtl(['--endpoint', this.node(0).grpc, 'init', '--yes']);
+        if (result.code === 0 || result.code === 4) return true;
+        return undefined;
+      },
+      20_000,
+      250,
+    );
   }
 
   start(index: number): ChildProcess {

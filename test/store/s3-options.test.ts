@@ -12,8 +12,8 @@ import { makeTestCa, type TestCa } from '../harness/tls.js';
 
 /** Builds the store exactly as the daemon does, from its flags. */
 async function storeFromFlags(flags: string[]): Promise<S3Store> {
-  const config = await loadConfig(['--etcd-s3=true', '--etcd-s3-bucket=snapshots', '--etcd-s3-access-key=S3RVER', '--etcd-s3-secret-key=S3RVER', '--etcd-s3-timeout=3s', ...flags], '0');
-  const store = await loadS3Store(config, new StewardMetrics());
+  const config = await loadConfig(['--etcd-s3=true', '--etcd-s3-bucket=snapshots', '--etcd-s3-access-key=S3RVER', '--etcd-s3-secret-key=S3RVER', '--etcd-s3-timeout=3s', '--etcd-s3-folder=backups', ...flags], '0');
+  const store = await loadS3Store(config, new StewardMetrics(), { bucket: config.etcdS3Bucket, folder: config.etcdS3Folder });
   if (!store) throw new Error('S3 store not built');
   return store;
 }

@@ -1,0 +1,38 @@
+import { z } from 'zod';
+import { InvalidArgumentError } from '../errors/index.js';
+
+/** What the cluster is meant to be. Lives in the control store, apart from the backups, and is re-read on a TTL. */
+export const clusterSpecSchema = z.object({
+  formatVersion: z.literal(1),
+  /** Bumped by every write; a write that does not follow the current generation is refused. */
+  generation: z.number().int().min(1),
+  members: z
+    .array(z.object({ name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/), peerUrl: z.string().url() }))
+    .min(1)
+    .refine((members) => new Set(members.map((m) => m.name)).size === members.length, 'member names must be unique'),
+  etcdVersion: z.string(),
+  clusterToken: z.string().min(1),
+  /** Extra etcd flags the cluster runs with, by name without dashes. */
+  etcdFlags: z.record(z.string(), z.string()).default({}),
+  updatedAt: z.string(),
+  /** The leader that wrote it ('' for init): a record of who changed the spec. */
+  fencingToken: z.string(),
+});
+
+export type ClusterSpec = z.infer<typeof clusterSpecSchema>;
+
+/** Parses operator input (`spec set FILE`) or a stored object; every problem named, none guessed at. */
+export function parseSpec(text: string, where: string): ClusterSpec {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new InvalidArgumentError(`${where} is not valid JSON: ${(err as Error).message}`, { hint: 'start from the output of etcd-stewardctl spec get -o json' });
+  }
+  const result = clusterSpecSchema.safeParse(json);
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`).join('; ');
+    throw new InvalidArgumentError(`${where} is not a valid cluster spec: ${problems}`, { hint: 'start from the output of etcd-stewardctl spec get -o json' });
+  }
+  return result.data;
+}
