@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { errorText } from '../errors/index.js';
+import { NotFoundError, errorText } from '../errors/index.js';
 import { parseMetadata } from '../snapshot/metadata.js';
 import { METADATA_SUFFIX, metadataKey } from '../snapshot/names.js';
 import type { NamedStore } from '../snapshot/snapshotter.js';
@@ -20,8 +20,11 @@ export async function scanStore({ locationId, store }: NamedStore, signal: Abort
     try {
       metadata = parseMetadata((await store.readSmall(object.key, signal)).toString('utf8'));
     } catch (err) {
-      log.warn({ location: locationId, key: object.key, err: errorText(err) }, 'cannot read snapshot metadata; skipping it');
-      continue;
+      // Deleted between the listing and the read: really gone. Anything else (a 500, a timeout) must not
+      // read as "gone", or reconcile would drop a good snapshot's record: fail the whole scan instead.
+      if (err instanceof NotFoundError) continue;
+      log.warn({ location: locationId, key: object.key, err: errorText(err) }, 'cannot read snapshot metadata; not reconciling this location now');
+      throw err;
     }
     if (!metadata || metadataKey(metadata.name) !== object.key) {
       log.warn({ location: locationId, key: object.key }, 'snapshot metadata is malformed; skipping it');

@@ -60,6 +60,11 @@ export class StewardMetrics {
     registers: [this.registry],
   });
 
+  readonly s3CredentialsExpiry = new Gauge({
+    name: 'etcd_steward_s3_credentials_expiry_timestamp_seconds',
+    help: 'when the S3 credentials in use expire, if they are temporary (alert when it nears now)',
+    registers: [this.registry],
+  });
   readonly controlSpecHealthy = new Gauge({
     name: 'etcd_steward_control_spec_healthy',
     help: '1 if the cluster spec was read from the control store at the last check (alert on 0)',

@@ -68,6 +68,9 @@ export class SpecService {
     } catch (err) {
       return this.unhealthy(`the cluster spec at ${control.location} cannot be read: ${errorText(err)}`, 'check the control store settings (--control-s3-*) and credentials');
     }
+    if (!spec && !this.hasLocalData) {
+      return this.unhealthy(`no cluster spec yet at ${control.location}, and this node's data dir is empty`, "etcd starts once one exists: 'etcd-stewardctl init --yes' creates a new cluster (refused if any data or snapshot exists)");
+    }
     if (!spec) {
       return this.unhealthy(
         `the cluster spec is missing at ${control.location} (a bucket lifecycle rule or a manual delete?)`,

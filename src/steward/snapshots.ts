@@ -1,10 +1,9 @@
-import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import type { LeaderTerm } from '../election/election.js';
-import { ConfigError, errorText } from '../errors/index.js';
+import { errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';
 import { Inventory, inventoryRecordSchema, type InventoryRecord } from '../inventory/inventory.js';
 import { InventoryKeeper, type SnapshotLocation } from '../inventory/keeper.js';
@@ -17,39 +16,6 @@ import { SnapshotScheduler } from '../snapshot/scheduler.js';
 import { Snapshotter, type NamedStore, type SnapshotResult } from '../snapshot/snapshotter.js';
 import { LocalStore } from '../store/local.js';
 import type { S3Store } from '../store/s3.js';
-
-/** Loads the AWS SDK only when S3 is on: it costs ~23 MB of RSS that a local-only steward does not need. */
-export async function loadS3Store(config: Config, metrics: StewardMetrics, where: { bucket: string; folder: string }): Promise<S3Store | undefined> {
-  if (!config.etcdS3) return undefined;
-  const { S3Store } = await import('../store/s3.js');
-  let caPem: string | undefined;
-  if (config.etcdS3EndpointCa) {
-    try {
-      caPem = await readFile(config.etcdS3EndpointCa, 'utf8');
-    } catch (err) {
-      throw new ConfigError(`--etcd-s3-endpoint-ca: cannot read ${config.etcdS3EndpointCa}: ${errorText(err)}`, { hint: 'point it at a PEM file' });
-    }
-  }
-  const explicitKeys = config.etcdS3AccessKey
-    ? { accessKey: config.etcdS3AccessKey, secretKey: config.etcdS3SecretKey, ...(config.etcdS3SessionToken ? { sessionToken: config.etcdS3SessionToken } : {}) }
-    : {};
-  return new S3Store({
-    endpoint: config.etcdS3Endpoint,
-    bucket: where.bucket,
-    region: config.etcdS3Region,
-    folder: where.folder,
-    ...explicitKeys,
-    // Credential sources in order: flags, then the config file (re-read every operation), then the SDK's default chain.
-    ...(!config.etcdS3AccessKey && config.etcdS3ConfigFile ? { configFile: config.etcdS3ConfigFile } : {}),
-    insecure: config.etcdS3Insecure,
-    timeoutMs: config.etcdS3Timeout,
-    ...(config.etcdS3BucketLookupType === 'auto' ? {} : { forcePathStyle: config.etcdS3BucketLookupType === 'path' }),
-    ...(caPem ? { caPem } : {}),
-    skipTlsVerify: config.etcdS3SkipSslVerify,
-    ...(config.etcdS3Proxy ? { proxy: config.etcdS3Proxy } : {}),
-    onError: (op, code) => metrics.s3Errors.inc({ op, code }),
-  });
-}
 
 export interface SnapshotServiceOptions {
   config: Config;
@@ -143,7 +109,7 @@ export class SnapshotService {
    * error log long before the next snapshot would have failed.
    */
   async runS3Canary(signal: AbortSignal): Promise<void> {
-    const store = this.s3?.store;
+    const store = this.s3?.store as S3Store | undefined;
     if (!store) return;
     const key = `etcd-steward-canary-${this.options.config.name.toLowerCase().replace(/[^a-z0-9.-]/g, '-')}`;
     let healthy: boolean | undefined;
@@ -155,6 +121,8 @@ export class SnapshotService {
         const read = (await store.readSmall(key, callSignal)).toString('utf8');
         if (read !== body) throw new Error(`read back ${read.length} bytes that differ from the ${body.length} written`);
         await store.delete(key, callSignal);
+        const expiry = await store.credentialsExpiry().catch(() => undefined);
+        if (expiry) this.options.metrics.s3CredentialsExpiry.set(expiry.getTime() / 1000);
         if (healthy !== true) this.log.info({ location: store.location }, 'S3 canary succeeded: write, read and delete work');
         healthy = true;
       } catch (err) {

@@ -185,8 +185,9 @@ export class MultipartWriter implements ObjectWriter {
     if (this.failure !== undefined) throw this.failure;
   }
 
+  /** Per request: the caller's signal, this upload's cancel, and --etcd-s3-timeout for the request and its retries. */
   private options(): { abortSignal: AbortSignal } {
-    return { abortSignal: AbortSignal.any([this.signal, this.cancel.signal]) };
+    return { abortSignal: AbortSignal.any([this.signal, this.cancel.signal, AbortSignal.timeout(this.target.timeoutMs)]) };
   }
 
   private async fail(err: unknown): Promise<unknown> {

@@ -66,6 +66,17 @@ export class S3Store implements BackupStore {
     return `${this.location}/${key}`;
   }
 
+  /**
+   * When the credentials in use expire, if they say (temporary credentials from the default chain, STS,
+   * web identity, or AWS_CREDENTIAL_EXPIRATION); undefined for long-lived keys.
+   */
+  async credentialsExpiry(): Promise<Date | undefined> {
+    await this.source.sync();
+    const provider = this.target.client.config.credentials;
+    const identity = await provider();
+    return identity.expiration;
+  }
+
   /** Closes every connection pool this store opened. */
   close(): void {
     this.source.close();
@@ -89,8 +100,8 @@ export class S3Store implements BackupStore {
   async putSmall(key: string, body: string | Buffer, signal: AbortSignal): Promise<void> {
     checkKey(key);
     const data = typeof body === 'string' ? Buffer.from(body) : body;
-    await this.call('write', key, signal, (Bucket, Key) =>
-      this.target.client.send(new PutObjectCommand({ Bucket, Key, Body: data, ContentLength: data.length }), { abortSignal: signal }),
+    await this.call('write', key, signal, (Bucket, Key, bounded) =>
+      this.target.client.send(new PutObjectCommand({ Bucket, Key, Body: data, ContentLength: data.length }), { abortSignal: bounded }),
     );
   }
 
@@ -128,7 +139,7 @@ export class S3Store implements BackupStore {
   async head(key: string, signal: AbortSignal): Promise<ObjectInfo | undefined> {
     checkKey(key);
     try {
-      const out = await this.call('head', key, signal, (Bucket, Key) => this.target.client.send(new HeadObjectCommand({ Bucket, Key }), { abortSignal: signal }));
+      const out = await this.call('head', key, signal, (Bucket, Key, bounded) => this.target.client.send(new HeadObjectCommand({ Bucket, Key }), { abortSignal: bounded }));
       return { key, size: out.ContentLength ?? 0, lastModified: out.LastModified ?? new Date(0) };
     } catch (err) {
       // HEAD has no body, so a missing bucket is also a bare 404 here; list() tells the two apart.
@@ -142,9 +153,9 @@ export class S3Store implements BackupStore {
     const infos: ObjectInfo[] = [];
     let token: string | undefined;
     do {
-      const page = await this.call('list', undefined, signal, (Bucket) =>
+      const page = await this.call('list', undefined, signal, (Bucket, _key, bounded) =>
         // The delimiter keeps the listing one level deep, like a directory.
-        this.target.client.send(new ListObjectsV2Command({ Bucket, Prefix: folderPrefix + prefix, Delimiter: '/', ContinuationToken: token }), { abortSignal: signal }),
+        this.target.client.send(new ListObjectsV2Command({ Bucket, Prefix: folderPrefix + prefix, Delimiter: '/', ContinuationToken: token }), { abortSignal: bounded }),
       );
       for (const object of page.Contents ?? []) {
         if (!object.Key?.startsWith(folderPrefix)) continue;
@@ -158,7 +169,7 @@ export class S3Store implements BackupStore {
   async delete(key: string, signal: AbortSignal): Promise<void> {
     checkKey(key);
     try {
-      await this.call('delete', key, signal, (Bucket, Key) => this.target.client.send(new DeleteObjectCommand({ Bucket, Key }), { abortSignal: signal }));
+      await this.call('delete', key, signal, (Bucket, Key, bounded) => this.target.client.send(new DeleteObjectCommand({ Bucket, Key }), { abortSignal: bounded }));
     } catch (err) {
       if (!(err instanceof NotFoundError)) throw err;
     }
@@ -172,13 +183,20 @@ export class S3Store implements BackupStore {
    * Runs one SDK call for `key` (or the whole store) and maps its failure. Rotated credentials are picked up
    * first; an auth failure (expired token, rotated-away key) rebuilds the client and retries once.
    */
-  private async call<T>(op: string, key: string | undefined, signal: AbortSignal, run: (bucket: string, objectKey: string) => Promise<T>): Promise<T> {
+  private async call<T>(
+    op: string,
+    key: string | undefined,
+    signal: AbortSignal,
+    /** `bounded` ends the call, retries included, after --etcd-s3-timeout; streamed bodies use the caller's own signal. */
+    run: (bucket: string, objectKey: string, bounded: AbortSignal) => Promise<T>,
+  ): Promise<T> {
     signal.throwIfAborted();
     const url = key === undefined ? this.location : this.urlFor(key);
     const attempt = async (): Promise<T> => {
       try {
         await this.source.sync();
-        return await run(this.target.bucket, key === undefined ? '' : this.objectKey(key));
+        const bounded = AbortSignal.any([signal, AbortSignal.timeout(this.target.timeoutMs)]);
+        return await run(this.target.bucket, key === undefined ? '' : this.objectKey(key), bounded);
       } catch (err) {
         const mapped = toStoreError(err, op, url, this.target, signal);
         if (mapped instanceof StewardError && mapped.code !== 'NOT_FOUND') this.options.onError?.(op, mapped.code);
@@ -227,7 +245,14 @@ function toStoreError(err: unknown, op: string, url: string, target: S3Target, s
       hint: 'for a private CA pass --etcd-s3-endpoint-ca with its PEM; --etcd-s3-skip-ssl-verify only in a lab',
     });
   }
-  if ((errno && UNREACHABLE.has(errno)) || name === 'TimeoutError') {
+  if (name === 'AbortError' || name === 'TimeoutError') {
+    // Not the caller's signal (handled above): our own --etcd-s3-timeout bound on the call and its retries.
+    return new UnavailableError('S3_UNREACHABLE', `no answer from S3 at ${target.endpoint} within --etcd-s3-timeout (${target.timeoutMs} ms): ${message}`, {
+      cause: err,
+      hint: 'check the endpoint and network; raise --etcd-s3-timeout on a slow link',
+    });
+  }
+  if (errno && UNREACHABLE.has(errno)) {
     return new UnavailableError('S3_UNREACHABLE', `cannot reach S3 at ${target.endpoint}: ${message}`, {
       cause: err,
       hint: 'check --etcd-s3-endpoint and --etcd-s3-insecure (http or https), DNS and network policy; raise --etcd-s3-timeout on a slow link',

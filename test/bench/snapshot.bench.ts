@@ -63,15 +63,7 @@ describe('snapshot benchmark', () => {
   it(`prints wall times, MB/s, ratios and RSS at ${SMALL_MB} MB and ${DB_MB} MB`, async () => {
     s3 = await S3Server.start({ bucket: 'bench' });
     client = createS3Client(s3.storeOptions(''));
-    const s3Args = [
-      '--etcd-s3=true',
-      `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,
-      '--etcd-s3-insecure=true',
-      '--etcd-s3-bucket=bench',
-      '--etcd-s3-folder=backups',
-      `--etcd-s3-access-key=${s3.accessKey}`,
-      `--etcd-s3-secret-key=${s3.secretKey}`,
-    ];
+    const s3Args = s3.stewardArgs();
     // Four stewards on one etcd would be four members; instead one single-member cluster per variant,
     // each steward restarted with the variant's flags on the same data dir.
     cluster = await StewardCluster.create({ size: 1, extraArgs: ['--etcd-disable-snapshots=true', '--etcd-snapshot-timeout=2h'] });

@@ -11,13 +11,7 @@ const TTL_MS = 2000;
 
 function s3Args(s3: S3Server, extra: string[] = []): string[] {
   return [
-    '--etcd-s3=true',
-    `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,
-    '--etcd-s3-insecure=true',
-    '--etcd-s3-bucket=snapshots',
-    '--etcd-s3-folder=backups',
-    `--etcd-s3-access-key=${s3.accessKey}`,
-    `--etcd-s3-secret-key=${s3.secretKey}`,
+    ...s3.stewardArgs(),
     `--control-spec-ttl=${TTL_MS / 1000}s`,
     '--etcd-disable-snapshots=true',
     ...extra,
@@ -89,6 +83,10 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     expect(logs).toMatch(/"level":"error".*"fix":"etcd keeps running from its data dir and snapshots go on; put it back with 'etcd-stewardctl spec set .*last-cluster-spec\.json'.*"msg":"the cluster spec is missing at s3:\/\/snapshots\/backups-control\/cluster-spec\.json/);
     const status = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'status']);
     expect(status.stdout).toMatch(/^spec:\s+PROBLEM: the cluster spec is missing/m);
+    // The spec is gone but the data is not: init must still refuse.
+    const init = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'init', '--yes']);
+    expect(init.code).toBe(4);
+    expect(init.stderr).toMatch(/^error\[HAS_DATA\]: this node's data dir .* holds an etcd member/);
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const saved = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'save']);
     expect(saved.code, saved.stderr).toBe(0);

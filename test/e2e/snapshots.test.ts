@@ -3,22 +3,15 @@ import { existsSync, readdirSync } from 'node:fs';
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { SnapshotRecord } from '../../src/rpc/types.js';
 import { S3Store } from '../../src/store/s3.js';
 import { S3Server } from '../harness/s3.js';
 import { etcdTrailerOk, readJson, restoreWithEtcdctl, sha256File } from '../harness/snapshot-checks.js';
 import { StewardCluster } from '../harness/steward-cluster.js';
 import { waitUntil } from '../harness/processes.js';
 
-interface LsEntry {
-  name: string;
-  node: string;
-  location: string;
-  size: number;
-  sha256: string;
-  created: string;
-  kind: string;
-  compressed: boolean;
-}
+/** What `ls -o json` prints: a SnapshotRecord without its internal fields. */
+type LsEntry = Omit<SnapshotRecord, 'locationId' | 'key'>;
 
 async function s3Sha256(store: S3Store, key: string): Promise<string> {
   const hash = createHash('sha256');
@@ -42,13 +35,7 @@ describe('on-demand snapshots, inventory and reconcile (3 stewards, real s3rver)
     cluster = await StewardCluster.create({
       size: 3,
       extraArgs: [
-        '--etcd-s3=true',
-        `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,
-        '--etcd-s3-insecure=true',
-        '--etcd-s3-bucket=snapshots',
-        '--etcd-s3-folder=backups',
-        `--etcd-s3-access-key=${s3.accessKey}`,
-        `--etcd-s3-secret-key=${s3.secretKey}`,
+        ...s3.stewardArgs(),
         '--etcd-disable-snapshots=true',
         '--etcd-snapshot-reconcile-interval=2s',
       ],

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Server } from '../harness/s3.js';
 import { S3FaultProxy } from '../harness/s3-fault-proxy.js';
 import { StewardCluster } from '../harness/steward-cluster.js';
+import { waitUntil } from '../harness/processes.js';
 
 interface Saved {
   name: string;
@@ -46,11 +47,7 @@ describe('S3 that keeps working: rotated credentials, transient faults, outages 
     credentialsFile = join(cluster.root, 's3-credentials.yaml');
     await writeFile(credentialsFile, `etcd-s3-access-key: ${OLD.key}\netcd-s3-secret-key: ${OLD.secret}\n`);
     cluster.setNodeArgs(0, [
-      '--etcd-s3=true',
-      `--etcd-s3-endpoint=${proxy.endpoint}`,
-      '--etcd-s3-insecure=true',
-      '--etcd-s3-bucket=snapshots',
-      '--etcd-s3-folder=backups',
+      ...s3.stewardArgs({ endpoint: proxy.endpoint, keys: false }),
       `--etcd-s3-config-file=${credentialsFile}`,
       '--etcd-s3-timeout=3s',
       '--etcd-disable-snapshots=true',
@@ -110,6 +107,15 @@ describe('S3 that keeps working: rotated credentials, transient faults, outages 
     expect((await save()).locations).toHaveLength(2);
   });
 
+  it('a malformed config file fails the S3 copy with an error naming the file, and the local snapshot stays', async () => {
+    await writeFile(credentialsFile, 'etcd-s3-access-key: [unclosed\n');
+    const broken = await save();
+    expect(broken.locations).toEqual([expect.stringMatching(/^file:\/\//)]);
+    expect(broken.failures[0]).toContain(`cannot read the S3 config file ${credentialsFile}`);
+    await writeFile(credentialsFile, `etcd-s3-access-key: ${NEW.key}\netcd-s3-secret-key: ${NEW.secret}\n`);
+    expect((await save()).locations).toHaveLength(2);
+  });
+
   it('no secret ever appears in a log line or a metric', async () => {
     const logs = readFileSync(cluster.node(0).logFile, 'utf8');
     const metrics = await (await fetch(`http://${cluster.node(0).http}/metrics`)).text();
@@ -118,5 +124,33 @@ describe('S3 that keeps working: rotated credentials, transient faults, outages 
       expect(metrics).not.toContain(secret);
     }
     expect(logs.split('\n').filter(Boolean).length).toBeGreaterThan(20);
+  });
+});
+
+describe("the SDK's default credential chain (env), with an expiry it can report", () => {
+  it('uses AWS_* credentials from the environment and exports their expiry', async () => {
+    const s3 = await S3Server.start({ bucket: 'snapshots' });
+    const expiry = new Date(Date.now() + 3_600_000);
+    expiry.setMilliseconds(0);
+    const cluster = await StewardCluster.create({
+      size: 1,
+      extraArgs: [...s3.stewardArgs({ keys: false }), '--etcd-disable-snapshots=true'],
+      env: { AWS_ACCESS_KEY_ID: s3.accessKey, AWS_SECRET_ACCESS_KEY: 'env-secret', AWS_SESSION_TOKEN: 'env-token', AWS_CREDENTIAL_EXPIRATION: expiry.toISOString() },
+    });
+    try {
+      await cluster.startAll();
+      await cluster.waitForStableLeader(30_000);
+      const metrics = await waitUntil('the canary to report', async () => {
+        const body = await (await fetch(`http://${cluster.node(0).http}/metrics`)).text();
+        return /^etcd_steward_s3_healthy 1$/m.test(body) ? body : undefined;
+      }, 15_000, 200);
+      expect(metrics).toContain(`etcd_steward_s3_credentials_expiry_timestamp_seconds ${expiry.getTime() / 1000}`);
+      const saved = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'save']);
+      expect(saved.code, saved.stderr).toBe(0);
+      expect((JSON.parse(saved.stdout) as Saved).locations).toHaveLength(2);
+    } finally {
+      await cluster.destroy();
+      await s3.stop();
+    }
   });
 });

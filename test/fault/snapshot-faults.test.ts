@@ -37,13 +37,7 @@ describe('snapshots under faults: compression, S3 cut mid-upload, steward killed
     cluster = await StewardCluster.create({
       size: 3,
       extraArgs: [
-        '--etcd-s3=true',
-        `--etcd-s3-endpoint=127.0.0.1:${proxy.port}`,
-        '--etcd-s3-insecure=true',
-        '--etcd-s3-bucket=snapshots',
-        '--etcd-s3-folder=backups',
-        `--etcd-s3-access-key=${s3.accessKey}`,
-        `--etcd-s3-secret-key=${s3.secretKey}`,
+        ...s3.stewardArgs({ endpoint: `127.0.0.1:${proxy.port}` }),
         '--etcd-s3-timeout=5s',
         '--etcd-disable-snapshots=true',
         '--etcd-snapshot-reconcile-interval=1h',

@@ -81,6 +81,21 @@ export class S3Server {
     return server;
   }
 
+  /**
+   * Flags that point a steward at this server's bucket, under `folder` (default `backups`). `endpoint`
+   * replaces the address (a proxy in front of it); `keys: false` leaves credentials to the caller.
+   */
+  stewardArgs(options: { folder?: string; endpoint?: string; keys?: boolean } = {}): string[] {
+    return [
+      '--etcd-s3=true',
+      `--etcd-s3-endpoint=${options.endpoint ?? `127.0.0.1:${this.port}`}`,
+      '--etcd-s3-insecure=true',
+      `--etcd-s3-bucket=${this.bucket}`,
+      `--etcd-s3-folder=${options.folder ?? 'backups'}`,
+      ...(options.keys === false ? [] : [`--etcd-s3-access-key=${this.accessKey}`, `--etcd-s3-secret-key=${this.secretKey}`]),
+    ];
+  }
+
   storeOptions(folder = ''): S3StoreOptions {
     return {
       endpoint: this.endpoint,

@@ -38,6 +38,8 @@ export interface ClusterOptions {
   extraArgs?: string[];
   /** Extra flags for single nodes, by index. */
   nodeArgs?: Record<number, string[]>;
+  /** Extra environment for every steward (e.g. AWS_* for the SDK's default credential chain). */
+  env?: NodeJS.ProcessEnv;
 }
 
 /**
@@ -124,7 +126,11 @@ export class StewardCluster {
   start(index: number): ChildProcess {
     const node = this.node(index);
     const log = openSync(node.logFile, 'a');
-    const child = spawn(process.execPath, [...STEWARD_NODE_FLAGS, STEWARD_JS, ...this.args(node)], { stdio: ['ignore', log, log], detached: true });
+    const child = spawn(process.execPath, [...STEWARD_NODE_FLAGS, STEWARD_JS, ...this.args(node)], {
+      stdio: ['ignore', log, log],
+      detached: true,
+      env: { ...process.env, ...this.options.env },
+    });
     closeSync(log);
     node.process = child;
     return child;

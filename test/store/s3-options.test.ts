@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { StewardMetrics } from '../../src/observability/metrics.js';
-import { loadS3Store } from '../../src/steward/snapshots.js';
+import { loadS3Store } from '../../src/store/from-config.js';
 import type { S3Store } from '../../src/store/s3.js';
 import { S3Server } from '../harness/s3.js';
 import { ForwardProxy } from '../harness/s3-fault-proxy.js';
