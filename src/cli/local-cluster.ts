@@ -79,13 +79,17 @@ function members(options: Options, dir: string): Member[] {
   }));
 }
 
-/** A fresh `.run/` bootstraps a cluster; a complete one resumes; a partial one is refused, never re-initialised. */
+const markerFile = (dir: string): string => join(dir, 'cluster.json');
+
+/**
+ * A fresh `.run/` bootstraps a cluster; a complete one resumes; a partial one is refused, never
+ * re-initialised. The marker is written only once the cluster is up, so a first run that failed half-way
+ * can simply be run again.
+ */
 function checkExistingData(dir: string, nodes: Member[]): 'new' | 'resume' {
-  const marker = join(dir, 'cluster.json');
   const present = nodes.filter((n) => existsSync(join(n.dataDir, 'member')));
-  if (present.length === 0 && !existsSync(marker)) {
+  if (present.length === 0 && !existsSync(markerFile(dir))) {
     mkdirSync(dir, { recursive: true });
-    writeFileSync(marker, `${JSON.stringify({ createdAt: new Date().toISOString(), members: nodes.map((n) => n.name) }, null, 2)}\n`);
     return 'new';
   }
   if (present.length === nodes.length) return 'resume';
@@ -149,6 +153,8 @@ async function initNewCluster(nodes: Member[], signal: AbortSignal): Promise<voi
       await client.init(true);
       return;
     } catch (err) {
+      // An earlier run that stopped after init left the spec behind: that is the cluster we are creating.
+      if (err instanceof StewardError && err.code === 'SPEC_EXISTS') return;
       if (err instanceof StewardError && err.family !== 'unavailable') throw err;
     } finally {
       client.close();
@@ -214,8 +220,19 @@ async function main(): Promise<number> {
   process.stdout.write(`${mode === 'new' ? 'Initialising a new' : 'Resuming the'} local cluster in ${dir} …\n`);
   // The stewards never bootstrap an empty data dir without a cluster spec; on a fresh .run/ this command
   // is the operator who confirms a new cluster (etcd-stewardctl init --yes).
-  if (mode === 'new') await initNewCluster(nodes, stop);
-  const leader = await waitForHealthy(nodes, stop, 60_000);
+  if (mode === 'new') {
+    try {
+      await initNewCluster(nodes, stop);
+    } catch (err) {
+      const text = err instanceof StewardError ? `error[${err.code}]: ${err.describe()}` : `error[INTERNAL]: ${String(err)}`;
+      process.stderr.write(`${text}\nthe new cluster could not be initialised; stopping everything (nothing was deleted)\n`);
+      failed.abort();
+    }
+  }
+  const leader = stop.aborted ? undefined : await waitForHealthy(nodes, stop, 60_000);
+  if (leader && mode === 'new') {
+    writeFileSync(markerFile(dir), `${JSON.stringify({ createdAt: new Date().toISOString(), members: nodes.map((n) => n.name) }, null, 2)}\n`);
+  }
   if (leader) {
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
     process.stdout.write(

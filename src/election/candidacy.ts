@@ -89,23 +89,33 @@ export class Candidacy extends EventEmitter {
     const watcher = await this.namespace.watch().key(key).startRevision((BigInt(revision) + 1n).toString()).only('delete').create();
     let onAbort: (() => void) | undefined;
     let onLost: ((err: unknown) => void) | undefined;
+    // Every listener is attached before anything else is awaited: an error or a lost lease in between is never missed.
+    const deleted = new Promise<void>((resolve, reject) => {
+      onAbort = () => reject(signal.reason);
+      onLost = (err) => reject(err);
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.once('lost', onLost);
+      watcher.once('delete', () => resolve());
+      watcher.once('error', reject);
+      if (signal.aborted) onAbort();
+      if (this.lost !== undefined) reject(this.lost);
+    });
+    // Whichever way it ends, a rejection nobody awaits must not surface as unhandled.
+    deleted.catch(() => undefined);
     try {
       const gone = await this.namespace.get(key).exec();
       if (gone.kvs.length === 0) return;
-      await new Promise<void>((resolve, reject) => {
-        onAbort = () => reject(signal.reason);
-        onLost = (err) => reject(err);
-        signal.addEventListener('abort', onAbort, { once: true });
-        this.once('lost', onLost);
-        watcher.once('delete', () => resolve());
-        watcher.once('error', reject);
-        if (signal.aborted) onAbort();
-      });
+      await deleted;
     } finally {
       // The root signal outlives many bids: a listener left on it would pin every finished Candidacy.
       if (onAbort) signal.removeEventListener('abort', onAbort);
       if (onLost) this.off('lost', onLost);
       await watcher.cancel().catch(() => undefined);
     }
+  }
+
+  /** Why the lease was lost, if it was: a term must not start (or go on) on a dead lease. */
+  get lostReason(): unknown {
+    return this.lost;
   }
 }

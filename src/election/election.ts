@@ -115,6 +115,7 @@ export class LeaderElection {
       signal.addEventListener('abort', onAbort, { once: true });
       candidacy.on('lost', onLost);
       if (signal.aborted) finish('shutdown');
+      else if (candidacy.lostReason !== undefined) onLost(candidacy.lostReason);
     });
     this.term = undefined;
     controller.abort(new Error(`leadership term ended: ${reason}`));

@@ -26,6 +26,11 @@ export interface ClusterHealth {
   checkedAt: Date;
 }
 
+/** etcd reports cluster and member IDs as decimal uint64 strings; operators see them in hex, as etcdctl prints them. */
+export function etcdIdHex(decimal: string): string {
+  return /^\d+$/.test(decimal) ? BigInt(decimal).toString(16) : decimal;
+}
+
 /** Probes every member directly: Status, alarms, whether it sees a raft leader. */
 export class ClusterProbe {
   private readonly clients = new Map<string, Etcd3>();

@@ -19,6 +19,8 @@ export interface EtcdSupervisorOptions {
   /** Called each time etcd exited on its own and is about to be started again. */
   onRestart?: () => void;
   onRunningChange?: (running: boolean) => void;
+  /** Asked before every start, restarts included; resolves false to stop supervising (only when aborted). */
+  beforeStart?: (signal: AbortSignal) => Promise<boolean>;
 }
 
 /** A child that stayed up this long resets the backoff: the next crash is a new incident, not a crash loop. */
@@ -50,6 +52,7 @@ export class EtcdSupervisor {
     const backoffFactory = new ExponentialBackoff({ initialDelay: 500, maxDelay: this.options.maxBackoffMs });
     let backoff: IBackoff<unknown> | undefined;
     while (!signal.aborted) {
+      if (this.options.beforeStart && !(await this.options.beforeStart(signal))) break;
       const startedAt = Date.now();
       const child = await this.spawnChild();
       const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;

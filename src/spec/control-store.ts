@@ -1,16 +1,24 @@
 import type { Etcd3 } from 'etcd3';
-import type { LeaderTerm } from '../election/election.js';
+import type { Fence } from '../election/election.js';
 import { NotFoundError, PreconditionError } from '../errors/index.js';
 import type { BackupStore } from '../store/store.js';
 import { parseSpec, type ClusterSpec } from './spec.js';
 
 export const SPEC_KEY = 'cluster-spec.json';
-const GENERATION_KEY = 'etcd-steward/control/generation';
+/** The spec as last written by a leader: the order of writes lives here, since S3 has no compare-and-set. */
+export const SPEC_RECORD_KEY = 'etcd-steward/control/spec';
+
+export type SpecDraft = Omit<ClusterSpec, 'generation' | 'updatedAt' | 'fencingToken' | 'formatVersion'>;
+
+/** How many times a writer re-copies etcd's record when another write overtook its own copy. */
+const MAX_COPY_ROUNDS = 5;
 
 /**
- * The cluster spec in its own store (an S3 prefix apart from the backups, or a local dir without S3).
- * Every write is ordered by a generation kept in etcd and fenced by the leader's campaign key; init,
- * which may run before etcd exists, only writes where no spec exists at all.
+ * The cluster spec in its own durable store (an S3 prefix apart from the backups, or a local dir without
+ * S3), with etcd as the arbiter of writes: a write is first committed to etcd in one transaction fenced by
+ * the leader's campaign key and guarded on the previous record, then copied to the durable store until
+ * that store holds what etcd holds. S3 cannot refuse a stale PUT, so the last copy must be of the newest
+ * record, whoever makes it.
  */
 export class ControlStore {
   constructor(
@@ -22,7 +30,7 @@ export class ControlStore {
     return this.store.urlFor(SPEC_KEY);
   }
 
-  /** The spec, or undefined if it is missing; throws if it exists but cannot be read or parsed. */
+  /** The durable spec, or undefined only if it is missing; any other failure throws. */
   async read(signal: AbortSignal): Promise<ClusterSpec | undefined> {
     let text: string;
     try {
@@ -34,41 +42,74 @@ export class ControlStore {
     return parseSpec(text, this.location);
   }
 
+  /** etcd's record of the last write, with its mod revision; undefined if no leader ever wrote one. */
+  async readRecord(): Promise<{ spec: ClusterSpec; modRevision: string } | undefined> {
+    const response = await this.client.get(SPEC_RECORD_KEY).exec();
+    const kv = response.kvs[0];
+    if (!kv) return undefined;
+    return { spec: parseSpec(kv.value.toString('utf8'), `etcd key ${SPEC_RECORD_KEY}`), modRevision: kv.mod_revision };
+  }
+
   /**
-   * Replaces the spec as the leader with the next generation after every one seen: the stored spec's, the
-   * one recorded in etcd, and `basedOn` (the generation of the spec the operator edited, which may be the
-   * only trace left when the stored spec vanished).
+   * Replaces the spec as the leader, with the next generation after every one seen: the durable spec's,
+   * etcd's record and `basedOn` (the generation the operator edited, which may be the only trace left when
+   * the durable spec vanished). Refused for a stale generation or a leader whose term has ended.
    */
-  async write(next: Omit<ClusterSpec, 'generation' | 'updatedAt' | 'fencingToken'>, basedOn: number, term: LeaderTerm, signal: AbortSignal): Promise<ClusterSpec> {
-    const stored = await this.read(signal).catch(() => undefined);
-    const recorded = await this.client.get(GENERATION_KEY).string();
-    const current = Math.max(stored?.generation ?? 0, recorded === null ? 0 : Number(recorded));
+  async write(next: SpecDraft, basedOn: number, fence: Fence, signal: AbortSignal): Promise<ClusterSpec> {
+    const stored = await this.read(signal);
+    const record = await this.readRecord();
+    const current = Math.max(stored?.generation ?? 0, record?.spec.generation ?? 0);
     if (basedOn < current) {
       throw new PreconditionError('STALE_GENERATION', `the spec you sent has generation ${basedOn}, older than the current ${current}`, {
         hint: 'someone changed the spec since you read it: run etcd-stewardctl spec get again, edit that, and set it',
       });
     }
-    const generation = Math.max(current, basedOn) + 1;
-    const txn = this.client.if(term.campaignKey, 'Create', '==', term.fencingToken);
-    const guarded = recorded === null ? txn.and(GENERATION_KEY, 'Create', '==', 0) : txn.and(GENERATION_KEY, 'Value', '==', recorded);
-    const result = await guarded.then(this.client.put(GENERATION_KEY).value(String(generation))).commit();
+    const spec: ClusterSpec = { ...next, formatVersion: 1, generation: Math.max(current, basedOn) + 1, updatedAt: new Date().toISOString(), fencingToken: fence.fencingToken };
+    const fenced = this.client.if(fence.campaignKey, 'Create', '==', fence.fencingToken);
+    const guarded = record === undefined ? fenced.and(SPEC_RECORD_KEY, 'Create', '==', 0) : fenced.and(SPEC_RECORD_KEY, 'Mod', '==', record.modRevision);
+    const result = await guarded.then(this.client.put(SPEC_RECORD_KEY).value(JSON.stringify(spec))).commit();
     if (!result.succeeded) {
       throw new PreconditionError('STALE_LEADER', 'the spec write was refused: this steward lost leadership or another write came first', {
         hint: 'run etcd-stewardctl spec get and try again against the current leader',
       });
     }
-    const spec: ClusterSpec = { ...next, formatVersion: 1, generation, updatedAt: new Date().toISOString(), fencingToken: term.fencingToken, etcdFlags: next.etcdFlags ?? {} };
-    await this.store.putSmall(SPEC_KEY, `${JSON.stringify(spec, null, 2)}\n`, signal);
+    await this.copyRecord(signal);
     return spec;
   }
 
-  /** Writes the first spec of a brand-new cluster; the caller has checked there is no data to lose. */
-  async initialise(spec: Omit<ClusterSpec, 'generation' | 'updatedAt' | 'fencingToken' | 'formatVersion'>, signal: AbortSignal): Promise<ClusterSpec> {
+  /**
+   * Makes the durable store hold etcd's newest record: copy, then look again, until no write overtook the
+   * copy. Finishes a write whose leader died between etcd and the store.
+   */
+  async copyRecord(signal: AbortSignal): Promise<ClusterSpec | undefined> {
+    let record = await this.readRecord();
+    for (let round = 0; record && round < MAX_COPY_ROUNDS; round += 1) {
+      await this.store.putSmall(SPEC_KEY, render(record.spec), signal);
+      const after = await this.readRecord();
+      if (after?.modRevision === record.modRevision) return record.spec;
+      record = after;
+    }
+    if (record) throw new PreconditionError('SPEC_CONTENDED', 'the spec kept changing while it was being copied to the control store', { hint: 'retry once the other writer is done' });
+    return undefined;
+  }
+
+  /** Writes the first spec of a brand-new cluster; the caller has checked there is no data and no running etcd. */
+  async initialise(draft: SpecDraft, signal: AbortSignal): Promise<ClusterSpec> {
     if (await this.read(signal)) {
       throw new PreconditionError('SPEC_EXISTS', `a cluster spec already exists at ${this.location}`, { hint: 'nothing to initialise: the cluster exists; etcd-stewardctl spec get shows it' });
     }
-    const first: ClusterSpec = { ...spec, formatVersion: 1, generation: 1, updatedAt: new Date().toISOString(), fencingToken: '' };
-    await this.store.putSmall(SPEC_KEY, `${JSON.stringify(first, null, 2)}\n`, signal);
+    const first: ClusterSpec = { ...draft, formatVersion: 1, generation: 1, updatedAt: new Date().toISOString(), fencingToken: '' };
+    await this.store.putSmall(SPEC_KEY, render(first), signal);
     return first;
   }
+
+  /** Keeps a node-local copy equal to etcd's record (the control store without S3 is one dir per node). */
+  async mirror(record: ClusterSpec, stored: ClusterSpec | undefined, signal: AbortSignal): Promise<void> {
+    if (stored && render(stored) === render(record)) return;
+    await this.store.putSmall(SPEC_KEY, render(record), signal);
+  }
+}
+
+export function render(spec: ClusterSpec): string {
+  return `${JSON.stringify(spec, null, 2)}\n`;
 }

@@ -1,16 +1,15 @@
-import { existsSync } from 'node:fs';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import type { LeaderTerm } from '../election/election.js';
+import { etcdIdHex, type ClusterHealth } from '../etcd/health.js';
 import { NotFoundError, PreconditionError, errorText } from '../errors/index.js';
 import type { StewardMetrics } from '../observability/metrics.js';
-import { METADATA_SUFFIX } from '../snapshot/names.js';
 import type { BackupStore } from '../store/store.js';
-import type { ControlStore } from './control-store.js';
+import { BootstrapGate, countSnapshots, hasMemberData, specDrift } from './bootstrap.js';
+import { render, type ControlStore, type SpecDraft } from './control-store.js';
 import { parseSpec, type ClusterSpec } from './spec.js';
 
 export interface SpecState {
@@ -23,9 +22,11 @@ export interface SpecState {
 export interface SpecServiceOptions {
   config: Config;
   control: ControlStore;
+  /** The control store is shared by every node (S3); without S3 each node keeps its own copy of etcd's record. */
+  shared: boolean;
   /** Where snapshots live (own dir, S3): their existence forbids initialising a new cluster. */
   backupStores: BackupStore[];
-  client: Etcd3;
+  clusterHealth: () => Promise<ClusterHealth>;
   metrics: StewardMetrics;
   logger: Logger;
   currentTerm: () => LeaderTerm | undefined;
@@ -33,98 +34,80 @@ export interface SpecServiceOptions {
 
 /**
  * The cluster spec on one steward: re-read every --control-spec-ttl (never cached for the life of the
- * process), loud when it is missing, and the one gate in front of bootstrapping etcd on an empty data dir.
+ * process), loud when it is missing, and in front of every start of etcd (see BootstrapGate). The leader
+ * also finishes interrupted writes and records the cluster ID once every member has run.
  */
 export class SpecService {
   private readonly log: Logger;
   private current: SpecState = { healthy: false, generation: 0, problem: 'not read yet' };
   private lastGeneration = 0;
+  readonly gate: BootstrapGate;
 
   constructor(private readonly options: SpecServiceOptions) {
     this.log = options.logger.child({ component: 'spec' });
+    this.gate = new BootstrapGate({ ...options, logger: options.logger });
   }
 
   get state(): SpecState {
-    return this.current;
-  }
-
-  private get hasLocalData(): boolean {
-    return existsSync(join(this.options.config.dataDir, 'member'));
+    const held = this.gate.problem;
+    if (!held) return this.current;
+    return { healthy: false, generation: this.current.generation, problem: this.current.healthy ? held : `${held}; ${this.current.problem}` };
   }
 
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      await this.check(signal);
+      const spec = await this.check(signal);
+      const term = this.options.currentTerm();
+      if (term && !signal.aborted) await this.leaderDuties(spec, term, AbortSignal.any([signal, term.signal])).catch((err: unknown) => {
+        if (!signal.aborted && !term.signal.aborted) this.log.warn({ err: errorText(err) }, 'leader spec upkeep failed; trying again next TTL');
+      });
       await sleep(this.options.config.controlSpecTtl, undefined, { signal }).catch(() => undefined);
     }
   }
 
   /** One read of the spec: updates the metric and the state, logs changes, and says loudly what to do when it is gone. */
-  async check(signal: AbortSignal): Promise<SpecState> {
-    const { control, metrics } = this.options;
+  async check(signal: AbortSignal): Promise<ClusterSpec | undefined> {
+    const { control, config } = this.options;
     let spec: ClusterSpec | undefined;
     try {
-      spec = await control.read(signal);
+      spec = this.options.shared ? await control.read(signal) : await this.readMirrored(signal);
     } catch (err) {
-      return this.unhealthy(`the cluster spec at ${control.location} cannot be read: ${errorText(err)}`, 'check the control store settings (--control-s3-*) and credentials');
+      this.unhealthy(`the cluster spec at ${control.location} cannot be read: ${errorText(err)}`, 'check the control store settings (--control-s3-*) and credentials');
+      return undefined;
     }
-    if (!spec && !this.hasLocalData) {
-      return this.unhealthy(`no cluster spec yet at ${control.location}, and this node's data dir is empty`, "etcd starts once one exists: 'etcd-stewardctl init --yes' creates a new cluster (refused if any data or snapshot exists)");
+    if (!spec && !hasMemberData(config.dataDir)) {
+      this.unhealthy(`no cluster spec yet at ${control.location}, and this node's data dir is empty`, "etcd starts once one exists: 'etcd-stewardctl init --yes' creates a new cluster (refused if any data or snapshot exists)");
+      return undefined;
     }
     if (!spec) {
-      return this.unhealthy(
+      this.unhealthy(
         `the cluster spec is missing at ${control.location} (a bucket lifecycle rule or a manual delete?)`,
-        `etcd keeps running from its data dir and snapshots go on; put it back with 'etcd-stewardctl spec set ${join(this.options.config.stateDir, 'last-cluster-spec.json')}' (the last spec this steward saw)`,
+        `etcd keeps running from its data dir and snapshots go on; put it back with 'etcd-stewardctl spec set ${join(config.stateDir, 'last-cluster-spec.json')}' (the last spec this steward saw)`,
       );
+      return undefined;
     }
-    metrics.controlSpecHealthy.set(1);
-    metrics.controlSpecGeneration.set(spec.generation);
+    const mismatch = await this.clusterMismatch(spec);
+    if (mismatch) {
+      this.unhealthy(mismatch, 'this etcd is not the cluster the spec describes: check --control-s3-* point at this cluster\'s spec, or fix the spec with etcd-stewardctl spec set');
+      return spec;
+    }
+    this.options.metrics.controlSpecHealthy.set(1);
+    this.options.metrics.controlSpecGeneration.set(spec.generation);
     if (spec.generation !== this.lastGeneration) {
       if (this.lastGeneration !== 0) this.log.info({ from: this.lastGeneration, to: spec.generation }, 'cluster spec changed');
       this.lastGeneration = spec.generation;
       await this.keepCopy(spec);
-      this.warnOnDrift(spec);
+      const drift = specDrift(config, spec);
+      if (drift) this.log.warn({ drift, generation: spec.generation }, "the cluster spec and this node's flags disagree; the running cluster is unchanged");
     }
     if (!this.current.healthy) this.log.info({ generation: spec.generation, location: control.location }, 'cluster spec readable');
     this.current = { healthy: true, generation: spec.generation, problem: '' };
-    return this.current;
+    return spec;
   }
 
-  /**
-   * Before etcd starts on an empty data dir: bootstrap only from an existing spec that matches this node's
-   * config. Without a spec it waits for `etcd-stewardctl init --yes`, and if snapshots exist it refuses
-   * loudly: that is a cluster whose control files vanished, not a new one.
-   */
-  async waitUntilBootstrapAllowed(signal: AbortSignal): Promise<boolean> {
-    if (this.hasLocalData) return true;
-    while (!signal.aborted) {
-      const spec = await this.options.control.read(signal).catch((err: unknown) => {
-        this.log.error({ err: errorText(err) }, 'cannot read the cluster spec; not bootstrapping etcd until it can be read');
-        return null;
-      });
-      if (spec) {
-        const drift = this.drift(spec);
-        if (!drift) return true;
-        this.log.error({ drift }, 'refusing to bootstrap etcd: this node\'s --initial-cluster does not match the cluster spec; fix the flags or the spec');
-      } else if (spec === undefined) {
-        const snapshots = await this.snapshotCount(signal).catch((err: unknown) => {
-          this.log.error({ err: errorText(err) }, 'cannot list the snapshots; not bootstrapping etcd until it can be checked');
-          return -1;
-        });
-        if (snapshots < 0) {
-          // Logged above; wait and look again.
-        } else if (snapshots > 0) {
-          this.log.error(
-            { location: this.options.control.location, snapshots },
-            "refusing to initialise a new etcd cluster: there is no cluster spec, but snapshots exist, so this cluster's control files were lost; restore the spec with 'etcd-stewardctl spec set FILE' (or restore a snapshot), never init",
-          );
-        } else {
-          this.log.warn({ location: this.options.control.location }, "no cluster spec yet and this data dir is empty: waiting for 'etcd-stewardctl init --yes' to create a new cluster");
-        }
-      }
-      await sleep(Math.min(2000, this.options.config.controlSpecTtl), undefined, { signal }).catch(() => undefined);
-    }
-    return false;
+  /** Before every start of etcd: false only if aborted while held back. */
+  async waitUntilEtcdMayStart(signal: AbortSignal): Promise<boolean> {
+    return this.gate.wait(signal);
   }
 
   /** `init --yes`: the first spec of a brand-new cluster, refused wherever data could be lost. */
@@ -134,12 +117,18 @@ export class SpecService {
       throw new PreconditionError('UNCONFIRMED', 'init creates a brand-new, empty cluster and was not confirmed', { hint: 'pass --yes if that is what you want' });
     }
     if (await control.read(signal)) throw new PreconditionError('SPEC_EXISTS', `a cluster spec already exists at ${control.location}`, { hint: 'the cluster exists: etcd-stewardctl spec get shows it' });
-    if (this.hasLocalData) {
+    if (hasMemberData(config.dataDir)) {
       throw new PreconditionError('HAS_DATA', `this node's data dir ${config.dataDir} holds an etcd member`, {
         hint: 'init is only for a brand-new cluster; to recreate a lost spec use etcd-stewardctl spec set FILE',
       });
     }
-    const snapshots = await this.snapshotCount(signal).catch((err: unknown) => {
+    const answering = (await this.options.clusterHealth()).members.filter((m) => m.reachable);
+    if (answering.length > 0) {
+      throw new PreconditionError('CLUSTER_RUNNING', `etcd answers at ${answering.map((m) => m.endpoint).join(', ')}: this cluster exists and holds data`, {
+        hint: "init is only for a brand-new cluster; put the spec back with 'etcd-stewardctl spec set FILE' against the leader",
+      });
+    }
+    const snapshots = await countSnapshots(this.options.backupStores, signal).catch((err: unknown) => {
       throw new PreconditionError('CANNOT_CHECK_SNAPSHOTS', `cannot tell whether snapshots exist: ${errorText(err)}`, { hint: 'fix access to the snapshot stores first; init never runs blind' });
     });
     if (snapshots > 0) {
@@ -147,48 +136,80 @@ export class SpecService {
         hint: 'a cluster with backups is not new: restore its spec (spec set) or a snapshot instead of init',
       });
     }
-    const spec = await control.initialise(
-      { members: config.initialCluster, etcdVersion: '', clusterToken: config.initialClusterToken, etcdFlags: {} },
-      signal,
-    );
+    const spec = await control.initialise({ members: config.initialCluster, etcdVersion: '', clusterToken: config.initialClusterToken, clusterId: '', etcdFlags: {} }, signal);
     this.log.warn({ location: control.location }, 'initialised a new cluster spec (etcd-stewardctl init --yes)');
     await this.check(signal);
     return spec;
   }
 
   async get(signal: AbortSignal): Promise<ClusterSpec> {
-    const spec = await this.options.control.read(signal);
+    const spec = this.options.shared ? await this.options.control.read(signal) : await this.readMirrored(signal);
     if (!spec) throw new NotFoundError(`no cluster spec at ${this.options.control.location}`, { hint: 'see the steward log for how to restore it' });
     return spec;
   }
 
-  /** `spec set FILE`, on the leader only: validated, generation-checked, fenced. */
+  /** `spec set FILE`, on the leader only: validated, generation-checked, fenced, and cut short if the term ends. */
   async set(text: string, signal: AbortSignal): Promise<ClusterSpec> {
     const term = this.options.currentTerm();
     if (!term) throw new PreconditionError('NOT_LEADER', 'only the leader writes the cluster spec', { hint: 'run etcd-stewardctl status to find the leader and address it with --endpoint' });
     const { generation, ...rest } = parseSpec(text, 'the spec file');
-    const spec = await this.options.control.write(rest, generation, term, signal);
+    const spec = await this.options.control.write(rest, generation, term, AbortSignal.any([signal, term.signal]));
     this.log.warn({ generation: spec.generation }, 'cluster spec replaced (etcd-stewardctl spec set)');
     await this.check(signal);
     return spec;
   }
 
-  private unhealthy(problem: string, fix: string): SpecState {
+  /**
+   * Leader upkeep each TTL: finish a write that reached etcd but not the control store (never re-create a
+   * spec that vanished: that stays loud until an operator acts), adopt the running cluster as the spec
+   * without S3, and record the cluster ID once every member of the spec has run.
+   */
+  private async leaderDuties(spec: ClusterSpec | undefined, term: LeaderTerm, signal: AbortSignal): Promise<void> {
+    const { control, config } = this.options;
+    const record = await control.readRecord();
+    if (this.options.shared && spec && record && record.spec.generation > spec.generation) {
+      this.log.warn({ stored: spec.generation, recorded: record.spec.generation }, 'finishing a spec write that reached etcd but not the control store');
+      await control.copyRecord(signal);
+      return;
+    }
+    const health = await this.options.clusterHealth();
+    const clusterId = etcdIdHex(health.clusterId);
+    const everyMemberRan = (members: Array<{ name: string }>): boolean =>
+      members.every((member) => health.members.some((m) => m.name === member.name && m.healthy));
+    if (!this.options.shared && !record && !spec && clusterId && everyMemberRan(config.initialCluster)) {
+      const draft: SpecDraft = { members: config.initialCluster, etcdVersion: health.members[0]?.version ?? '', clusterToken: config.initialClusterToken, clusterId, etcdFlags: {} };
+      const adopted = await control.write(draft, 0, term, signal);
+      this.log.info({ generation: adopted.generation, clusterId }, 'recorded the running cluster as the cluster spec (no S3: every steward keeps a copy)');
+      return;
+    }
+    if (spec && !spec.clusterId && clusterId && everyMemberRan(spec.members)) {
+      const { generation, updatedAt: _updatedAt, fencingToken: _fencingToken, formatVersion: _formatVersion, ...draft } = spec;
+      const etcdVersion = draft.etcdVersion || (health.members[0]?.version ?? '');
+      const recorded = await control.write({ ...draft, etcdVersion, clusterId }, generation, term, signal);
+      this.log.info({ generation: recorded.generation, clusterId }, 'every member has run: recorded the cluster ID in the spec, so an empty data dir is never bootstrapped again');
+    }
+  }
+
+  /** Without S3: etcd's record, mirrored into this node's dir; the dir's copy when etcd cannot be asked. */
+  private async readMirrored(signal: AbortSignal): Promise<ClusterSpec | undefined> {
+    const stored = await this.options.control.read(signal);
+    const record = await this.options.control.readRecord().catch(() => undefined);
+    if (!record) return stored;
+    await this.options.control.mirror(record.spec, stored, signal);
+    return record.spec;
+  }
+
+  private async clusterMismatch(spec: ClusterSpec): Promise<string | undefined> {
+    if (!spec.clusterId || !hasMemberData(this.options.config.dataDir)) return undefined;
+    const running = etcdIdHex((await this.options.clusterHealth().catch(() => undefined))?.clusterId ?? '');
+    if (!running || running === spec.clusterId) return undefined;
+    return `the cluster spec at ${this.options.control.location} is for cluster ${spec.clusterId}, but the etcd here is cluster ${running}`;
+  }
+
+  private unhealthy(problem: string, fix: string): void {
     this.options.metrics.controlSpecHealthy.set(0);
     this.log.error({ location: this.options.control.location, fix }, problem);
     this.current = { healthy: false, generation: 0, problem: `${problem} — ${fix}` };
-    return this.current;
-  }
-
-  private drift(spec: ClusterSpec): string | undefined {
-    const mine = this.options.config.initialCluster.map((m) => `${m.name}=${m.peerUrl}`).sort().join(',');
-    const theirs = spec.members.map((m) => `${m.name}=${m.peerUrl}`).sort().join(',');
-    return mine === theirs ? undefined : `--initial-cluster ${mine} vs spec ${theirs}`;
-  }
-
-  private warnOnDrift(spec: ClusterSpec): void {
-    const drift = this.drift(spec);
-    if (drift) this.log.warn({ drift, generation: spec.generation }, 'the cluster spec and this node\'s flags disagree on the members; the running cluster is unchanged');
   }
 
   /** A copy of the last good spec in the state dir, so an operator has something to `spec set` if it vanishes. */
@@ -196,20 +217,10 @@ export class SpecService {
     const path = join(this.options.config.stateDir, 'last-cluster-spec.json');
     try {
       await mkdir(this.options.config.stateDir, { recursive: true });
-      await writeFile(`${path}.tmp`, `${JSON.stringify(spec, null, 2)}\n`);
+      await writeFile(`${path}.tmp`, render(spec));
       await rename(`${path}.tmp`, path);
     } catch (err) {
       this.log.warn({ err: errorText(err) }, 'cannot keep a copy of the cluster spec in the state dir');
     }
-  }
-
-  private async snapshotCount(signal: AbortSignal): Promise<number> {
-    let count = 0;
-    for (const store of this.options.backupStores) {
-      // A listing that fails throws: "could not look" must never pass for "there are none".
-      const objects = await store.list('', signal);
-      count += objects.filter((o) => o.key.endsWith(METADATA_SUFFIX)).length;
-    }
-    return count;
   }
 }

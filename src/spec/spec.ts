@@ -12,6 +12,11 @@ export const clusterSpecSchema = z.object({
     .refine((members) => new Set(members.map((m) => m.name)).size === members.length, 'member names must be unique'),
   etcdVersion: z.string(),
   clusterToken: z.string().min(1),
+  /**
+   * The etcd cluster ID (hex) once every member has run: from then on an empty data dir is a member that
+   * lost its data, never a reason to bootstrap. '' until the leader records it.
+   */
+  clusterId: z.string().regex(/^[0-9a-f]*$/).default(''),
   /** Extra etcd flags the cluster runs with, by name without dashes. */
   etcdFlags: z.record(z.string(), z.string()).default({}),
   updatedAt: z.string(),

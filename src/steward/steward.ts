@@ -6,7 +6,7 @@ import type { Config } from '../config/settings.js';
 import { LeaderElection } from '../election/election.js';
 import { etcdArgs } from '../etcd/args.js';
 import { createClusterClient } from '../etcd/client.js';
-import { ClusterProbe } from '../etcd/health.js';
+import { ClusterProbe, etcdIdHex } from '../etcd/health.js';
 import { EtcdSupervisor } from '../etcd/supervisor.js';
 import { ObservabilityServer } from '../observability/http.js';
 import { StewardMetrics } from '../observability/metrics.js';
@@ -46,7 +46,6 @@ export class Steward {
   private readonly leaderWork = new Set<Promise<void>>();
   private readonly spec: SpecService;
   private readonly control: ControlStore;
-  private readonly controlShared: boolean;
   private readonly controlClose: () => void;
   private rpc: RpcServer | undefined;
   private etcdRestarts = 0;
@@ -72,6 +71,8 @@ export class Steward {
         this.metrics.etcdRestarts.inc();
       },
       onRunningChange: (running) => this.metrics.etcdUp.set(running ? 1 : 0),
+      // An empty data dir (first start, or wiped under a running steward) is bootstrapped only when safe.
+      beforeStart: (signal) => this.spec.waitUntilEtcdMayStart(signal),
     });
     this.client = createClusterClient(config.etcdEndpoints);
     this.probe = new ClusterProbe(config.etcdEndpoints, Math.min(5000, config.healthInterval));
@@ -91,13 +92,13 @@ export class Steward {
       s3Store,
     );
     this.control = new ControlStore(controlStore, this.client);
-    this.controlShared = controlStore.kind === 's3';
     this.controlClose = () => (controlStore as Partial<Pick<S3Store, 'close'>>).close?.();
     this.spec = new SpecService({
       config,
       control: this.control,
+      shared: controlStore.kind === 's3',
       backupStores: [new LocalStore(config.etcdSnapshotDir), ...(s3Store ? [s3Store] : [])],
-      client: this.client,
+      clusterHealth: () => this.health.check(),
       metrics: this.metrics,
       logger,
       currentTerm: () => this.election.currentTerm,
@@ -150,11 +151,7 @@ export class Steward {
     });
     this.log.info({ version: STEWARD_VERSION, http: `${http.address.host}:${http.address.port}` }, 'steward starting');
     let fatal: unknown;
-    const supervising = (async () => {
-      // With a shared control store, an empty data dir is bootstrapped only from a cluster spec (see SpecService).
-      if (this.controlShared && !(await this.spec.waitUntilBootstrapAllowed(etcdStop.signal))) return;
-      await this.supervisor.run(etcdStop.signal);
-    })().catch((err: unknown) => {
+    const supervising = this.supervisor.run(etcdStop.signal).catch((err: unknown) => {
       fatal = err;
       this.log.fatal({ err }, 'cannot supervise etcd; shutting down');
       leadershipStop.abort();
@@ -236,22 +233,18 @@ export class Steward {
       leader: leader ?? '',
       version: STEWARD_VERSION,
       uptimeSeconds: (Date.now() - this.startedAt) / 1000,
-      clusterId: toHex(health.clusterId),
+      clusterId: etcdIdHex(health.clusterId),
       fencingToken: term?.fencingToken ?? '',
       etcdRunning: this.supervisor.pid !== undefined,
       etcdRestarts: this.etcdRestarts,
       specHealthy: this.spec.state.healthy,
       specGeneration: this.spec.state.generation,
       specProblem: this.spec.state.problem,
-      members: health.members.map((m) => ({ ...m, id: toHex(m.id) })),
+      members: health.members.map((m) => ({ ...m, id: etcdIdHex(m.id) })),
     };
   }
 }
 
 function specResponse(spec: ClusterSpec, location: string): SpecResponse {
   return { specJson: `${JSON.stringify(spec, null, 2)}\n`, generation: spec.generation, location };
-}
-
-function toHex(decimal: string): string {
-  return /^\d+$/.test(decimal) ? BigInt(decimal).toString(16) : decimal;
 }

@@ -106,12 +106,15 @@ const ROTATING_KEYS = { 'etcd-s3-access-key': 'accessKey', 'etcd-s3-secret-key':
  * Hands out the S3 client to use for the next operation. With a config file, the file is re-read before
  * every operation and a new client is built when its credentials changed; after an auth failure the
  * client is rebuilt, which also makes the SDK's default chain fetch fresh temporary credentials.
- * Replaced clients are kept until `close()`: an upload in flight may still be using one.
+ * A replaced client is destroyed once no request started on it can still run (every request is bounded
+ * by --etcd-s3-timeout), so rotations do not pile up connection pools.
  */
 export class S3ClientSource {
   private client: S3Client;
   private fingerprint = '';
-  private readonly retired: S3Client[] = [];
+  private readonly retiring = new Map<S3Client, NodeJS.Timeout>();
+  /** Clients with a download still streaming: never destroyed under it, whatever its length. */
+  private readonly pins = new Map<S3Client, number>();
 
   constructor(
     private readonly base: S3StoreOptions,
@@ -132,25 +135,59 @@ export class S3ClientSource {
     if (fingerprint === this.fingerprint) return;
     const first = this.fingerprint === '';
     this.fingerprint = fingerprint;
+    // A keyless file at start-up leaves the flags' (or the default chain's) client as it is.
     if (first && !credentials.accessKey && !credentials.secretKey && !credentials.sessionToken) return;
     this.replace(createS3Client({ ...this.base, ...credentials }));
   }
 
-  /** After an auth failure: a fresh client (and, with the default chain, fresh credentials). */
+  /** After an auth failure: always a fresh client, so the default chain (with no keys anywhere) fetches fresh credentials too. */
   async rebuild(): Promise<void> {
-    this.fingerprint = '';
-    if (this.configFile) await this.sync();
-    else this.replace(createS3Client(this.base));
+    const credentials = this.configFile ? await this.readCredentials(this.configFile) : {};
+    if (this.configFile) this.fingerprint = createHash('sha256').update(JSON.stringify(credentials)).digest('hex');
+    this.replace(createS3Client({ ...this.base, ...credentials }));
+  }
+
+  /** The current client, kept alive until `release()` even if it is replaced meanwhile. */
+  pin(): { client: S3Client; release: () => void } {
+    const client = this.client;
+    this.pins.set(client, (this.pins.get(client) ?? 0) + 1);
+    let released = false;
+    return {
+      client,
+      release: () => {
+        if (released) return;
+        released = true;
+        const left = (this.pins.get(client) ?? 1) - 1;
+        if (left > 0) {
+          this.pins.set(client, left);
+          return;
+        }
+        this.pins.delete(client);
+        // Its retirement came due while pinned: finish it now.
+        if (client !== this.client && !this.retiring.has(client)) client.destroy();
+      },
+    };
   }
 
   close(): void {
-    for (const client of [...this.retired, this.client]) client.destroy();
-    this.retired.length = 0;
+    for (const [client, timer] of this.retiring) {
+      clearTimeout(timer);
+      client.destroy();
+    }
+    this.retiring.clear();
+    this.pins.clear();
+    this.client.destroy();
   }
 
   private replace(next: S3Client): void {
-    this.retired.push(this.client);
+    const old = this.client;
     this.client = next;
+    const timer = setTimeout(() => {
+      this.retiring.delete(old);
+      if (!this.pins.has(old)) old.destroy();
+    }, this.base.timeoutMs + 5_000);
+    timer.unref();
+    this.retiring.set(old, timer);
   }
 
   private async readCredentials(path: string): Promise<Partial<Pick<S3StoreOptions, 'accessKey' | 'secretKey' | 'sessionToken'>>> {

@@ -9,6 +9,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { InternalError } from '../errors/index.js';
+import { secretFreeCause } from './s3-errors.js';
 import type { ObjectWriter } from './store.js';
 
 export interface MultipartTarget {
@@ -191,7 +192,7 @@ export class MultipartWriter implements ObjectWriter {
   }
 
   private async fail(err: unknown): Promise<unknown> {
-    const error = this.signal.aborted ? this.signal.reason : this.state === 'aborted' ? new InternalError('STORE_WRITER_CLOSED', `the upload of ${this.url} was aborted`, { cause: err }) : this.mapError(err);
+    const error = this.signal.aborted ? this.signal.reason : this.state === 'aborted' ? new InternalError('STORE_WRITER_CLOSED', `the upload of ${this.url} was aborted`, { cause: secretFreeCause(err) }) : this.mapError(err);
     await this.abort(error);
     return error;
   }

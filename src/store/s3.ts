@@ -1,11 +1,12 @@
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
-import { ListObjectsV2Command, PutObjectCommand, S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Readable, addAbortSignal } from 'node:stream';
-import { InternalError, InvalidArgumentError, NotFoundError, StewardError, UnavailableError, errorText } from '../errors/index.js';
+import { InternalError, InvalidArgumentError, NotFoundError, StewardError } from '../errors/index.js';
 import { checkKey } from './local.js';
 import { S3ClientSource, endpointUrl, type S3StoreOptions } from './s3-client.js';
 import { MultipartWriter } from './s3-multipart.js';
 import type { BackupStore, ObjectInfo, ObjectWriter } from './store.js';
+import { toStoreError, type S3Target } from './s3-errors.js';
 
 export { createS3Client, type S3StoreOptions } from './s3-client.js';
 
@@ -16,15 +17,6 @@ const DEFAULT_QUEUE_SIZE = 2;
 /** S3 refuses smaller parts (except the last). */
 const MIN_PART_SIZE = 5 * MIB;
 
-/** What a writer and the error mapping need to know about their store. */
-interface S3Target {
-  /** The client for the next request: it changes when credentials rotate. */
-  readonly client: S3Client;
-  readonly bucket: string;
-  readonly location: string;
-  readonly endpoint: string;
-  readonly timeoutMs: number;
-}
 
 /** Snapshots under `s3://<bucket>/<folder>/`; keys are plain names (`checkKey`), listed one level deep. */
 export class S3Store implements BackupStore {
@@ -105,22 +97,28 @@ export class S3Store implements BackupStore {
     );
   }
 
+  /** Bounded as a whole by --etcd-s3-timeout: a spec or metadata read never stalls a check. */
   async readSmall(key: string, signal: AbortSignal): Promise<Buffer> {
-    const body = await this.read(key, signal);
+    const bounded = AbortSignal.any([signal, AbortSignal.timeout(this.target.timeoutMs)]);
     const chunks: Buffer[] = [];
     let size = 0;
     try {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        size += chunk.length;
-        if (size > SMALL_LIMIT) {
-          throw new InvalidArgumentError(`${this.urlFor(key)} is larger than the ${SMALL_LIMIT} bytes a metadata object may have`, {
-            hint: 'this key is not a metadata object; check which key was asked for',
-          });
+      const body = await this.read(key, bounded);
+      try {
+        for await (const chunk of body as AsyncIterable<Buffer>) {
+          size += chunk.length;
+          if (size > SMALL_LIMIT) {
+            throw new InvalidArgumentError(`${this.urlFor(key)} is larger than the ${SMALL_LIMIT} bytes a metadata object may have`, {
+              hint: 'this key is not a metadata object; check which key was asked for',
+            });
+          }
+          chunks.push(chunk);
         }
-        chunks.push(chunk);
+      } finally {
+        body.destroy();
       }
     } catch (err) {
-      body.destroy();
+      // Mapped against the caller's signal, so our own timeout reads as S3_UNREACHABLE, not as a cancel.
       throw toStoreError(err, 'read', this.urlFor(key), this.target, signal);
     }
     return Buffer.concat(chunks);
@@ -128,10 +126,23 @@ export class S3Store implements BackupStore {
 
   async read(key: string, signal: AbortSignal): Promise<Readable> {
     checkKey(key);
-    const out = await this.call('read', key, signal, (Bucket, Key) => this.target.client.send(new GetObjectCommand({ Bucket, Key }), { abortSignal: signal }));
+    let pinned: ReturnType<S3ClientSource['pin']> | undefined;
+    // The request is bounded until its headers arrive; the body then runs as long as the caller's signal allows,
+    // on a client kept alive for it even if credentials rotate meanwhile.
+    const out = await this.call('read', key, signal, (Bucket, Key, bounded) => {
+      pinned?.release();
+      pinned = this.source.pin();
+      return pinned.client.send(new GetObjectCommand({ Bucket, Key }), { abortSignal: bounded });
+    }).catch((err: unknown) => {
+      pinned?.release();
+      throw err;
+    });
+    const release = pinned?.release ?? (() => undefined);
     if (!(out.Body instanceof Readable)) {
+      release();
       throw new InternalError('S3_UNEXPECTED_BODY', `GetObject of ${this.urlFor(key)} returned no Node stream`);
     }
+    out.Body.once('close', release);
     // The request's own abort hook is gone once headers arrived; this keeps the signal cutting the body.
     return addAbortSignal(signal, out.Body);
   }
@@ -211,66 +222,4 @@ export class S3Store implements BackupStore {
       return attempt();
     }
   }
-}
-
-const ACCESS_DENIED = new Set(['AccessDenied', 'InvalidAccessKeyId', 'ExpiredToken', 'InvalidToken', 'TokenRefreshRequired', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'CredentialsProviderError']);
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ECONNABORTED', 'EPROTO']);
-
-/** The one place an SDK or socket failure becomes a typed error. Messages name the S3 error and status, never credentials. */
-function toStoreError(err: unknown, op: string, url: string, target: S3Target, signal: AbortSignal): unknown {
-  if (signal.aborted) return signal.reason;
-  if (err instanceof StewardError) return err;
-  const { name, status, errno } = failureOf(err);
-  const text = errorText(err);
-  const detail = `${name}${status ? `, HTTP ${status}` : ''}${errno && errno !== name ? `, ${errno}` : ''}${text && text !== 'UnknownError' && text !== name ? `: ${text}` : ''}`;
-  const message = `S3 ${op} of ${url} failed (${detail})`;
-  if (name === 'NoSuchKey' || (status === 404 && name === 'NotFound')) {
-    return new NotFoundError(`${url} does not exist`, { cause: err, hint: 'list the store to see which snapshots exist' });
-  }
-  if (name === 'NoSuchBucket') {
-    return new StewardError('invalid', 'S3_NO_SUCH_BUCKET', `${message}: bucket ${target.bucket} does not exist at ${target.endpoint}`, {
-      cause: err,
-      hint: 'create the bucket or fix --etcd-s3-bucket',
-    });
-  }
-  if (ACCESS_DENIED.has(name) || status === 403) {
-    return new UnavailableError('S3_ACCESS_DENIED', message, {
-      cause: err,
-      hint: `check --etcd-s3-access-key / --etcd-s3-secret-key (or the role the pod runs as): they must be valid, unexpired and allowed to get, put, list and delete under ${target.location}`,
-    });
-  }
-  if (errno && /CERT|UNABLE_TO_VERIFY|SELF_SIGNED|^ERR_SSL|^ERR_TLS/.test(errno)) {
-    return new UnavailableError('S3_TLS', `the TLS certificate of ${target.endpoint} was not accepted: ${message}`, {
-      cause: err,
-      hint: 'for a private CA pass --etcd-s3-endpoint-ca with its PEM; --etcd-s3-skip-ssl-verify only in a lab',
-    });
-  }
-  if (name === 'AbortError' || name === 'TimeoutError') {
-    // Not the caller's signal (handled above): our own --etcd-s3-timeout bound on the call and its retries.
-    return new UnavailableError('S3_UNREACHABLE', `no answer from S3 at ${target.endpoint} within --etcd-s3-timeout (${target.timeoutMs} ms): ${message}`, {
-      cause: err,
-      hint: 'check the endpoint and network; raise --etcd-s3-timeout on a slow link',
-    });
-  }
-  if (errno && UNREACHABLE.has(errno)) {
-    return new UnavailableError('S3_UNREACHABLE', `cannot reach S3 at ${target.endpoint}: ${message}`, {
-      cause: err,
-      hint: 'check --etcd-s3-endpoint and --etcd-s3-insecure (http or https), DNS and network policy; raise --etcd-s3-timeout on a slow link',
-    });
-  }
-  if ((status !== undefined && status >= 500) || name === 'SlowDown') {
-    return new UnavailableError('S3_SERVER_ERROR', message, { cause: err, hint: `the S3 service at ${target.endpoint} failed; the operation is retried later, check the service if it persists` });
-  }
-  return new InternalError('S3_REQUEST_FAILED', message, { cause: err, hint: `check the S3 service at ${target.endpoint} and the bucket's configuration` });
-}
-
-function failureOf(err: unknown): { name: string; status: number | undefined; errno: string | undefined } {
-  if (typeof err !== 'object' || err === null) return { name: 'Error', status: undefined, errno: undefined };
-  // SDK exceptions carry `$metadata.httpStatusCode`; socket errors carry a string `code`. Read both structurally.
-  const record = err as { name?: unknown; code?: unknown; $metadata?: { httpStatusCode?: unknown } };
-  return {
-    name: typeof record.name === 'string' ? record.name : 'Error',
-    status: typeof record.$metadata?.httpStatusCode === 'number' ? record.$metadata.httpStatusCode : undefined,
-    errno: typeof record.code === 'string' ? record.code : undefined,
-  };
 }

@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -41,15 +42,24 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     await s3?.stop();
   });
 
-  it('a new cluster starts only after init --yes, and every steward reads the spec', async () => {
-    for (const i of allNodes()) {
-      const status = await cluster.status(i);
-      expect(status).toMatchObject({ specHealthy: true, specGeneration: 1, specProblem: '' });
-    }
+  it('a new cluster starts only after init --yes, every steward reads the spec, and the formed cluster is recorded', async () => {
+    const { statuses } = await cluster.waitForStableLeader(15_000);
+    // Generation 1 is init's; the leader writes generation 2 with the cluster ID once every member has run.
+    await waitUntil('every steward to read generation 2', async () => {
+      for (const i of allNodes()) {
+        const status = await cluster.status(i);
+        if (!status.specHealthy || status.specGeneration !== 2 || status.specProblem !== '') return undefined;
+      }
+      return true;
+    }, 4 * TTL_MS, 200);
     const spec = await cluster.ctl(['--endpoint', cluster.node(1).grpc, '-o', 'json', 'spec', 'get']);
     expect(spec.code, spec.stderr).toBe(0);
-    expect((JSON.parse(spec.stdout) as { members: unknown[] }).members).toHaveLength(3);
+    const parsed = JSON.parse(spec.stdout) as { members: unknown[]; clusterId: string; fencingToken: string };
+    expect(parsed.members).toHaveLength(3);
+    expect(parsed.clusterId).toBe(statuses[0]?.clusterId);
+    expect(parsed.fencingToken).not.toBe('');
     for (const i of allNodes()) expect(cluster.logs(i)).toMatch(/waiting for 'etcd-stewardctl init --yes'|cluster spec readable/);
+    expect(cluster.logs(0) + cluster.logs(1) + cluster.logs(2)).toContain('every member has run: recorded the cluster ID in the spec');
   });
 
   it('init --yes on a cluster with data exits 4 and changes nothing', async () => {
@@ -103,13 +113,14 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
 
     // The operator puts the spec back from the copy a steward kept; every steward sees it within a TTL.
     const copy = join(cluster.node(after.leader).stateDir, 'last-cluster-spec.json');
+    const copiedGeneration = (JSON.parse(readFileSync(copy, 'utf8')) as { generation: number }).generation;
     const restore = await cluster.ctl(['--endpoint', cluster.node(after.leader).grpc, 'spec', 'set', copy]);
     expect(restore.code, restore.stderr).toBe(0);
     await waitUntil('the metric back at 1 everywhere', async () => {
       for (const i of allNodes()) if ((await metric(i, 'etcd_steward_control_spec_healthy')) !== 1) return undefined;
       return true;
     }, 3 * TTL_MS, 100);
-    expect((await cluster.status(0)).specGeneration).toBe(2);
+    expect((await cluster.status(0)).specGeneration).toBe(copiedGeneration + 1);
   });
 
   it('a spec changed in S3 is picked up within one TTL without a restart', async () => {
@@ -144,6 +155,56 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     expect(invalid.stderr).toMatch(/members/);
   });
 
+  it('a member whose data dir is wiped under a running steward is held back, init is refused, and member replacement brings it back', async () => {
+    const { leader, statuses } = await cluster.waitForStableLeader(15_000);
+    const victim = (leader + 1) % 3;
+    const node = cluster.node(victim);
+    const writer = new Etcd3({ hosts: cluster.nodes.map((n) => n.clientUrl) });
+    await writer.put('/app/after-wipe').value('still here');
+    const recorded = JSON.parse((await control.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as { clusterId: string };
+    expect(recorded.clusterId).toBe(statuses[0]?.clusterId);
+
+    // The disk under the member is lost while the steward runs; etcd dies with it and the supervisor restarts it.
+    const etcdPid = cluster.etcdPid(victim);
+    expect(etcdPid).toBeDefined();
+    await rm(node.dataDir, { recursive: true, force: true });
+    process.kill(etcdPid as number, 'SIGKILL');
+    await waitUntil('the restart to be held back', () => (cluster.logs(victim).includes('refusing to start etcd: the data dir') ? true : undefined), 15_000, 200);
+    expect(cluster.logs(victim)).toMatch(/"level":"error".*"fix":"restore the data dir from a snapshot, or replace the member: etcdctl member remove/);
+    // Held back, not retried into a new cluster: a few TTLs later etcd is still not running and the dir still empty.
+    await new Promise((resolve) => setTimeout(resolve, 2 * TTL_MS));
+    const held = await cluster.status(victim);
+    expect(held.etcdRunning).toBe(false);
+    expect(held.specHealthy).toBe(false);
+    expect(held.specProblem).toMatch(/this member lost its data and must not start a new cluster/);
+    expect(existsSync(join(node.dataDir, 'member'))).toBe(false);
+
+    // Even with the spec gone too, init on that node is refused: the other members answer.
+    const spec = await control.readSmall('cluster-spec.json', AbortSignal.timeout(5000));
+    await control.delete('cluster-spec.json', AbortSignal.timeout(5000));
+    const init = await cluster.ctl(['--endpoint', node.grpc, 'init', '--yes']);
+    expect(init.code).toBe(4);
+    expect(init.stderr).toMatch(/^error\[CLUSTER_RUNNING\]: etcd answers at /);
+    expect(await control.head('cluster-spec.json', AbortSignal.timeout(5000))).toBeUndefined();
+    await control.putSmall('cluster-spec.json', spec, AbortSignal.timeout(5000));
+
+    // The fix the log names: replace the member, then join with --initial-cluster-state=existing.
+    const members = await writer.cluster.memberList({});
+    const lost = members.members.find((m) => m.name === node.name);
+    expect(lost).toBeDefined();
+    await writer.cluster.memberRemove({ ID: lost?.ID ?? '' });
+    await writer.cluster.memberAdd({ peerURLs: [node.peerUrl] });
+    await cluster.stop(victim);
+    cluster.setNodeArgs(victim, ['--initial-cluster-state=existing']);
+    cluster.start(victim);
+    const after = await cluster.waitForStableLeader(30_000);
+    expect(after.statuses.every((s) => s.clusterId === statuses[0]?.clusterId)).toBe(true);
+    const direct = new Etcd3({ hosts: [node.clientUrl] });
+    expect(await direct.get('/app/after-wipe').string()).toBe('still here');
+    direct.close();
+    writer.close();
+  });
+
   it('a steward with an empty data dir refuses to create a new cluster while snapshots exist', async () => {
     // A "new" node whose control files are gone but whose backups are still in the bucket.
     const stranger = await StewardCluster.create({ size: 1, extraArgs: s3Args(s3, ['--control-s3-folder=lost-control']) });
@@ -153,7 +214,7 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
         const text = readFileSync(stranger.node(0).logFile, 'utf8');
         return text.includes('refusing to initialise a new etcd cluster') ? text : undefined;
       }, 15_000, 200);
-      expect(log).toContain('snapshots exist');
+      expect(log).toMatch(/snapshot\(s\) exist and there is no cluster spec/);
       const status = await stranger.status(0);
       expect(status.etcdRunning).toBe(false);
       const init = await stranger.ctl(['--endpoint', stranger.node(0).grpc, 'init', '--yes']);

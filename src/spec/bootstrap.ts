@@ -1,0 +1,133 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import type { Config } from '../config/settings.js';
+import { errorText } from '../errors/index.js';
+import { METADATA_SUFFIX } from '../snapshot/names.js';
+import type { BackupStore } from '../store/store.js';
+import type { ControlStore } from './control-store.js';
+import type { ClusterSpec } from './spec.js';
+
+export function hasMemberData(dataDir: string): boolean {
+  return existsSync(join(dataDir, 'member'));
+}
+
+/** How many snapshots the stores hold; a listing that fails throws, so "could not look" never passes for "none". */
+export async function countSnapshots(stores: BackupStore[], signal: AbortSignal): Promise<number> {
+  let count = 0;
+  for (const store of stores) {
+    const objects = await store.list('', signal);
+    count += objects.filter((o) => o.key.endsWith(METADATA_SUFFIX)).length;
+  }
+  return count;
+}
+
+/** Where this node's flags and the spec disagree on what the cluster is; undefined if they agree. */
+export function specDrift(config: Config, spec: ClusterSpec): string | undefined {
+  const mine = config.initialCluster.map((m) => `${m.name}=${m.peerUrl}`).sort().join(',');
+  const theirs = spec.members.map((m) => `${m.name}=${m.peerUrl}`).sort().join(',');
+  const problems: string[] = [];
+  if (mine !== theirs) problems.push(`--initial-cluster ${mine} vs spec ${theirs}`);
+  if (config.initialClusterToken !== spec.clusterToken) problems.push(`--initial-cluster-token ${config.initialClusterToken} vs spec ${spec.clusterToken}`);
+  return problems.length > 0 ? problems.join('; ') : undefined;
+}
+
+type Verdict = { allowed: true; why: string } | { allowed: false; level: 'warn' | 'error'; reason: string; fix: string };
+
+export interface BootstrapGateOptions {
+  config: Config;
+  control: ControlStore;
+  /** The control store is shared by every node (S3); without S3 it is this node's own dir. */
+  shared: boolean;
+  backupStores: BackupStore[];
+  logger: Logger;
+}
+
+/**
+ * Asked before every start of etcd, restarts included. A data dir holding a member always passes: etcd
+ * resumes it. An empty one may only bootstrap a cluster that has never run: the spec exists and matches
+ * this node, no snapshot exists, and the spec does not record a formed cluster (after that, an empty
+ * data dir is a member that lost its data). Joining with --initial-cluster-state=existing also passes:
+ * etcd then never creates a cluster, it syncs from the members that have the data.
+ */
+export class BootstrapGate {
+  private readonly log: Logger;
+  private refusal = '';
+
+  constructor(private readonly options: BootstrapGateOptions) {
+    this.log = options.logger.child({ component: 'bootstrap' });
+  }
+
+  /** Why etcd is being held back, with the fix; empty when it is not. */
+  get problem(): string {
+    return this.refusal;
+  }
+
+  /** Resolves true once etcd may start; false if aborted first. Logs each new reason at once and again every TTL. */
+  async wait(signal: AbortSignal): Promise<boolean> {
+    let lastLogged = '';
+    let lastLoggedAt = 0;
+    while (!signal.aborted) {
+      const verdict = await this.verdict(signal);
+      if (verdict.allowed) {
+        if (this.refusal || verdict.why) this.log.info({ why: verdict.why }, 'starting etcd on an empty data dir');
+        this.refusal = '';
+        return true;
+      }
+      this.refusal = `${verdict.reason} — ${verdict.fix}`;
+      if (verdict.reason !== lastLogged || Date.now() - lastLoggedAt >= this.options.config.controlSpecTtl) {
+        this.log[verdict.level]({ location: this.options.control.location, dataDir: this.options.config.dataDir, fix: verdict.fix }, verdict.reason);
+        lastLogged = verdict.reason;
+        lastLoggedAt = Date.now();
+      }
+      await sleep(Math.min(2000, this.options.config.controlSpecTtl), undefined, { signal }).catch(() => undefined);
+    }
+    return false;
+  }
+
+  private async verdict(signal: AbortSignal): Promise<Verdict> {
+    const { config, control } = this.options;
+    if (hasMemberData(config.dataDir)) return { allowed: true, why: '' };
+    if (config.initialClusterState === 'existing') return { allowed: true, why: '--initial-cluster-state=existing: joining the members that hold the data' };
+    let spec: ClusterSpec | undefined;
+    try {
+      spec = await control.read(signal);
+    } catch (err) {
+      return { allowed: false, level: 'error', reason: `cannot read the cluster spec at ${control.location}, so etcd is not bootstrapped on the empty data dir: ${errorText(err)}`, fix: 'fix access to the control store (--control-s3-*, credentials); this is checked again every few seconds' };
+    }
+    if (spec?.clusterId) {
+      return {
+        allowed: false,
+        level: 'error',
+        reason: `refusing to start etcd: the data dir ${config.dataDir} is empty, but the cluster spec records that cluster ${spec.clusterId} was formed; this member lost its data and must not start a new cluster`,
+        fix: `restore the data dir from a snapshot, or replace the member: etcdctl member remove <its id>, etcdctl member add ${config.name} --peer-urls=<its peer URL>, then restart this steward with --initial-cluster-state=existing`,
+      };
+    }
+    if (spec) {
+      const drift = specDrift(config, spec);
+      if (drift) {
+        return { allowed: false, level: 'error', reason: `refusing to bootstrap etcd: this node's flags do not match the cluster spec (${drift})`, fix: 'fix the flags, or the spec with etcd-stewardctl spec set' };
+      }
+    }
+    let snapshots: number;
+    try {
+      snapshots = await countSnapshots(this.options.backupStores, signal);
+    } catch (err) {
+      return { allowed: false, level: 'error', reason: `cannot list the snapshots, so etcd is not bootstrapped on the empty data dir: ${errorText(err)}`, fix: 'fix access to the snapshot stores; this is checked again every few seconds' };
+    }
+    if (snapshots > 0) {
+      return {
+        allowed: false,
+        level: 'error',
+        reason: `refusing to initialise a new etcd cluster: the data dir is empty but ${snapshots} snapshot(s) exist${spec ? '' : ' and there is no cluster spec'}, so this cluster's data or control files were lost`,
+        fix: "restore a snapshot, or put the spec back with 'etcd-stewardctl spec set FILE'; never init over backups",
+      };
+    }
+    // Without S3 the spec lives in each node's own dir, so there is nothing shared for init to create first.
+    if (!spec && this.options.shared) {
+      return { allowed: false, level: 'warn', reason: `no cluster spec yet at ${control.location} and this data dir is empty: waiting for 'etcd-stewardctl init --yes' to create a new cluster`, fix: "run 'etcd-stewardctl init --yes' once for a brand-new cluster" };
+    }
+    return { allowed: true, why: spec ? `cluster spec generation ${spec.generation} matches this node and no snapshot exists: a cluster that has not formed yet` : 'no snapshot exists and no cluster was recorded on this node' };
+  }
+}
