@@ -12,6 +12,8 @@ import { BootstrapGate, countSnapshots, hasMemberData, specDrift } from './boots
 import { render, type ControlStore, type SpecDraft } from './control-store.js';
 import { parseSpec, type ClusterSpec } from './spec.js';
 
+const FORMING_RECHECK_MS = 5000;
+
 export interface SpecState {
   healthy: boolean;
   generation: number;
@@ -61,7 +63,9 @@ export class SpecService {
       if (term && !signal.aborted) await this.leaderDuties(spec, term, AbortSignal.any([signal, term.signal])).catch((err: unknown) => {
         if (!signal.aborted && !term.signal.aborted) this.log.warn({ err: errorText(err) }, 'leader spec upkeep failed; trying again next TTL');
       });
-      await sleep(this.options.config.controlSpecTtl, undefined, { signal }).catch(() => undefined);
+      // Until the formed cluster is recorded, look more often: that record is what protects an empty data dir.
+      const forming = spec ? !spec.clusterId : !this.options.shared && this.current.healthy === false;
+      await sleep(forming ? Math.min(FORMING_RECHECK_MS, this.options.config.controlSpecTtl) : this.options.config.controlSpecTtl, undefined, { signal }).catch(() => undefined);
     }
   }
 
@@ -73,6 +77,14 @@ export class SpecService {
       spec = this.options.shared ? await control.read(signal) : await this.readMirrored(signal);
     } catch (err) {
       this.unhealthy(`the cluster spec at ${control.location} cannot be read: ${errorText(err)}`, 'check the control store settings (--control-s3-*) and credentials');
+      return undefined;
+    }
+    if (!spec && !this.options.shared) {
+      // Without S3 nothing is lost yet: the leader records the running cluster once every member is healthy.
+      const problem = `no cluster spec recorded yet at ${control.location}: the leader records the running cluster once every member is healthy`;
+      if (this.current.problem !== problem) this.log.warn({ location: control.location }, problem);
+      this.options.metrics.controlSpecHealthy.set(0);
+      this.current = { healthy: false, generation: 0, problem };
       return undefined;
     }
     if (!spec && !hasMemberData(config.dataDir)) {

@@ -3,7 +3,8 @@ import { connect } from 'node:net';
 import { once } from 'node:events';
 import { freePort } from './ports.js';
 
-type Fault = { kind: 'status'; status: number; code: string } | { kind: 'drop' };
+/** `extra` is raw XML added to the error body (real S3 adds e.g. the canonical request to SignatureDoesNotMatch); `hang` never answers. */
+type Fault = { kind: 'status'; status: number; code: string; extra?: string } | { kind: 'drop' } | { kind: 'hang' };
 
 /**
  * An HTTP reverse proxy in front of s3rver that behaves like a real S3 would when things go wrong:
@@ -47,6 +48,10 @@ export class S3FaultProxy {
     for (let i = 0; i < count; i++) this.faults.push(fault);
   }
 
+  clearFaults(): void {
+    this.faults.length = 0;
+  }
+
   /** Every request answers 500 until `ms` from now: an outage. */
   outage(ms: number): void {
     this.failUntil = Date.now() + ms;
@@ -56,13 +61,18 @@ export class S3FaultProxy {
     this.requests += 1;
     const key = /Credential=([^/]+)\//.exec(req.headers.authorization ?? '')?.[1] ?? '';
     this.seenKeys.add(key);
-    const fault = this.faults.shift() ?? (Date.now() < this.failUntil ? ({ kind: 'status', status: 500, code: 'InternalError' } as const) : undefined);
+    const fault = this.faults.shift() ?? (Date.now() < this.failUntil ? ({ kind: 'status', status: 500, code: 'InternalError' } satisfies Fault as Fault) : undefined);
     if (fault?.kind === 'drop') {
       this.rejected += 1;
       req.socket.destroy();
       return;
     }
-    if (fault?.kind === 'status') return this.refuse(req, res, fault.status, fault.code);
+    if (fault?.kind === 'hang') {
+      this.rejected += 1;
+      req.resume();
+      return;
+    }
+    if (fault?.kind === 'status') return this.refuse(req, res, fault.status, fault.code, fault.extra);
     if (this.expiredKeys.has(key)) return this.refuse(req, res, 403, 'ExpiredToken');
     if (!this.validKeys.has(key)) return this.refuse(req, res, 403, 'InvalidAccessKeyId');
     const headers = { ...req.headers };
@@ -75,13 +85,13 @@ export class S3FaultProxy {
     req.pipe(upstream);
   }
 
-  private refuse(req: IncomingMessage, res: ServerResponse, status: number, code: string): void {
+  private refuse(req: IncomingMessage, res: ServerResponse, status: number, code: string, extra = ''): void {
     this.rejected += 1;
     // Drain the body first: the SDK waits for its upload to be read before it reads the answer.
     req.resume();
     req.on('end', () => {
       res.writeHead(status, { 'content-type': 'application/xml' });
-      res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message><RequestId>test</RequestId></Error>`);
+      res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message>${extra}<RequestId>test</RequestId></Error>`);
     });
   }
 

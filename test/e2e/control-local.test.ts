@@ -1,0 +1,46 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitUntil } from '../harness/processes.js';
+import { StewardCluster } from '../harness/steward-cluster.js';
+
+describe('without S3: the running cluster is recorded as the spec on every node (3 stewards, real etcd)', () => {
+  let cluster: StewardCluster;
+
+  beforeAll(async () => {
+    cluster = await StewardCluster.create({ size: 3, extraArgs: ['--control-spec-ttl=2s', '--etcd-disable-snapshots=true'] });
+    await cluster.startAll();
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  it('every steward ends up with a healthy spec naming the cluster ID, kept in its own state dir', async () => {
+    const { statuses } = await cluster.waitForStableLeader(30_000);
+    const clusterId = statuses[0]?.clusterId;
+    await waitUntil('every steward to report the recorded spec', async () => {
+      for (const node of cluster.nodes) if (!(await cluster.status(node.index)).specHealthy) return undefined;
+      return true;
+    }, 20_000, 250);
+    for (const node of cluster.nodes) {
+      const copy = JSON.parse(readFileSync(join(node.stateDir, 'control', 'cluster-spec.json'), 'utf8')) as { clusterId: string; members: unknown[] };
+      expect(copy.clusterId).toBe(clusterId);
+      expect(copy.members).toHaveLength(3);
+    }
+  });
+
+  it('a member restarted on a wiped data dir is held back instead of starting a new cluster', async () => {
+    const { leader } = await cluster.waitForStableLeader(15_000);
+    const victim = (leader + 2) % 3;
+    const node = cluster.node(victim);
+    await cluster.stop(victim);
+    await rm(node.dataDir, { recursive: true, force: true });
+    cluster.start(victim);
+    await waitUntil('the start to be held back', () => (cluster.logs(victim).includes('refusing to start etcd: the data dir') ? true : undefined), 20_000, 200);
+    const status = await cluster.status(victim);
+    expect(status.etcdRunning).toBe(false);
+    expect(status.specProblem).toMatch(/lost its data/);
+    expect(existsSync(join(node.dataDir, 'member'))).toBe(false);
+  });
+});

@@ -1,0 +1,107 @@
+import { Etcd3 } from 'etcd3';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Fence } from '../../src/election/election.js';
+import { StewardError } from '../../src/errors/index.js';
+import { ControlStore, SPEC_KEY, SPEC_RECORD_KEY, type SpecDraft } from '../../src/spec/control-store.js';
+import { S3Store } from '../../src/store/s3.js';
+import { EtcdCluster } from '../harness/etcd-cluster.js';
+import { S3Server } from '../harness/s3.js';
+
+const DRAFT: SpecDraft = { members: [{ name: 'node-1', peerUrl: 'http://127.0.0.1:2380' }], etcdVersion: '3.4.23', clusterToken: 'test', clusterId: '', etcdFlags: {} };
+const signal = (): AbortSignal => AbortSignal.timeout(10_000);
+
+describe('ControlStore: etcd orders and fences spec writes, the control store gets etcd\'s newest record (real etcd, real s3rver)', () => {
+  let etcd: EtcdCluster;
+  let s3: S3Server;
+  let client: Etcd3;
+  let s3Store: S3Store;
+  let control: ControlStore;
+  let fence: Fence;
+  let run = 0;
+
+  beforeAll(async () => {
+    [etcd, s3] = await Promise.all([EtcdCluster.start(1), S3Server.start({ bucket: 'control' })]);
+    client = new Etcd3({ hosts: etcd.endpoints });
+  });
+  beforeEach(async () => {
+    run += 1;
+    await client.delete().key(SPEC_RECORD_KEY);
+    s3Store?.close();
+    s3Store = new S3Store(s3.storeOptions(`control-${run}`));
+    control = new ControlStore(s3Store, client);
+    // A campaign key as the election writes it: the fencing token is its create revision.
+    const campaignKey = `etcd-steward/election/leader/test-${run}`;
+    const put = await client.put(campaignKey).value('node-1').exec();
+    fence = { campaignKey, fencingToken: put.header.revision };
+  });
+  afterAll(async () => {
+    s3Store?.close();
+    client?.close();
+    await Promise.all([etcd?.stop(), s3?.stop()]);
+  });
+
+  const stored = async (): Promise<{ generation: number; clusterId: string }> => JSON.parse((await s3Store.readSmall(SPEC_KEY, signal())).toString()) as { generation: number; clusterId: string };
+
+  it('a write lands in etcd and in S3 with the next generation and the leader\'s token', async () => {
+    await control.initialise(DRAFT, signal());
+    const written = await control.write({ ...DRAFT, clusterId: 'abc123' }, 1, fence, signal());
+    expect(written).toMatchObject({ generation: 2, clusterId: 'abc123', fencingToken: fence.fencingToken });
+    expect(await stored()).toMatchObject({ generation: 2, clusterId: 'abc123' });
+    expect((await control.readRecord())?.spec.generation).toBe(2);
+  });
+
+  it('a stale leader is refused and nothing changes', async () => {
+    await control.initialise(DRAFT, signal());
+    // A newer campaign key takes the same name: the old token no longer matches its create revision.
+    await client.delete().key(fence.campaignKey);
+    await client.put(fence.campaignKey).value('node-2');
+    const err = await control.write(DRAFT, 1, fence, signal()).catch((e: unknown) => e);
+    expect((err as StewardError).code).toBe('STALE_LEADER');
+    expect(await control.readRecord()).toBeUndefined();
+    expect((await stored()).generation).toBe(1);
+  });
+
+  it('a stale generation is refused, counting etcd\'s record even when S3 lags behind it', async () => {
+    await control.initialise(DRAFT, signal());
+    await control.write(DRAFT, 1, fence, signal());
+    // A leader died after etcd took generation 3 but before S3 got it.
+    const record = await control.readRecord();
+    await client.put(SPEC_RECORD_KEY).value(JSON.stringify({ ...record?.spec, generation: 3 }));
+    expect((await stored()).generation).toBe(2);
+    const err = await control.write(DRAFT, 2, fence, signal()).catch((e: unknown) => e);
+    expect((err as StewardError).code).toBe('STALE_GENERATION');
+    // The next leader finishes the interrupted write ...
+    await control.copyRecord(signal());
+    expect((await stored()).generation).toBe(3);
+    // ... and the next write follows it.
+    expect((await control.write(DRAFT, 3, fence, signal())).generation).toBe(4);
+  });
+
+  it('a control store that cannot be read fails the write instead of passing for "no spec", and etcd is untouched', async () => {
+    const broken = new S3Store({ ...s3.storeOptions('control'), bucket: 'no-such-bucket' });
+    try {
+      const err = await new ControlStore(broken, client).write(DRAFT, 0, fence, signal()).catch((e: unknown) => e);
+      expect((err as StewardError).code).toBe('S3_NO_SUCH_BUCKET');
+      expect(await control.readRecord()).toBeUndefined();
+    } finally {
+      broken.close();
+    }
+  });
+
+  it('a spec deleted from S3 is written back by the next spec set, after every generation seen', async () => {
+    await control.initialise(DRAFT, signal());
+    await control.write(DRAFT, 1, fence, signal());
+    await s3Store.delete(SPEC_KEY, signal());
+    expect(await control.read(signal())).toBeUndefined();
+    // The operator sets the copy a steward kept (generation 2): etcd's record keeps the order.
+    expect((await control.write(DRAFT, 2, fence, signal())).generation).toBe(3);
+    expect((await stored()).generation).toBe(3);
+  });
+
+  it('init refuses to overwrite an existing spec', async () => {
+    await control.initialise(DRAFT, signal());
+    const err = await control.initialise(DRAFT, signal()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StewardError);
+    expect((err as StewardError).code).toBe('SPEC_EXISTS');
+  });
+});
