@@ -1,4 +1,4 @@
-import { ConsecutiveBreaker, circuitBreaker, handleWhen, noop } from 'cockatiel';
+import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, noop } from 'cockatiel';
 import { Etcd3, isRecoverableError, type IOptions } from 'etcd3';
 
 export interface EtcdClientOptions {
@@ -24,6 +24,10 @@ export function createClusterClient(endpoints: string[], options: EtcdClientOpti
     // forming a quorum, that alone delayed the first election by seconds. 1 s is enough to shed load.
     faultHandling: {
       host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(3) }),
+      // Every watch stream that ends (a cancelled campaign watch, an etcd restart) grows etcd3's reconnect
+      // backoff, and its timer is neither unref'd nor cleared by close(): at 30 s it held a stopped steward
+      // past its 28 s shutdown deadline. 2 s also makes a follower's watch come back quickly.
+      watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 2000 }).next(),
     },
   });
 }

@@ -80,8 +80,8 @@ export class SpecService {
       return undefined;
     }
     if (!spec && !this.options.shared) {
-      // Without S3 nothing is lost yet: the leader records the running cluster once every member is healthy.
-      const problem = `no cluster spec recorded yet at ${control.location}: the leader records the running cluster once every member is healthy`;
+      // Without S3 nothing is lost yet: the leader records the running cluster once all members are up.
+      const problem = `no cluster spec recorded yet at ${control.location}: the leader records the running cluster once all members are up`;
       if (this.current.problem !== problem) this.log.warn({ location: control.location }, problem);
       this.options.metrics.controlSpecHealthy.set(0);
       this.current = { healthy: false, generation: 0, problem };

@@ -9,6 +9,8 @@ export interface S3Target {
   readonly location: string;
   readonly endpoint: string;
   readonly timeoutMs: number;
+  /** Rebuilds the client with fresh credentials (config file re-read, default chain re-fetched). */
+  readonly refreshCredentials: () => Promise<void>;
 }
 
 const ACCESS_DENIED = new Set(['AccessDenied', 'InvalidAccessKeyId', 'ExpiredToken', 'InvalidToken', 'TokenRefreshRequired', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'CredentialsProviderError']);
@@ -63,6 +65,12 @@ export function toStoreError(err: unknown, op: string, url: string, target: S3Ta
     return new UnavailableError('S3_SERVER_ERROR', message, { cause: err, hint: `the S3 service at ${target.endpoint} failed; the operation is retried later, check the service if it persists` });
   }
   return new InternalError('S3_REQUEST_FAILED', message, { cause: err, hint: `check the S3 service at ${target.endpoint} and the bucket's configuration` });
+}
+
+/** An expired, rotated-away or refused credential: worth one retry on a rebuilt client. */
+export function isAuthFailure(err: unknown): boolean {
+  const { name, status } = failureOf(err);
+  return ACCESS_DENIED.has(name) || status === 403;
 }
 
 /** name, first line of the message, a socket code and the original stack frames; nothing the server sent along. */

@@ -9,7 +9,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { InternalError } from '../errors/index.js';
-import { secretFreeCause } from './s3-errors.js';
+import { isAuthFailure, secretFreeCause } from './s3-errors.js';
 import type { ObjectWriter } from './store.js';
 
 export interface MultipartTarget {
@@ -17,6 +17,8 @@ export interface MultipartTarget {
   readonly client: S3Client;
   readonly bucket: string;
   readonly timeoutMs: number;
+  /** After an auth failure: a rebuilt client with fresh credentials, for one retry of the request. */
+  refreshCredentials?: () => Promise<void>;
 }
 
 type State = 'open' | 'committing' | 'committed' | 'aborted';
@@ -39,6 +41,7 @@ export class MultipartWriter implements ObjectWriter {
   private readonly parts: Array<{ PartNumber: number; ETag: string }> = [];
   private readonly inFlight = new Set<Promise<void>>();
   private failure: unknown;
+  private refreshing: Promise<void> | undefined;
   private aborting: Promise<void> | undefined;
   /** Cancels every request of this upload at once, whatever the caller's signal does. */
   private readonly cancel = new AbortController();
@@ -80,7 +83,7 @@ export class MultipartWriter implements ObjectWriter {
     try {
       if (this.partNumber === 0) {
         const body = this.current ? this.current.subarray(0, this.filled) : Buffer.alloc(0);
-        await this.target.client.send(new PutObjectCommand({ Bucket: this.target.bucket, Key: this.key, Body: body, ContentLength: body.length }), this.options());
+        await this.send((client) => client.send(new PutObjectCommand({ Bucket: this.target.bucket, Key: this.key, Body: body, ContentLength: body.length }), this.options()));
       } else {
         if (this.filled > 0) this.sendPart();
         await this.drain();
@@ -94,7 +97,7 @@ export class MultipartWriter implements ObjectWriter {
     this.state = 'committed';
     try {
       // Read back: the object as stored must be exactly what was sent.
-      const head = await this.target.client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.key }), this.options());
+      const head = await this.send((client) => client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.key }), this.options()));
       const size = head.ContentLength ?? -1;
       if (size !== this.bytes) {
         throw new InternalError('S3_SIZE_MISMATCH', `${this.url} holds ${size} bytes after upload, ${this.bytes} were written; removing it`, {
@@ -145,8 +148,9 @@ export class MultipartWriter implements ObjectWriter {
     const part = (async () => {
       try {
         const UploadId = await this.startUpload();
-        const out = await this.target.client.send(
-          new UploadPartCommand({ Bucket: this.target.bucket, Key: this.key, UploadId, PartNumber, Body: buffer.subarray(0, length), ContentLength: length }), this.options());
+        const out = await this.send((client) =>
+          client.send(new UploadPartCommand({ Bucket: this.target.bucket, Key: this.key, UploadId, PartNumber, Body: buffer.subarray(0, length), ContentLength: length }), this.options()),
+        );
         this.parts.push({ PartNumber, ETag: out.ETag ?? '' });
       } catch (err) {
         this.failure ??= err;
@@ -160,7 +164,7 @@ export class MultipartWriter implements ObjectWriter {
   }
 
   private startUpload(): Promise<string> {
-    this.uploadId ??= this.target.client.send(new CreateMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.key }), this.options()).then((out) => {
+    this.uploadId ??= this.send((client) => client.send(new CreateMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.key }), this.options())).then((out) => {
       if (!out.UploadId) throw new InternalError('S3_NO_UPLOAD_ID', `S3 started no multipart upload for ${this.url}`);
       return out.UploadId;
     });
@@ -184,6 +188,28 @@ export class MultipartWriter implements ObjectWriter {
   private async drain(): Promise<void> {
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
     if (this.failure !== undefined) throw this.failure;
+  }
+
+  /**
+   * One request, retried once on a rebuilt client if its credentials were refused: temporary credentials
+   * that expire in the middle of a long upload cost one retry, not the upload.
+   */
+  private async send<T>(request: (client: S3Client) => Promise<T>): Promise<T> {
+    try {
+      return await request(this.target.client);
+    } catch (err) {
+      if (!isAuthFailure(err) || !this.target.refreshCredentials || this.signal.aborted || this.cancel.signal.aborted) throw err;
+      await this.refreshOnce();
+      return request(this.target.client);
+    }
+  }
+
+  /** Parts in flight fail together when a key expires: they share one rebuild. */
+  private refreshOnce(): Promise<void> {
+    this.refreshing ??= (this.target.refreshCredentials?.() ?? Promise.resolve()).finally(() => {
+      this.refreshing = undefined;
+    });
+    return this.refreshing;
   }
 
   /** Per request: the caller's signal, this upload's cancel, and --etcd-s3-timeout for the request and its retries. */

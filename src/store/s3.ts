@@ -50,6 +50,7 @@ export class S3Store implements BackupStore {
       location: this.location,
       endpoint: endpointUrl(options) ?? `AWS S3 (${options.region})`,
       timeoutMs: options.timeoutMs,
+      refreshCredentials: () => source.rebuild(),
     };
   }
 

@@ -26,8 +26,9 @@ describe('S3 that keeps working: rotated credentials, transient faults, outages 
     // Snapshot names carry whole seconds; a second save within the same second is refused by design.
     const wait = 1000 - (Date.now() - lastSave);
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-    lastSave = Date.now();
     const result = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'save']);
+    // From when the save ended: its name was taken before that, so the next one lands in a later second.
+    lastSave = Date.now();
     expect(result.code, result.stderr).toBe(0);
     return JSON.parse(result.stdout) as Saved;
   };

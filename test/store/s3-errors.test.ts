@@ -106,6 +106,36 @@ describe('S3 errors and clients (real s3rver behind a fault proxy)', () => {
     }
   });
 
+  it('credentials that expire in the middle of a multipart upload cost one retry on a rebuilt client, not the upload', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 's3-config-'));
+    const file = join(dir, 'config.yaml');
+    const [first, second] = ['AKIAROTATINGKEY00001', 'AKIAROTATINGKEY00002'];
+    await writeFile(file, `etcd-s3-access-key: ${first}\netcd-s3-secret-key: s1\n`);
+    proxy.validKeys.add(first);
+    const rotating = new S3Store({ ...options(), accessKey: undefined, secretKey: undefined, sessionToken: undefined, configFile: file });
+    try {
+      const writer = await rotating.createWriter('rotating-upload', AbortSignal.timeout(30_000));
+      const part = Buffer.alloc(8 * 1024 * 1024, 7);
+      await writer.write(Buffer.from(part));
+      // A secret sync writes the new key, then the old one expires while the upload still runs on it.
+      await writeFile(file, `etcd-s3-access-key: ${second}\netcd-s3-secret-key: s2\n`);
+      proxy.validKeys.add(second);
+      const rejectedBefore = proxy.rejected;
+      proxy.validKeys.delete(first);
+      proxy.expiredKeys.add(first);
+      await writer.write(Buffer.from(part));
+      await writer.write(Buffer.alloc(1024 * 1024, 9));
+      const { size } = await writer.commit();
+      expect(size).toBe(17 * 1024 * 1024);
+      expect(proxy.rejected).toBeGreaterThan(rejectedBefore);
+      expect(proxy.seenKeys.has(second)).toBe(true);
+      expect((await store.head('rotating-upload', AbortSignal.timeout(10_000)))?.size).toBe(17 * 1024 * 1024);
+    } finally {
+      rotating.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('an auth failure with a keyless config file still builds a fresh client (the default chain re-fetches)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 's3-config-'));
     try {
