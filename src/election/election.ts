@@ -92,6 +92,8 @@ export class LeaderElection {
   }
 
   private async holdTerm(candidacy: Candidacy, fence: Fence, lastKeepalive: () => number, signal: AbortSignal): Promise<string> {
+    // A lease lost between winning and here: no term may start on it, not even briefly.
+    if (candidacy.lostReason !== undefined) return `lease lost: ${errorText(candidacy.lostReason)}`;
     const controller = new AbortController();
     const { fencingToken } = fence;
     const term: LeaderTerm = { ...fence, signal: controller.signal, startedAt: new Date() };

@@ -1,16 +1,22 @@
-import { existsSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
+import { askPeers } from '../etcd/peers.js';
 import { errorText } from '../errors/index.js';
 import { METADATA_SUFFIX } from '../snapshot/names.js';
 import type { BackupStore } from '../store/store.js';
 import type { ControlStore } from './control-store.js';
 import type { ClusterSpec } from './spec.js';
 
+/** etcd's own test: a data dir holds a member when its WAL dir has a .wal file; a bare or half-wiped `member/` does not. */
 export function hasMemberData(dataDir: string): boolean {
-  return existsSync(join(dataDir, 'member'));
+  try {
+    return readdirSync(join(dataDir, 'member', 'wal')).some((file) => file.endsWith('.wal'));
+  } catch {
+    return false;
+  }
 }
 
 /** How many snapshots the stores hold; a listing that fails throws, so "could not look" never passes for "none". */
@@ -87,28 +93,34 @@ export class BootstrapGate {
   }
 
   private async verdict(signal: AbortSignal): Promise<Verdict> {
-    const { config, control } = this.options;
+    const { config, control, shared } = this.options;
     if (hasMemberData(config.dataDir)) return { allowed: true, why: '' };
     if (config.initialClusterState === 'existing') return { allowed: true, why: '--initial-cluster-state=existing: joining the members that hold the data' };
+    const peerUrl = config.initialCluster.find((m) => m.name === config.name)?.peerUrl ?? config.initialAdvertisePeerUrls[0] ?? '<its peer URL>';
+    const lostData: Verdict = {
+      allowed: false,
+      level: 'error',
+      reason: `refusing to start etcd: the data dir ${config.dataDir} is empty, but this member has run before; it lost its data and must not start a new cluster`,
+      fix: `restore the data dir from a snapshot, or replace the member: etcdctl member remove <its id>, etcdctl member add ${config.name} --peer-urls=${peerUrl}, then restart this steward with --initial-cluster-state=existing`,
+    };
+    // The running members know best, and answer even when every local record is gone with the disk.
+    const peers = await askPeers(config, PEER_TIMEOUT_MS, signal);
+    if (peers.thisMemberRan) return { ...lostData, reason: `${lostData.reason} (the members at ${peers.answered.join(', ')} list it as started)` };
     let spec: ClusterSpec | undefined;
     try {
       spec = await control.read(signal);
     } catch (err) {
-      return { allowed: false, level: 'error', reason: `cannot read the cluster spec at ${control.location}, so etcd is not bootstrapped on the empty data dir: ${errorText(err)}`, fix: 'fix access to the control store (--control-s3-*, credentials); this is checked again every few seconds' };
+      const where = shared ? 'the control store (--control-s3-*, credentials)' : `the state dir ${config.stateDir}`;
+      return { allowed: false, level: 'error', reason: `cannot read the cluster spec at ${control.location}, so etcd is not bootstrapped on the empty data dir: ${errorText(err)}`, fix: `fix access to ${where}; this is checked again every few seconds` };
     }
-    if (spec?.clusterId) {
-      return {
-        allowed: false,
-        level: 'error',
-        reason: `refusing to start etcd: the data dir ${config.dataDir} is empty, but the cluster spec records that cluster ${spec.clusterId} was formed; this member lost its data and must not start a new cluster`,
-        fix: `restore the data dir from a snapshot, or replace the member: etcdctl member remove <its id>, etcdctl member add ${config.name} --peer-urls=<its peer URL>, then restart this steward with --initial-cluster-state=existing`,
-      };
-    }
+    if (spec?.clusterId) return { ...lostData, reason: `${lostData.reason} (the cluster spec records that cluster ${spec.clusterId} formed with every member)` };
     if (spec) {
       const drift = specDrift(config, spec);
       if (drift) {
         return { allowed: false, level: 'error', reason: `refusing to bootstrap etcd: this node's flags do not match the cluster spec (${drift})`, fix: 'fix the flags, or the spec with etcd-stewardctl spec set' };
       }
+      // A member that starts late joins a cluster still forming: the others run and list it as never started.
+      if (peers.answered.length > 0) return { allowed: true, why: `the members at ${peers.answered.join(', ')} run and list this member as never started: joining them` };
     }
     let snapshots: number;
     try {
@@ -125,9 +137,11 @@ export class BootstrapGate {
       };
     }
     // Without S3 the spec lives in each node's own dir, so there is nothing shared for init to create first.
-    if (!spec && this.options.shared) {
+    if (!spec && shared) {
       return { allowed: false, level: 'warn', reason: `no cluster spec yet at ${control.location} and this data dir is empty: waiting for 'etcd-stewardctl init --yes' to create a new cluster`, fix: "run 'etcd-stewardctl init --yes' once for a brand-new cluster" };
     }
-    return { allowed: true, why: spec ? `cluster spec generation ${spec.generation} matches this node and no snapshot exists: a cluster that has not formed yet` : 'no snapshot exists and no cluster was recorded on this node' };
+    return { allowed: true, why: spec ? `cluster spec generation ${spec.generation} matches this node and no snapshot exists: a cluster that has not formed yet` : 'no snapshot exists and no member lists this one as started' };
   }
 }
+
+const PEER_TIMEOUT_MS = 2000;

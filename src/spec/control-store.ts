@@ -1,6 +1,6 @@
 import type { Etcd3 } from 'etcd3';
 import type { Fence } from '../election/election.js';
-import { NotFoundError, PreconditionError } from '../errors/index.js';
+import { NotFoundError, PreconditionError, UnavailableError, errorText } from '../errors/index.js';
 import type { BackupStore } from '../store/store.js';
 import { parseSpec, type ClusterSpec } from './spec.js';
 
@@ -73,7 +73,15 @@ export class ControlStore {
         hint: 'run etcd-stewardctl spec get and try again against the current leader',
       });
     }
-    await this.copyRecord(signal);
+    try {
+      await this.copyRecord(signal);
+    } catch (err) {
+      // The write itself stands (etcd has it); only the copy is behind. Say so, or a retry of the same file reads as stale.
+      throw new UnavailableError('SPEC_COPY_PENDING', `generation ${spec.generation} is recorded in etcd, but copying it to ${this.location} failed: ${errorText(err)}`, {
+        cause: err,
+        hint: `fix access to the control store; the leader finishes the copy within one --control-spec-ttl while an older spec is there, and if none is, run spec set again with "generation": ${spec.generation}`,
+      });
+    }
     return spec;
   }
 

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import type { LeaderTerm } from '../election/election.js';
 import { etcdIdHex, type ClusterHealth } from '../etcd/health.js';
+import { askPeers } from '../etcd/peers.js';
 import { NotFoundError, PreconditionError, errorText } from '../errors/index.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 import type { BackupStore } from '../store/store.js';
@@ -134,9 +135,11 @@ export class SpecService {
         hint: 'init is only for a brand-new cluster; to recreate a lost spec use etcd-stewardctl spec set FILE',
       });
     }
-    const answering = (await this.options.clusterHealth()).members.filter((m) => m.reachable);
+    // Client endpoints often name only this node (the default); the other members' peer URLs are always known.
+    const [health, peers] = await Promise.all([this.options.clusterHealth(), askPeers(config, 2000, signal)]);
+    const answering = [...health.members.filter((m) => m.reachable).map((m) => m.endpoint), ...peers.answered];
     if (answering.length > 0) {
-      throw new PreconditionError('CLUSTER_RUNNING', `etcd answers at ${answering.map((m) => m.endpoint).join(', ')}: this cluster exists and holds data`, {
+      throw new PreconditionError('CLUSTER_RUNNING', `etcd answers at ${answering.join(', ')}: this cluster exists and holds data`, {
         hint: "init is only for a brand-new cluster; put the spec back with 'etcd-stewardctl spec set FILE' against the leader",
       });
     }

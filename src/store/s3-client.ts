@@ -140,8 +140,13 @@ export class S3ClientSource {
     this.replace(createS3Client({ ...this.base, ...credentials }));
   }
 
-  /** After an auth failure: always a fresh client, so the default chain (with no keys anywhere) fetches fresh credentials too. */
-  async rebuild(): Promise<void> {
+  /**
+   * After an auth failure of a request sent on `failed`: a fresh client, so the default chain (with no keys
+   * anywhere) fetches fresh credentials too. A no-op when `failed` was already replaced: requests that
+   * failed together share one rebuild.
+   */
+  async rebuild(failed?: S3Client): Promise<void> {
+    if (failed !== undefined && failed !== this.client) return;
     const credentials = this.configFile ? await this.readCredentials(this.configFile) : {};
     if (this.configFile) this.fingerprint = createHash('sha256').update(JSON.stringify(credentials)).digest('hex');
     this.replace(createS3Client({ ...this.base, ...credentials }));

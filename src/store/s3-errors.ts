@@ -9,8 +9,8 @@ export interface S3Target {
   readonly location: string;
   readonly endpoint: string;
   readonly timeoutMs: number;
-  /** Rebuilds the client with fresh credentials (config file re-read, default chain re-fetched). */
-  readonly refreshCredentials: () => Promise<void>;
+  /** Rebuilds the client with fresh credentials (config file re-read, default chain re-fetched) unless `failed` was already replaced. */
+  readonly refreshCredentials: (failed: S3Client) => Promise<void>;
 }
 
 const ACCESS_DENIED = new Set(['AccessDenied', 'InvalidAccessKeyId', 'ExpiredToken', 'InvalidToken', 'TokenRefreshRequired', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'CredentialsProviderError']);
@@ -21,7 +21,8 @@ export function toStoreError(err: unknown, op: string, url: string, target: S3Ta
   if (signal.aborted) return signal.reason;
   if (err instanceof StewardError) return err;
   const { name, status, errno } = failureOf(err);
-  const text = errorText(err);
+  // Only the first line, bounded: the same text the rebuilt cause keeps.
+  const text = (errorText(err).split('\n')[0] ?? '').slice(0, 500);
   // SDK exceptions copy the server's error fields onto themselves (a SignatureDoesNotMatch carries the
   // canonical request, key id and token): only a rebuilt, field-free cause may reach a log.
   err = secretFreeCause(err, name, errno);

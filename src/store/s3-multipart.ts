@@ -17,8 +17,8 @@ export interface MultipartTarget {
   readonly client: S3Client;
   readonly bucket: string;
   readonly timeoutMs: number;
-  /** After an auth failure: a rebuilt client with fresh credentials, for one retry of the request. */
-  refreshCredentials?: () => Promise<void>;
+  /** After an auth failure of a request sent on `failed`: a rebuilt client with fresh credentials, for one retry. */
+  refreshCredentials?: (failed: S3Client) => Promise<void>;
 }
 
 type State = 'open' | 'committing' | 'committed' | 'aborted';
@@ -41,7 +41,6 @@ export class MultipartWriter implements ObjectWriter {
   private readonly parts: Array<{ PartNumber: number; ETag: string }> = [];
   private readonly inFlight = new Set<Promise<void>>();
   private failure: unknown;
-  private refreshing: Promise<void> | undefined;
   private aborting: Promise<void> | undefined;
   /** Cancels every request of this upload at once, whatever the caller's signal does. */
   private readonly cancel = new AbortController();
@@ -89,7 +88,7 @@ export class MultipartWriter implements ObjectWriter {
         await this.drain();
         const parts = [...this.parts].sort((a, b) => a.PartNumber - b.PartNumber);
         const UploadId = await (this.uploadId as Promise<string>);
-        await this.target.client.send(new CompleteMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.key, UploadId, MultipartUpload: { Parts: parts } }), this.options());
+        await this.send((client) => client.send(new CompleteMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.key, UploadId, MultipartUpload: { Parts: parts } }), this.options()));
       }
     } catch (err) {
       throw await this.fail(err);
@@ -195,21 +194,15 @@ export class MultipartWriter implements ObjectWriter {
    * that expire in the middle of a long upload cost one retry, not the upload.
    */
   private async send<T>(request: (client: S3Client) => Promise<T>): Promise<T> {
+    const client = this.target.client;
     try {
-      return await request(this.target.client);
+      return await request(client);
     } catch (err) {
       if (!isAuthFailure(err) || !this.target.refreshCredentials || this.signal.aborted || this.cancel.signal.aborted) throw err;
-      await this.refreshOnce();
+      // Parts in flight fail together when a key expires: only the first rebuilds, the rest find a fresh client.
+      await this.target.refreshCredentials(client);
       return request(this.target.client);
     }
-  }
-
-  /** Parts in flight fail together when a key expires: they share one rebuild. */
-  private refreshOnce(): Promise<void> {
-    this.refreshing ??= (this.target.refreshCredentials?.() ?? Promise.resolve()).finally(() => {
-      this.refreshing = undefined;
-    });
-    return this.refreshing;
   }
 
   /** Per request: the caller's signal, this upload's cancel, and --etcd-s3-timeout for the request and its retries. */

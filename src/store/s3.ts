@@ -50,7 +50,7 @@ export class S3Store implements BackupStore {
       location: this.location,
       endpoint: endpointUrl(options) ?? `AWS S3 (${options.region})`,
       timeoutMs: options.timeoutMs,
-      refreshCredentials: () => source.rebuild(),
+      refreshCredentials: (failed) => source.rebuild(failed),
     };
   }
 
@@ -120,7 +120,10 @@ export class S3Store implements BackupStore {
       }
     } catch (err) {
       // Mapped against the caller's signal, so our own timeout reads as S3_UNREACHABLE, not as a cancel.
-      throw toStoreError(err, 'read', this.urlFor(key), this.target, signal);
+      const mapped = toStoreError(err, 'read', this.urlFor(key), this.target, signal);
+      // call() counted every failure but our own timeout, which it saw as a cancel.
+      if (bounded.aborted && !signal.aborted && mapped instanceof StewardError) this.options.onError?.('read', mapped.code);
+      throw mapped;
     }
     return Buffer.concat(chunks);
   }
@@ -204,9 +207,11 @@ export class S3Store implements BackupStore {
   ): Promise<T> {
     signal.throwIfAborted();
     const url = key === undefined ? this.location : this.urlFor(key);
+    let used: S3Client | undefined;
     const attempt = async (): Promise<T> => {
       try {
         await this.source.sync();
+        used = this.source.current;
         const bounded = AbortSignal.any([signal, AbortSignal.timeout(this.target.timeoutMs)]);
         return await run(this.target.bucket, key === undefined ? '' : this.objectKey(key), bounded);
       } catch (err) {
@@ -219,7 +224,7 @@ export class S3Store implements BackupStore {
       return await attempt();
     } catch (err) {
       if (!(err instanceof StewardError) || err.code !== 'S3_ACCESS_DENIED' || signal.aborted) throw err;
-      await this.source.rebuild();
+      await this.source.rebuild(used);
       return attempt();
     }
   }

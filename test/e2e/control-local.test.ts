@@ -30,17 +30,18 @@ describe('without S3: the running cluster is recorded as the spec on every node 
     }
   });
 
-  it('a member restarted on a wiped data dir is held back instead of starting a new cluster', async () => {
+  it('a member whose whole disk was lost (data dir and state dir) is held back: the running members know it ran', async () => {
     const { leader } = await cluster.waitForStableLeader(15_000);
     const victim = (leader + 2) % 3;
     const node = cluster.node(victim);
     await cluster.stop(victim);
     await rm(node.dataDir, { recursive: true, force: true });
+    await rm(node.stateDir, { recursive: true, force: true });
     cluster.start(victim);
     await waitUntil('the start to be held back', () => (cluster.logs(victim).includes('refusing to start etcd: the data dir') ? true : undefined), 20_000, 200);
     const status = await cluster.status(victim);
     expect(status.etcdRunning).toBe(false);
-    expect(status.specProblem).toMatch(/lost its data/);
+    expect(status.specProblem).toMatch(/lost its data .*the members at .* list it as started/);
     expect(existsSync(join(node.dataDir, 'member'))).toBe(false);
   });
 });

@@ -176,15 +176,21 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     const held = await cluster.status(victim);
     expect(held.etcdRunning).toBe(false);
     expect(held.specHealthy).toBe(false);
-    expect(held.specProblem).toMatch(/this member lost its data and must not start a new cluster/);
+    expect(held.specProblem).toMatch(/this member has run before; it lost its data and must not start a new cluster/);
     expect(existsSync(join(node.dataDir, 'member'))).toBe(false);
 
-    // Even with the spec gone too, init on that node is refused: the other members answer.
+    // Even with the spec gone too, and with only its own client endpoint configured (the default),
+    // init on that node is refused: the other members answer on their peer URLs.
+    await cluster.stop(victim);
+    cluster.setNodeArgs(victim, [`--etcd-endpoints=${node.clientUrl}`]);
+    cluster.start(victim);
+    await waitUntil('the steward API', async () => ((await cluster.status(victim).catch(() => undefined)) ? true : undefined), 15_000, 200);
     const spec = await control.readSmall('cluster-spec.json', AbortSignal.timeout(5000));
     await control.delete('cluster-spec.json', AbortSignal.timeout(5000));
     const init = await cluster.ctl(['--endpoint', node.grpc, 'init', '--yes']);
     expect(init.code).toBe(4);
     expect(init.stderr).toMatch(/^error\[CLUSTER_RUNNING\]: etcd answers at /);
+    expect(init.stderr).toContain(cluster.node(leader).peerUrl);
     expect(await control.head('cluster-spec.json', AbortSignal.timeout(5000))).toBeUndefined();
     await control.putSmall('cluster-spec.json', spec, AbortSignal.timeout(5000));
 
@@ -203,6 +209,34 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     expect(await direct.get('/app/after-wipe').string()).toBe('still here');
     direct.close();
     writer.close();
+  });
+
+  it('a member that starts late joins the forming cluster even though snapshots exist already', async () => {
+    const late = await StewardCluster.create({ size: 3, extraArgs: s3Args(s3, ['--etcd-s3-folder=late', '--control-s3-folder=late-control']) });
+    const lateControl = new S3Store(s3.storeOptions('late-control'));
+    try {
+      late.start(0);
+      late.start(1);
+      await late.initIfNew();
+      await waitUntil('two members with a leader', async () => {
+        const status = await late.status(0).catch(() => undefined);
+        return status?.leader && status.members.filter((m) => m.healthy).length === 2 ? true : undefined;
+      }, 30_000, 250);
+      const saved = await late.ctl(['--endpoint', late.node(0).grpc, 'save', '--force']);
+      expect(saved.code, saved.stderr).toBe(0);
+      late.start(2);
+      const { statuses } = await late.waitForStableLeader(30_000);
+      expect(statuses.every((s) => s.members.length === 3)).toBe(true);
+      expect(late.logs(2)).toMatch(/"why":"the members at .* run and list this member as never started: joining them"/);
+      // Only now, with every member run, is the cluster recorded as formed.
+      await waitUntil('the cluster ID in the spec', async () => {
+        const stored = JSON.parse((await lateControl.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as { clusterId: string };
+        return stored.clusterId === statuses[0]?.clusterId ? true : undefined;
+      }, 15_000, 500);
+    } finally {
+      lateControl.close();
+      await late.destroy();
+    }
   });
 
   it('a steward with an empty data dir refuses to create a new cluster while snapshots exist', async () => {

@@ -4,11 +4,20 @@ import type { Fence } from '../../src/election/election.js';
 import { StewardError } from '../../src/errors/index.js';
 import { ControlStore, SPEC_KEY, SPEC_RECORD_KEY, type SpecDraft } from '../../src/spec/control-store.js';
 import { S3Store } from '../../src/store/s3.js';
+import type { BackupStore } from '../../src/store/store.js';
 import { EtcdCluster } from '../harness/etcd-cluster.js';
 import { S3Server } from '../harness/s3.js';
 
 const DRAFT: SpecDraft = { members: [{ name: 'node-1', peerUrl: 'http://127.0.0.1:2380' }], etcdVersion: '3.4.23', clusterToken: 'test', clusterId: '', etcdFlags: {} };
 const signal = (): AbortSignal => AbortSignal.timeout(10_000);
+
+async function waitFor(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error('condition not met within 5 s');
+}
 
 describe('ControlStore: etcd orders and fences spec writes, the control store gets etcd\'s newest record (real etcd, real s3rver)', () => {
   let etcd: EtcdCluster;
@@ -96,6 +105,49 @@ describe('ControlStore: etcd orders and fences spec writes, the control store ge
     // The operator sets the copy a steward kept (generation 2): etcd's record keeps the order.
     expect((await control.write(DRAFT, 2, fence, signal())).generation).toBe(3);
     expect((await stored()).generation).toBe(3);
+  });
+
+  it('two writes whose copies overtake each other still leave the newest generation in S3', async () => {
+    await control.initialise(DRAFT, signal());
+    // Writer A's copy to S3 is held up until writer B has written and copied a newer generation.
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let holdNext = true;
+    const slowStore: BackupStore = Object.assign(Object.create(s3Store) as S3Store, {
+      putSmall: async (key: string, body: string | Buffer, sig: AbortSignal): Promise<void> => {
+        if (holdNext) {
+          holdNext = false;
+          await held;
+        }
+        return s3Store.putSmall(key, body, sig);
+      },
+    });
+    const writerA = new ControlStore(slowStore, client);
+    const a = writerA.write({ ...DRAFT, etcdVersion: 'from-a' }, 1, fence, signal());
+    await waitFor(async () => (await control.readRecord())?.spec.generation === 2);
+    const b = await control.write({ ...DRAFT, etcdVersion: 'from-b' }, 2, fence, signal());
+    expect(b.generation).toBe(3);
+    expect(await stored()).toMatchObject({ generation: 3 });
+    // A's stale copy lands now, then A sees etcd moved on and copies the newest record over it.
+    release();
+    await a;
+    expect(await stored()).toMatchObject({ generation: 3, etcdVersion: 'from-b' });
+  });
+
+  it('a write that reached etcd but not the control store says so with its own code', async () => {
+    await control.initialise(DRAFT, signal());
+    const failing: BackupStore = Object.assign(Object.create(s3Store) as S3Store, {
+      putSmall: async (): Promise<void> => {
+        throw new Error('PutObject refused by the test');
+      },
+    });
+    const err = await new ControlStore(failing, client).write(DRAFT, 1, fence, signal()).catch((e: unknown) => e);
+    expect((err as StewardError).code).toBe('SPEC_COPY_PENDING');
+    expect((err as StewardError).describe()).toMatch(/generation 2 is recorded in etcd, but copying it to s3:\/\/control\/control-\d+\/cluster-spec\.json failed: PutObject refused by the test/);
+    expect((await control.readRecord())?.spec.generation).toBe(2);
+    // The leader's upkeep finishes it once the store works again.
+    expect((await control.copyRecord(signal()))?.generation).toBe(2);
+    expect((await stored()).generation).toBe(2);
   });
 
   it('init refuses to overwrite an existing spec', async () => {

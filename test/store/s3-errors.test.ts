@@ -106,6 +106,31 @@ describe('S3 errors and clients (real s3rver behind a fault proxy)', () => {
     }
   });
 
+  it('a download keeps its client pinned until its body closes', async () => {
+    const original = S3ClientSource.prototype.pin;
+    let pinned = 0;
+    const pins = vi.spyOn(S3ClientSource.prototype, 'pin').mockImplementation(function (this: S3ClientSource) {
+      const lease = original.call(this);
+      pinned += 1;
+      return { client: lease.client, release: () => ((pinned -= 1), lease.release()) };
+    });
+    try {
+      const body = await store.read('hello.json', AbortSignal.timeout(10_000));
+      expect(pinned).toBe(1);
+      let text = '';
+      for await (const chunk of body as AsyncIterable<Buffer>) text += chunk.toString();
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(text).toBe('{"hello":1}');
+      expect(pinned).toBe(0);
+      // A failed GET releases its pin too.
+      await store.read('missing.json', AbortSignal.timeout(10_000)).catch(() => undefined);
+      expect(pins).toHaveBeenCalledTimes(2);
+      expect(pinned).toBe(0);
+    } finally {
+      pins.mockRestore();
+    }
+  });
+
   it('credentials that expire in the middle of a multipart upload cost one retry on a rebuilt client, not the upload', async () => {
     const dir = await mkdtemp(join(tmpdir(), 's3-config-'));
     const file = join(dir, 'config.yaml');

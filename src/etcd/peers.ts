@@ -1,0 +1,49 @@
+import type { Config } from '../config/settings.js';
+
+/** One entry of a member's `GET <peer-url>/members`: the cluster's member list as that member knows it. */
+interface PeerMember {
+  name?: string;
+  peerURLs?: string[];
+  /** Published once the member has joined a cluster with quorum; empty for a member that never ran. */
+  clientURLs?: string[];
+}
+
+export interface PeerView {
+  /** Peer URLs of the other members that answered: an etcd cluster runs there. */
+  answered: string[];
+  /** Some member lists this node as having run (client URLs published): its data existed once. */
+  thisMemberRan: boolean;
+}
+
+/**
+ * What the other members say, asked over their peer URLs (the only addresses known before etcd runs here;
+ * client URLs are not in --initial-cluster). The same question etcd itself asks before it bootstraps, asked
+ * first so the steward can hold back with a clear message instead of letting etcd crash-loop. A member that
+ * does not answer (down, or peer TLS we cannot speak) says nothing.
+ */
+export async function askPeers(config: Pick<Config, 'name' | 'initialCluster' | 'initialAdvertisePeerUrls'>, timeoutMs: number, signal: AbortSignal): Promise<PeerView> {
+  const mine = new Set(config.initialAdvertisePeerUrls.map(normalise));
+  for (const member of config.initialCluster) if (member.name === config.name) mine.add(normalise(member.peerUrl));
+  const others = config.initialCluster.filter((member) => member.name !== config.name && !mine.has(normalise(member.peerUrl)));
+  const answers = await Promise.all(
+    others.map(async (member) => {
+      try {
+        const response = await fetch(new URL('/members', member.peerUrl), { signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
+        if (!response.ok) return undefined;
+        const members = (await response.json()) as unknown;
+        return Array.isArray(members) ? { peerUrl: member.peerUrl, members: members as PeerMember[] } : undefined;
+      } catch {
+        return undefined;
+      }
+    }),
+  );
+  const answered = answers.filter((answer) => answer !== undefined);
+  const thisMemberRan = answered.some(({ members }) =>
+    members.some((m) => (m.clientURLs?.length ?? 0) > 0 && (m.name === config.name || (m.peerURLs ?? []).some((url) => mine.has(normalise(url))))),
+  );
+  return { answered: answered.map((answer) => answer.peerUrl), thisMemberRan };
+}
+
+function normalise(url: string): string {
+  return url.replace(/\/+$/, '');
+}
