@@ -1,6 +1,6 @@
 import type { Etcd3 } from 'etcd3';
 import type { Fence } from '../election/election.js';
-import { NotFoundError, PreconditionError, UnavailableError, errorText } from '../errors/index.js';
+import { NotFoundError, PreconditionError, StewardError, UnavailableError, errorText } from '../errors/index.js';
 import type { BackupStore } from '../store/store.js';
 import { parseSpec, type ClusterSpec } from './spec.js';
 
@@ -107,7 +107,15 @@ export class ControlStore {
       throw new PreconditionError('SPEC_EXISTS', `a cluster spec already exists at ${this.location}`, { hint: 'nothing to initialise: the cluster exists; etcd-stewardctl spec get shows it' });
     }
     const first: ClusterSpec = { ...draft, formatVersion: 1, generation: 1, updatedAt: new Date().toISOString(), fencingToken: '' };
-    await this.store.putSmall(SPEC_KEY, render(first), signal);
+    try {
+      // Two inits racing (two operators, two nodes): the store lets exactly one create the spec.
+      await this.store.putSmall(SPEC_KEY, render(first), signal, { createOnly: true });
+    } catch (err) {
+      if (err instanceof StewardError && err.code === 'OBJECT_EXISTS') {
+        throw new PreconditionError('SPEC_EXISTS', `a cluster spec was created at ${this.location} while this init ran`, { hint: 'the cluster exists: etcd-stewardctl spec get shows it' });
+      }
+      throw err;
+    }
     return first;
   }
 

@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { addAbortSignal, type Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
-import { InternalError, InvalidArgumentError, NotFoundError, StewardError, errorText } from '../errors/index.js';
-import type { BackupStore, ObjectInfo, ObjectWriter } from './store.js';
+import { InternalError, InvalidArgumentError, NotFoundError, PreconditionError, StewardError, errorText } from '../errors/index.js';
+import type { BackupStore, ObjectInfo, ObjectWriter, PutOptions } from './store.js';
 
 const SMALL_LIMIT = 1024 * 1024;
 /** `.<key>.tmp-<hex>`: the only names this store writes that are not committed objects. */
@@ -39,7 +39,7 @@ export class LocalStore implements BackupStore {
     return pathToFileURL(join(this.dir, key)).href;
   }
 
-  async createWriter(key: string, signal: AbortSignal): Promise<ObjectWriter> {
+  async createWriter(key: string, signal: AbortSignal, options: PutOptions = {}): Promise<ObjectWriter> {
     checkKey(key);
     signal.throwIfAborted();
     await this.ensureDir();
@@ -50,11 +50,11 @@ export class LocalStore implements BackupStore {
     } catch (err) {
       throw fsError(`cannot create ${tempPath}`, this.dir, err);
     }
-    return new LocalWriter(handle, tempPath, join(this.dir, key), this.dir, signal);
+    return new LocalWriter(handle, tempPath, join(this.dir, key), this.dir, signal, options.createOnly ?? false);
   }
 
-  async putSmall(key: string, body: string | Buffer, signal: AbortSignal): Promise<void> {
-    const writer = await this.createWriter(key, signal);
+  async putSmall(key: string, body: string | Buffer, signal: AbortSignal, options: PutOptions = {}): Promise<void> {
+    const writer = await this.createWriter(key, signal, options);
     try {
       await writer.write(typeof body === 'string' ? Buffer.from(body) : body);
       await writer.commit();
@@ -196,6 +196,8 @@ class LocalWriter implements ObjectWriter {
     private readonly finalPath: string,
     private readonly dir: string,
     private readonly signal: AbortSignal,
+    /** Commit by link(2), which refuses an existing name, instead of rename(2), which replaces it. */
+    private readonly createOnly = false,
   ) {
     signal.addEventListener('abort', this.onAbort, { once: true });
   }
@@ -230,8 +232,18 @@ class LocalWriter implements ObjectWriter {
         // Last moment to honour an abort: after the rename the object is visible.
         this.signal.throwIfAborted();
         if (this.aborting) throw new InternalError('STORE_WRITER_CLOSED', `the writer for ${this.finalPath} was aborted during commit`);
-        await rename(this.tempPath, this.finalPath);
-        renamed = true;
+        if (this.createOnly) {
+          await link(this.tempPath, this.finalPath).catch((err: unknown) => {
+            if (errnoOf(err) === 'EEXIST') throw new PreconditionError('OBJECT_EXISTS', `${pathToFileURL(this.finalPath).href} already exists`);
+            throw err;
+          });
+          renamed = true;
+          this.state = 'committed';
+          await unlink(this.tempPath);
+        } else {
+          await rename(this.tempPath, this.finalPath);
+          renamed = true;
+        }
         this.state = 'committed';
         await fsyncDir(this.dir);
         return { size };

@@ -1,5 +1,5 @@
 import type { S3Client } from '@aws-sdk/client-s3';
-import { InternalError, NotFoundError, StewardError, UnavailableError, errorText } from '../errors/index.js';
+import { InternalError, NotFoundError, PreconditionError, StewardError, UnavailableError, errorText } from '../errors/index.js';
 
 /** What a writer and the error mapping need to know about their store. */
 export interface S3Target {
@@ -30,6 +30,9 @@ export function toStoreError(err: unknown, op: string, url: string, target: S3Ta
   const message = `S3 ${op} of ${url} failed (${detail})`;
   if (name === 'NoSuchKey' || (status === 404 && name === 'NotFound')) {
     return new NotFoundError(`${url} does not exist`, { cause: err, hint: 'list the store to see which snapshots exist' });
+  }
+  if (name === 'PreconditionFailed' || name === 'ConditionalRequestConflict' || status === 412) {
+    return new PreconditionError('OBJECT_EXISTS', `${url} already exists (${detail})`, { cause: err });
   }
   if (name === 'NoSuchBucket') {
     return new StewardError('invalid', 'S3_NO_SUCH_BUCKET', `${message}: bucket ${target.bucket} does not exist at ${target.endpoint}`, {

@@ -5,7 +5,7 @@ import { InternalError, InvalidArgumentError, NotFoundError, StewardError } from
 import { checkKey } from './local.js';
 import { S3ClientSource, endpointUrl, type S3StoreOptions } from './s3-client.js';
 import { MultipartWriter } from './s3-multipart.js';
-import type { BackupStore, ObjectInfo, ObjectWriter } from './store.js';
+import type { BackupStore, ObjectInfo, ObjectWriter, PutOptions } from './store.js';
 import { toStoreError, type S3Target } from './s3-errors.js';
 
 export { createS3Client, type S3StoreOptions } from './s3-client.js';
@@ -90,11 +90,13 @@ export class S3Store implements BackupStore {
     });
   }
 
-  async putSmall(key: string, body: string | Buffer, signal: AbortSignal): Promise<void> {
+  async putSmall(key: string, body: string | Buffer, signal: AbortSignal, options: PutOptions = {}): Promise<void> {
     checkKey(key);
     const data = typeof body === 'string' ? Buffer.from(body) : body;
+    // S3 (since 2024), MinIO and most compatibles honour If-None-Match on PUT: S3 itself decides "create only".
+    const condition = options.createOnly ? { IfNoneMatch: '*' } : {};
     await this.call('write', key, signal, (Bucket, Key, bounded) =>
-      this.target.client.send(new PutObjectCommand({ Bucket, Key, Body: data, ContentLength: data.length }), { abortSignal: bounded }),
+      this.target.client.send(new PutObjectCommand({ Bucket, Key, Body: data, ContentLength: data.length, ...condition }), { abortSignal: bounded }),
     );
   }
 

@@ -11,6 +11,10 @@ export interface ObjectInfo {
   lastModified: Date;
 }
 
+export interface PutOptions {
+  createOnly?: boolean;
+}
+
 export interface ObjectWriter {
   /** Resolves once the chunk is accepted; awaiting it is the backpressure. The chunk is handed over: never modify it afterwards. */
   write(chunk: Buffer): Promise<void>;
@@ -28,8 +32,11 @@ export interface BackupStore {
   urlFor(key: string): string;
   /** Streams a large object; nothing is visible at `key` until `commit()`. */
   createWriter(key: string, signal: AbortSignal): Promise<ObjectWriter>;
-  /** Writes a small object (metadata JSON) atomically. */
-  putSmall(key: string, body: string | Buffer, signal: AbortSignal): Promise<void>;
+  /**
+   * Writes a small object (metadata JSON) atomically. With `createOnly` it fails with OBJECT_EXISTS if the
+   * key exists, decided by the store itself (local: link(2); S3: `If-None-Match: *`), not by a prior read.
+   */
+  putSmall(key: string, body: string | Buffer, signal: AbortSignal, options?: PutOptions): Promise<void>;
   /** Reads a small object whole; rejects objects over 1 MiB. Throws NotFoundError if missing. */
   readSmall(key: string, signal: AbortSignal): Promise<Buffer>;
   /** Streams an object. Throws NotFoundError if missing. */

@@ -20,6 +20,8 @@ export class S3FaultProxy {
   private failUntil = 0;
   requests = 0;
   rejected = 0;
+  /** PUTs that asked for create-only (If-None-Match: *). */
+  conditionalPuts = 0;
   readonly seenKeys = new Set<string>();
 
   private constructor(
@@ -77,6 +79,26 @@ export class S3FaultProxy {
     if (!this.validKeys.has(key)) return this.refuse(req, res, 403, 'InvalidAccessKeyId');
     const headers = { ...req.headers };
     if (headers.authorization) headers.authorization = headers.authorization.replace(`Credential=${key}/`, `Credential=${this.targetKey}/`);
+    if (req.method === 'PUT' && req.headers['if-none-match'] === '*') {
+      this.conditionalPuts += 1;
+      // s3rver ignores If-None-Match on PUT; real S3 (and MinIO) answer 412 when the key exists. Emulated with a HEAD.
+      const headHeaders = { ...headers, 'content-length': '0' };
+      // s3rver answers a conditional HEAD of an existing key with 304, and a HEAD carries no body.
+      delete headHeaders['if-none-match'];
+      delete headHeaders['transfer-encoding'];
+      const head = request({ host: '127.0.0.1', port: this.targetPort, method: 'HEAD', path: req.url, headers: headHeaders }, (answer) => {
+        answer.resume();
+        if (answer.statusCode === 200) return this.refuse(req, res, 412, 'PreconditionFailed');
+        this.forward(req, res, headers);
+      });
+      head.on('error', () => res.destroy());
+      head.end();
+      return;
+    }
+    this.forward(req, res, headers);
+  }
+
+  private forward(req: IncomingMessage, res: ServerResponse, headers: IncomingMessage['headers']): void {
     const upstream = request({ host: '127.0.0.1', port: this.targetPort, method: req.method, path: req.url, headers }, (answer) => {
       res.writeHead(answer.statusCode ?? 502, answer.headers);
       answer.pipe(res);

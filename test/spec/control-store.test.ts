@@ -1,7 +1,11 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Fence } from '../../src/election/election.js';
-import { StewardError } from '../../src/errors/index.js';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NotFoundError, StewardError } from '../../src/errors/index.js';
+import { LocalStore } from '../../src/store/local.js';
 import { ControlStore, SPEC_KEY, SPEC_RECORD_KEY, type SpecDraft } from '../../src/spec/control-store.js';
 import { S3Store } from '../../src/store/s3.js';
 import type { BackupStore } from '../../src/store/store.js';
@@ -148,6 +152,26 @@ describe('ControlStore: etcd orders and fences spec writes, the control store ge
     // The leader's upkeep finishes it once the store works again.
     expect((await control.copyRecord(signal()))?.generation).toBe(2);
     expect((await stored()).generation).toBe(2);
+  });
+
+  it('two inits racing past their checks: the store itself lets only one create the spec (local dir: link(2))', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'control-local-'));
+    try {
+      const local = new LocalStore(dir);
+      // The second init read "no spec" just before the first one wrote it.
+      const blind: BackupStore = Object.assign(Object.create(local) as LocalStore, {
+        readSmall: async (): Promise<Buffer> => {
+          throw new NotFoundError('not there yet');
+        },
+      });
+      await new ControlStore(local, client).initialise({ ...DRAFT, clusterToken: 'first' }, signal());
+      const err = await new ControlStore(blind, client).initialise({ ...DRAFT, clusterToken: 'second' }, signal()).catch((e: unknown) => e);
+      expect((err as StewardError).code).toBe('SPEC_EXISTS');
+      expect((await new ControlStore(local, client).read(signal()))?.clusterToken).toBe('first');
+      expect((await readdir(dir)).sort()).toEqual([SPEC_KEY]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('init refuses to overwrite an existing spec', async () => {

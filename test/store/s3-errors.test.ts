@@ -64,6 +64,15 @@ describe('S3 errors and clients (real s3rver behind a fault proxy)', () => {
     expect((err as StewardError).describe()).not.toContain(TOKEN);
   });
 
+  it('create-only writes are decided by S3 itself (If-None-Match: *): the second one is refused and nothing is overwritten', async () => {
+    const before = proxy.conditionalPuts;
+    await store.putSmall('once.json', '{"first":true}', AbortSignal.timeout(10_000), { createOnly: true });
+    const err = await store.putSmall('once.json', '{"second":true}', AbortSignal.timeout(10_000), { createOnly: true }).catch((e: unknown) => e);
+    expect((err as StewardError).code).toBe('OBJECT_EXISTS');
+    expect(proxy.conditionalPuts - before).toBe(2);
+    expect((await store.readSmall('once.json', AbortSignal.timeout(10_000))).toString()).toBe('{"first":true}');
+  });
+
   it('a small read that gets no answer fails within --etcd-s3-timeout, retries included', async () => {
     const bounded = new S3Store(options(1500));
     try {
