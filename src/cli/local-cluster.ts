@@ -101,7 +101,10 @@ function checkExistingData(dir: string, nodes: Member[]): 'new' | 'resume' {
 
 function startS3(options: Options, dir: string, logs: string): ChildProcess {
   const s3Dir = join(dir, 's3');
-  mkdirSync(s3Dir, { recursive: true });
+  // s3rver removes a folder's directory when its last object is deleted, and crashes if a PUT into that
+  // folder races the removal (three stewards' S3 canaries at start-up did). An empty subdirectory keeps the
+  // backups' folder from ever being removed; s3rver lists only objects, so nothing else sees it.
+  mkdirSync(join(s3Dir, options.bucket, 'backups', '.keep'), { recursive: true });
   const s3rverBin = createRequire(import.meta.url).resolve('s3rver/bin/s3rver.js');
   const log = openSync(join(logs, 's3.log'), 'a');
   // Without the legacy provider, s3rver answers 500 to any paginated listing (it uses DES for tokens).

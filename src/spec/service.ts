@@ -44,6 +44,7 @@ export class SpecService {
   private readonly log: Logger;
   private current: SpecState = { healthy: false, generation: 0, problem: 'not read yet' };
   private lastGeneration = 0;
+  private lastErrorLoggedAt = 0;
   readonly gate: BootstrapGate;
 
   constructor(private readonly options: SpecServiceOptions) {
@@ -65,7 +66,7 @@ export class SpecService {
         if (!signal.aborted && !term.signal.aborted) this.log.warn({ err: errorText(err) }, 'leader spec upkeep failed; trying again next TTL');
       });
       // Until the formed cluster is recorded, look more often: that record is what protects an empty data dir.
-      const forming = spec ? !spec.clusterId : !this.options.shared && this.current.healthy === false;
+      const forming = spec ? !spec.clusterId : !this.options.shared || !hasMemberData(this.options.config.dataDir);
       await sleep(forming ? Math.min(FORMING_RECHECK_MS, this.options.config.controlSpecTtl) : this.options.config.controlSpecTtl, undefined, { signal }).catch(() => undefined);
     }
   }
@@ -221,10 +222,15 @@ export class SpecService {
     return `the cluster spec at ${this.options.control.location} is for cluster ${spec.clusterId}, but the etcd here is cluster ${running}`;
   }
 
+  /** Logged at once when the problem is new, then once per TTL however often it is checked. */
   private unhealthy(problem: string, fix: string): void {
     this.options.metrics.controlSpecHealthy.set(0);
-    this.log.error({ location: this.options.control.location, fix }, problem);
-    this.current = { healthy: false, generation: 0, problem: `${problem} — ${fix}` };
+    const text = `${problem} — ${fix}`;
+    if (text !== this.current.problem || Date.now() - this.lastErrorLoggedAt >= this.options.config.controlSpecTtl) {
+      this.log.error({ location: this.options.control.location, fix }, problem);
+      this.lastErrorLoggedAt = Date.now();
+    }
+    this.current = { healthy: false, generation: 0, problem: text };
   }
 
   /** A copy of the last good spec in the state dir, so an operator has something to `spec set` if it vanishes. */

@@ -46,7 +46,9 @@ export class S3Server {
     const bucket = options.bucket ?? 'steward-test';
     const root = await mkdtemp(join(tmpdir(), 'steward-s3-'));
     const dir = join(root, 'data');
-    await mkdir(dir);
+    // s3rver removes a folder's directory with its last object and crashes if a PUT races that (concurrent
+    // canaries); an empty subdirectory keeps the default folder in place. Other folders are used by one writer.
+    await mkdir(join(dir, bucket, 'backups', '.keep'), { recursive: true });
     const port = await freePort();
     const logFile = join(root, 's3rver.log');
     const log = openSync(logFile, 'a');
