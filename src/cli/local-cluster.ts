@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { PreconditionError, StewardError, exitCodeFor } from '../errors/index.js';
 import { StewardClient } from '../rpc/client.js';
+import { hasMemberData } from '../spec/bootstrap.js';
 import { STEWARD_NODE_FLAGS } from './node-flags.js';
 import { rootSignalFromProcess } from './signals.js';
 
@@ -87,7 +88,8 @@ const markerFile = (dir: string): string => join(dir, 'cluster.json');
  * can simply be run again.
  */
 function checkExistingData(dir: string, nodes: Member[]): 'new' | 'resume' {
-  const present = nodes.filter((n) => existsSync(join(n.dataDir, 'member')));
+  // The stewards' own test (WAL files present), so this and their bootstrap gate never disagree.
+  const present = nodes.filter((n) => hasMemberData(n.dataDir));
   if (present.length === 0 && !existsSync(markerFile(dir))) {
     mkdirSync(dir, { recursive: true });
     return 'new';

@@ -2,6 +2,8 @@ import type { Config } from '../config/settings.js';
 
 /** One entry of a member's `GET <peer-url>/members`: the cluster's member list as that member knows it. */
 interface PeerMember {
+  /** Kept as the decimal string it was sent as: a uint64 does not fit a JS number. */
+  id?: string;
   name?: string;
   peerURLs?: string[];
   /** Published once the member has joined a cluster with quorum; empty for a member that never ran. */
@@ -13,6 +15,8 @@ export interface PeerView {
   answered: string[];
   /** Some member lists this node as having run (client URLs published): its data existed once. */
   thisMemberRan: boolean;
+  /** This node's member ID in hex, as `etcdctl member remove` wants it, when a member listed it. */
+  thisMemberId: string | undefined;
 }
 
 /**
@@ -29,8 +33,11 @@ export async function askPeers(config: Pick<Config, 'name' | 'initialCluster' | 
     others.map(async (member) => {
       try {
         const response = await fetch(new URL('/members', member.peerUrl), { signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
-        if (!response.ok) return undefined;
-        const members = (await response.json()) as unknown;
+        if (!response.ok) {
+          await response.body?.cancel();
+          return undefined;
+        }
+        const members = JSON.parse((await response.text()).replace(/"id":\s*(\d+)/g, '"id":"$1"')) as unknown;
         return Array.isArray(members) ? { peerUrl: member.peerUrl, members: members as PeerMember[] } : undefined;
       } catch {
         return undefined;
@@ -38,10 +45,14 @@ export async function askPeers(config: Pick<Config, 'name' | 'initialCluster' | 
     }),
   );
   const answered = answers.filter((answer) => answer !== undefined);
-  const thisMemberRan = answered.some(({ members }) =>
-    members.some((m) => (m.clientURLs?.length ?? 0) > 0 && (m.name === config.name || (m.peerURLs ?? []).some((url) => mine.has(normalise(url))))),
-  );
-  return { answered: answered.map((answer) => answer.peerUrl), thisMemberRan };
+  const isMe = (m: PeerMember): boolean => m.name === config.name || (m.peerURLs ?? []).some((url) => mine.has(normalise(url)));
+  const listings = answered.flatMap(({ members }) => members.filter(isMe));
+  const id = listings.find((m) => m.id && /^\d+$/.test(m.id))?.id;
+  return {
+    answered: answered.map((answer) => answer.peerUrl),
+    thisMemberRan: listings.some((m) => (m.clientURLs?.length ?? 0) > 0),
+    thisMemberId: id === undefined ? undefined : BigInt(id).toString(16),
+  };
 }
 
 function normalise(url: string): string {

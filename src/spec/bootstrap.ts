@@ -4,18 +4,36 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import { askPeers } from '../etcd/peers.js';
-import { errorText } from '../errors/index.js';
+import { InvalidArgumentError, UnavailableError, errorText } from '../errors/index.js';
 import { METADATA_SUFFIX } from '../snapshot/names.js';
 import type { BackupStore } from '../store/store.js';
 import type { ControlStore } from './control-store.js';
-import type { ClusterSpec } from './spec.js';
+import { memberHasRun, type ClusterSpec } from './spec.js';
 
-/** etcd's own test: a data dir holds a member when its WAL dir has a .wal file; a bare or half-wiped `member/` does not. */
+/**
+ * etcd's own test: a data dir holds a member when its WAL dir has a .wal file; a bare or half-wiped
+ * `member/` does not. Only "not there" means empty: a dir that cannot be read (permissions, I/O) throws,
+ * so a healthy member is never taken for one that lost its data.
+ */
 export function hasMemberData(dataDir: string): boolean {
+  const walDir = join(dataDir, 'member', 'wal');
   try {
-    return readdirSync(join(dataDir, 'member', 'wal')).some((file) => file.endsWith('.wal'));
+    return readdirSync(walDir).some((file) => file.endsWith('.wal'));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    throw new UnavailableError('DATA_DIR_UNREADABLE', `cannot read ${walDir}: ${errorText(err)}`, {
+      hint: 'fix the permissions or the volume of --data-dir; nothing is started or changed until it can be read',
+    });
+  }
+}
+
+/** hasMemberData where a message or a timer only needs a best guess. */
+export function hasMemberDataOr(dataDir: string, fallback: boolean): boolean {
+  try {
+    return hasMemberData(dataDir);
   } catch {
-    return false;
+    return fallback;
   }
 }
 
@@ -77,7 +95,7 @@ export class BootstrapGate {
     while (!signal.aborted) {
       const verdict = await this.verdict(signal);
       if (verdict.allowed) {
-        if (this.refusal || verdict.why) this.log.info({ why: verdict.why }, 'starting etcd on an empty data dir');
+        if (verdict.why) this.log.info({ why: verdict.why }, 'starting etcd on an empty data dir');
         this.refusal = '';
         return true;
       }
@@ -94,34 +112,54 @@ export class BootstrapGate {
 
   private async verdict(signal: AbortSignal): Promise<Verdict> {
     const { config, control, shared } = this.options;
-    if (hasMemberData(config.dataDir)) return { allowed: true, why: '' };
+    try {
+      if (hasMemberData(config.dataDir)) return { allowed: true, why: '' };
+    } catch (err) {
+      return { allowed: false, level: 'error', reason: `not starting etcd: ${errorText(err)}`, fix: (err as UnavailableError).hint ?? 'fix --data-dir' };
+    }
     if (config.initialClusterState === 'existing') return { allowed: true, why: '--initial-cluster-state=existing: joining the members that hold the data' };
     const peerUrl = config.initialCluster.find((m) => m.name === config.name)?.peerUrl ?? config.initialAdvertisePeerUrls[0] ?? '<its peer URL>';
-    const lostData: Verdict = {
-      allowed: false,
-      level: 'error',
-      reason: `refusing to start etcd: the data dir ${config.dataDir} is empty, but this member has run before; it lost its data and must not start a new cluster`,
-      fix: `restore the data dir from a snapshot, or replace the member: etcdctl member remove <its id>, etcdctl member add ${config.name} --peer-urls=${peerUrl}, then restart this steward with --initial-cluster-state=existing`,
-    };
+    const replace = (id: string | undefined): string =>
+      `replace this member from a running one: etcdctl member remove ${id ?? '<its id, see etcdctl member list>'}, etcdctl member add ${config.name} --peer-urls=${peerUrl}, then restart this steward with --initial-cluster-state=existing`;
+    const lost = `refusing to start etcd: the data dir ${config.dataDir} is empty, but this member has run before; it lost its data and must not start a new cluster`;
     // The running members know best, and answer even when every local record is gone with the disk.
     const peers = await askPeers(config, PEER_TIMEOUT_MS, signal);
-    if (peers.thisMemberRan) return { ...lostData, reason: `${lostData.reason} (the members at ${peers.answered.join(', ')} list it as started)` };
+    if (peers.thisMemberRan) {
+      return { allowed: false, level: 'error', reason: `${lost} (the members at ${peers.answered.join(', ')} list it as started)`, fix: replace(peers.thisMemberId) };
+    }
     let spec: ClusterSpec | undefined;
     try {
       spec = await control.read(signal);
     } catch (err) {
-      const where = shared ? 'the control store (--control-s3-*, credentials)' : `the state dir ${config.stateDir}`;
-      return { allowed: false, level: 'error', reason: `cannot read the cluster spec at ${control.location}, so etcd is not bootstrapped on the empty data dir: ${errorText(err)}`, fix: `fix access to ${where}; this is checked again every few seconds` };
+      const fix = err instanceof InvalidArgumentError
+        ? `the spec file is damaged: replace ${control.location} with a valid copy (e.g. ${join(config.stateDir, 'last-cluster-spec.json')} from any node)`
+        : `fix access to ${shared ? 'the control store (--control-s3-*, credentials)' : `the state dir ${config.stateDir}`}; this is checked again every few seconds`;
+      return { allowed: false, level: 'error', reason: `cannot read the cluster spec at ${control.location}, so etcd is not bootstrapped on the empty data dir: ${errorText(err)}`, fix };
     }
-    if (spec?.clusterId) return { ...lostData, reason: `${lostData.reason} (the cluster spec records that cluster ${spec.clusterId} formed with every member)` };
+    // With no leader running, `spec set` cannot be used: the spec object itself is what an operator can fix.
+    const editSpec = `fix ${control.location} directly (no leader runs to accept 'etcd-stewardctl spec set')`;
     if (spec) {
       const drift = specDrift(config, spec);
-      if (drift) {
-        return { allowed: false, level: 'error', reason: `refusing to bootstrap etcd: this node's flags do not match the cluster spec (${drift})`, fix: 'fix the flags, or the spec with etcd-stewardctl spec set' };
-      }
-      // A member that starts late joins a cluster still forming: the others run and list it as never started.
-      if (peers.answered.length > 0) return { allowed: true, why: `the members at ${peers.answered.join(', ')} run and list this member as never started: joining them` };
+      if (drift) return { allowed: false, level: 'error', reason: `refusing to bootstrap etcd: this node's flags do not match the cluster spec (${drift})`, fix: `fix the flags, or ${editSpec}` };
     }
+    if (spec?.clusterId) {
+      if (memberHasRun(spec, config.name)) {
+        const fix = peers.answered.length > 0
+          ? replace(peers.thisMemberId)
+          : 'start the members that hold the data first, then replace this one from them; if every member lost its data, restore the cluster from a snapshot on every member (etcdutl/etcdctl snapshot restore)';
+        return { allowed: false, level: 'error', reason: `${lost} (the cluster spec records it as started in cluster ${spec.clusterId})`, fix };
+      }
+      // Formed without this member: it may join the members that run, never start a cluster of its own.
+      if (peers.answered.length > 0) return { allowed: true, why: `cluster ${spec.clusterId} formed while this member never started; the members at ${peers.answered.join(', ')} run: joining them` };
+      return {
+        allowed: false,
+        level: 'error',
+        reason: `not starting etcd: cluster ${spec.clusterId} formed while this member never started, and none of its members answers`,
+        fix: 'start the members that hold the data first; this member then joins them',
+      };
+    }
+    // A member that starts late joins a cluster still forming: the others run and list it as never started.
+    if (spec && peers.answered.length > 0) return { allowed: true, why: `the members at ${peers.answered.join(', ')} run and list this member as never started: joining them` };
     let snapshots: number;
     try {
       snapshots = await countSnapshots(this.options.backupStores, signal);
@@ -133,7 +171,7 @@ export class BootstrapGate {
         allowed: false,
         level: 'error',
         reason: `refusing to initialise a new etcd cluster: the data dir is empty but ${snapshots} snapshot(s) exist${spec ? '' : ' and there is no cluster spec'}, so this cluster's data or control files were lost`,
-        fix: "restore a snapshot, or put the spec back with 'etcd-stewardctl spec set FILE'; never init over backups",
+        fix: `restore the cluster from a snapshot, or put the spec back: copy a kept ${join(config.stateDir, 'last-cluster-spec.json')} to ${control.location} (no leader runs to accept 'etcd-stewardctl spec set'); never init over backups`,
       };
     }
     // Without S3 the spec lives in each node's own dir, so there is nothing shared for init to create first.

@@ -6,12 +6,12 @@ import type { Config } from '../config/settings.js';
 import type { LeaderTerm } from '../election/election.js';
 import { etcdIdHex, type ClusterHealth } from '../etcd/health.js';
 import { askPeers } from '../etcd/peers.js';
-import { NotFoundError, PreconditionError, errorText } from '../errors/index.js';
+import { InvalidArgumentError, NotFoundError, PreconditionError, errorText } from '../errors/index.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 import type { BackupStore } from '../store/store.js';
-import { BootstrapGate, countSnapshots, hasMemberData, specDrift } from './bootstrap.js';
+import { BootstrapGate, countSnapshots, hasMemberData, hasMemberDataOr, specDrift } from './bootstrap.js';
 import { render, type ControlStore, type SpecDraft } from './control-store.js';
-import { parseSpec, type ClusterSpec } from './spec.js';
+import { memberHasRun, parseSpec, type ClusterSpec } from './spec.js';
 
 const FORMING_RECHECK_MS = 5000;
 
@@ -66,7 +66,7 @@ export class SpecService {
         if (!signal.aborted && !term.signal.aborted) this.log.warn({ err: errorText(err) }, 'leader spec upkeep failed; trying again next TTL');
       });
       // Until the formed cluster is recorded, look more often: that record is what protects an empty data dir.
-      const forming = spec ? !spec.clusterId : !this.options.shared || !hasMemberData(this.options.config.dataDir);
+      const forming = spec ? spec.members.some((m) => !memberHasRun(spec, m.name)) : !this.options.shared || !hasMemberDataOr(this.options.config.dataDir, true);
       await sleep(forming ? Math.min(FORMING_RECHECK_MS, this.options.config.controlSpecTtl) : this.options.config.controlSpecTtl, undefined, { signal }).catch(() => undefined);
     }
   }
@@ -78,7 +78,10 @@ export class SpecService {
     try {
       spec = this.options.shared ? await control.read(signal) : await this.readMirrored(signal);
     } catch (err) {
-      this.unhealthy(`the cluster spec at ${control.location} cannot be read: ${errorText(err)}`, 'check the control store settings (--control-s3-*) and credentials');
+      const fix = err instanceof InvalidArgumentError
+        ? `the spec is damaged: put a valid one back with 'etcd-stewardctl spec set ${join(config.stateDir, 'last-cluster-spec.json')}'`
+        : this.options.shared ? 'check the control store settings (--control-s3-*) and credentials' : `check the state dir ${config.stateDir} and that etcd answers`;
+      this.unhealthy(`the cluster spec at ${control.location} cannot be read: ${errorText(err)}`, fix);
       return undefined;
     }
     if (!spec && !this.options.shared) {
@@ -89,7 +92,7 @@ export class SpecService {
       this.current = { healthy: false, generation: 0, problem };
       return undefined;
     }
-    if (!spec && !hasMemberData(config.dataDir)) {
+    if (!spec && !hasMemberDataOr(config.dataDir, true)) {
       this.unhealthy(`no cluster spec yet at ${control.location}, and this node's data dir is empty`, "etcd starts once one exists: 'etcd-stewardctl init --yes' creates a new cluster (refused if any data or snapshot exists)");
       return undefined;
     }
@@ -178,7 +181,7 @@ export class SpecService {
   /**
    * Leader upkeep each TTL: finish a write that reached etcd but not the control store (never re-create a
    * spec that vanished: that stays loud until an operator acts), adopt the running cluster as the spec
-   * without S3, and record the cluster ID once every member of the spec has run.
+   * without S3, and record the cluster ID and every member that has run, from the first formation on.
    */
   private async leaderDuties(spec: ClusterSpec | undefined, term: LeaderTerm, signal: AbortSignal): Promise<void> {
     const { control, config } = this.options;
@@ -190,20 +193,27 @@ export class SpecService {
     }
     const health = await this.options.clusterHealth();
     const clusterId = etcdIdHex(health.clusterId);
-    const everyMemberRan = (members: Array<{ name: string }>): boolean =>
-      members.every((member) => health.members.some((m) => m.name === member.name && m.healthy));
-    if (!this.options.shared && !record && !spec && clusterId && everyMemberRan(config.initialCluster)) {
-      const draft: SpecDraft = { members: config.initialCluster, etcdVersion: health.members[0]?.version ?? '', clusterToken: config.initialClusterToken, clusterId, etcdFlags: {} };
+    // Healthy means it answered with a raft leader: it has joined the formed cluster.
+    const running = health.members.filter((m) => m.healthy && m.name).map((m) => m.name);
+    if (!clusterId || running.length === 0) return;
+    if (!this.options.shared && !record && !spec) {
+      const draft: SpecDraft = { members: config.initialCluster, etcdVersion: health.members[0]?.version ?? '', clusterToken: config.initialClusterToken, clusterId, startedMembers: running.sort(), etcdFlags: {} };
       const adopted = await control.write(draft, 0, term, signal);
       this.log.info({ generation: adopted.generation, clusterId }, 'recorded the running cluster as the cluster spec (no S3: every steward keeps a copy)');
       return;
     }
-    if (spec && !spec.clusterId && clusterId && everyMemberRan(spec.members)) {
-      const { generation, updatedAt: _updatedAt, fencingToken: _fencingToken, formatVersion: _formatVersion, ...draft } = spec;
-      const etcdVersion = draft.etcdVersion || (health.members[0]?.version ?? '');
-      const recorded = await control.write({ ...draft, etcdVersion, clusterId }, generation, term, signal);
-      this.log.info({ generation: recorded.generation, clusterId }, 'every member has run: recorded the cluster ID in the spec, so an empty data dir is never bootstrapped again');
-    }
+    // A spec for another cluster is reported by check(); it is never "corrected" from here.
+    if (!spec || (spec.clusterId && spec.clusterId !== clusterId)) return;
+    const newlyRun = running.filter((name) => spec.members.some((m) => m.name === name) && !memberHasRun(spec, name));
+    if (spec.clusterId && newlyRun.length === 0) return;
+    const { generation, updatedAt: _updatedAt, fencingToken: _fencingToken, formatVersion: _formatVersion, ...draft } = spec;
+    const startedMembers = [...new Set([...spec.members.map((m) => m.name).filter((name) => memberHasRun(spec, name)), ...newlyRun])].sort();
+    const etcdVersion = draft.etcdVersion || (health.members[0]?.version ?? '');
+    const recorded = await control.write({ ...draft, etcdVersion, clusterId, startedMembers }, generation, term, signal);
+    this.log.info(
+      { generation: recorded.generation, clusterId, startedMembers, newlyRun },
+      spec.clusterId ? 'recorded members that have now run: an empty data dir of theirs is never bootstrapped again' : 'the cluster has formed: recorded its ID and the members that have run, so an empty data dir of theirs is never bootstrapped again',
+    );
   }
 
   /** Without S3: etcd's record, mirrored into this node's dir; the dir's copy when etcd cannot be asked. */
@@ -216,7 +226,7 @@ export class SpecService {
   }
 
   private async clusterMismatch(spec: ClusterSpec): Promise<string | undefined> {
-    if (!spec.clusterId || !hasMemberData(this.options.config.dataDir)) return undefined;
+    if (!spec.clusterId || !hasMemberDataOr(this.options.config.dataDir, false)) return undefined;
     const running = etcdIdHex((await this.options.clusterHealth().catch(() => undefined))?.clusterId ?? '');
     if (!running || running === spec.clusterId) return undefined;
     return `the cluster spec at ${this.options.control.location} is for cluster ${spec.clusterId}, but the etcd here is cluster ${running}`;

@@ -17,6 +17,12 @@ export const clusterSpecSchema = z.object({
    * lost its data, never a reason to bootstrap. '' until the leader records it.
    */
   clusterId: z.string().regex(/^[0-9a-f]*$/).default(''),
+  /**
+   * Members known to have run (joined with quorum), recorded by the leader from the cluster's first
+   * formation on: an empty data dir of one of them is lost data; any other member may still join. Absent
+   * in a spec that records a clusterId means every member had run.
+   */
+  startedMembers: z.array(z.string()).optional(),
   /** Extra etcd flags the cluster runs with, by name without dashes. */
   etcdFlags: z.record(z.string(), z.string()).default({}),
   updatedAt: z.string(),
@@ -25,6 +31,12 @@ export const clusterSpecSchema = z.object({
 });
 
 export type ClusterSpec = z.infer<typeof clusterSpecSchema>;
+
+/** Whether the spec records that `member` has run in the formed cluster. */
+export function memberHasRun(spec: ClusterSpec, member: string): boolean {
+  if (!spec.clusterId) return false;
+  return spec.startedMembers ? spec.startedMembers.includes(member) : spec.members.some((m) => m.name === member);
+}
 
 /** Parses operator input (`spec set FILE`) or a stored object; every problem named, none guessed at. */
 export function parseSpec(text: string, where: string): ClusterSpec {

@@ -234,12 +234,18 @@ class LocalWriter implements ObjectWriter {
         if (this.aborting) throw new InternalError('STORE_WRITER_CLOSED', `the writer for ${this.finalPath} was aborted during commit`);
         if (this.createOnly) {
           await link(this.tempPath, this.finalPath).catch((err: unknown) => {
-            if (errnoOf(err) === 'EEXIST') throw new PreconditionError('OBJECT_EXISTS', `${pathToFileURL(this.finalPath).href} already exists`);
+            const errno = errnoOf(err);
+            if (errno === 'EEXIST') throw new PreconditionError('OBJECT_EXISTS', `${pathToFileURL(this.finalPath).href} already exists`);
+            if (errno === 'ENOTSUP' || errno === 'EOPNOTSUPP' || errno === 'EPERM') {
+              throw new InternalError('LOCAL_NO_HARDLINKS', `cannot create ${this.finalPath} exclusively: the filesystem refused a hard link (${errno})`, {
+                hint: `put ${this.dir} on a filesystem with hard links (ext4, xfs, btrfs)`,
+              });
+            }
             throw err;
           });
           renamed = true;
-          this.state = 'committed';
-          await unlink(this.tempPath);
+          // The object is in place: a temp name left behind is only litter, never a reason to fail.
+          await unlink(this.tempPath).catch(() => undefined);
         } else {
           await rename(this.tempPath, this.finalPath);
           renamed = true;

@@ -115,6 +115,7 @@ export class S3ClientSource {
   private readonly retiring = new Map<S3Client, NodeJS.Timeout>();
   /** Clients with a download still streaming: never destroyed under it, whatever its length. */
   private readonly pins = new Map<S3Client, number>();
+  private rebuilding: Promise<void> | undefined;
 
   constructor(
     private readonly base: S3StoreOptions,
@@ -147,9 +148,15 @@ export class S3ClientSource {
    */
   async rebuild(failed?: S3Client): Promise<void> {
     if (failed !== undefined && failed !== this.client) return;
-    const credentials = this.configFile ? await this.readCredentials(this.configFile) : {};
-    if (this.configFile) this.fingerprint = createHash('sha256').update(JSON.stringify(credentials)).digest('hex');
-    this.replace(createS3Client({ ...this.base, ...credentials }));
+    // Set before the first await, so every request that failed on the same client joins this one rebuild.
+    this.rebuilding ??= (async () => {
+      const credentials = this.configFile ? await this.readCredentials(this.configFile) : {};
+      if (this.configFile) this.fingerprint = createHash('sha256').update(JSON.stringify(credentials)).digest('hex');
+      this.replace(createS3Client({ ...this.base, ...credentials }));
+    })().finally(() => {
+      this.rebuilding = undefined;
+    });
+    return this.rebuilding;
   }
 
   /** The current client, kept alive until `release()` even if it is replaced meanwhile. */

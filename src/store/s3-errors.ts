@@ -31,13 +31,13 @@ export function toStoreError(err: unknown, op: string, url: string, target: S3Ta
   if (name === 'NoSuchKey' || (status === 404 && name === 'NotFound')) {
     return new NotFoundError(`${url} does not exist`, { cause: err, hint: 'list the store to see which snapshots exist' });
   }
-  if (name === 'PreconditionFailed' || name === 'ConditionalRequestConflict' || status === 412) {
+  if (name === 'PreconditionFailed' || status === 412) {
     return new PreconditionError('OBJECT_EXISTS', `${url} already exists (${detail})`, { cause: err });
   }
   if (name === 'NoSuchBucket') {
     return new StewardError('invalid', 'S3_NO_SUCH_BUCKET', `${message}: bucket ${target.bucket} does not exist at ${target.endpoint}`, {
       cause: err,
-      hint: 'create the bucket or fix --etcd-s3-bucket',
+      hint: 'create the bucket, or fix --etcd-s3-bucket (backups) or --control-s3-bucket (the cluster spec)',
     });
   }
   if (ACCESS_DENIED.has(name) || status === 403) {
@@ -63,6 +63,12 @@ export function toStoreError(err: unknown, op: string, url: string, target: S3Ta
     return new UnavailableError('S3_UNREACHABLE', `cannot reach S3 at ${target.endpoint}: ${message}`, {
       cause: err,
       hint: 'check --etcd-s3-endpoint and --etcd-s3-insecure (http or https), DNS and network policy; raise --etcd-s3-timeout on a slow link',
+    });
+  }
+  if (status === 501 || name === 'NotImplemented') {
+    return new InternalError('S3_NOT_IMPLEMENTED', `${message}: the S3 service at ${target.endpoint} does not implement this request`, {
+      cause: err,
+      hint: 'the server lacks an S3 feature etcd-steward uses (init needs If-None-Match on PUT); use AWS S3, MinIO or another server that has it',
     });
   }
   if ((status !== undefined && status >= 500) || name === 'SlowDown') {

@@ -42,24 +42,45 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     await s3?.stop();
   });
 
-  it('a new cluster starts only after init --yes, every steward reads the spec, and the formed cluster is recorded', async () => {
+  it('every steward reads the spec, and the formed cluster is recorded with the members that ran', async () => {
     const { statuses } = await cluster.waitForStableLeader(15_000);
-    // Generation 1 is init's; the leader writes generation 2 with the cluster ID once every member has run.
-    await waitUntil('every steward to read generation 2', async () => {
+    // Generation 1 is init's; the leader then records the cluster ID and the members that have run.
+    const parsed = await waitUntil('the formed cluster in the spec', async () => {
+      const spec = await cluster.ctl(['--endpoint', cluster.node(1).grpc, '-o', 'json', 'spec', 'get']);
+      const current = JSON.parse(spec.stdout) as { generation: number; members: unknown[]; clusterId: string; startedMembers?: string[]; fencingToken: string };
+      return current.startedMembers?.length === 3 ? current : undefined;
+    }, 20_000, 250);
+    expect(parsed.members).toHaveLength(3);
+    expect(parsed.clusterId).toBe(statuses[0]?.clusterId);
+    expect(parsed.startedMembers).toEqual(['node-1', 'node-2', 'node-3']);
+    expect(parsed.generation).toBeGreaterThanOrEqual(2);
+    expect(parsed.fencingToken).not.toBe('');
+    await waitUntil('every steward to read it', async () => {
       for (const i of allNodes()) {
         const status = await cluster.status(i);
-        if (!status.specHealthy || status.specGeneration !== 2 || status.specProblem !== '') return undefined;
+        if (!status.specHealthy || status.specGeneration !== parsed.generation || status.specProblem !== '') return undefined;
       }
       return true;
     }, 4 * TTL_MS, 200);
-    const spec = await cluster.ctl(['--endpoint', cluster.node(1).grpc, '-o', 'json', 'spec', 'get']);
-    expect(spec.code, spec.stderr).toBe(0);
-    const parsed = JSON.parse(spec.stdout) as { members: unknown[]; clusterId: string; fencingToken: string };
-    expect(parsed.members).toHaveLength(3);
-    expect(parsed.clusterId).toBe(statuses[0]?.clusterId);
-    expect(parsed.fencingToken).not.toBe('');
-    for (const i of allNodes()) expect(cluster.logs(i)).toMatch(/waiting for 'etcd-stewardctl init --yes'|cluster spec readable/);
-    expect(cluster.logs(0) + cluster.logs(1) + cluster.logs(2)).toContain('every member has run: recorded the cluster ID in the spec');
+    expect(cluster.logs(0) + cluster.logs(1) + cluster.logs(2)).toContain('the cluster has formed: recorded its ID and the members that have run');
+  });
+
+  it('a brand-new node waits with etcd stopped until init --yes, then starts', async () => {
+    const fresh = await StewardCluster.create({ size: 1, extraArgs: s3Args(s3, ['--etcd-s3-folder=fresh', '--control-s3-folder=fresh-control']) });
+    try {
+      fresh.start(0);
+      await waitUntil('the waiting message', () => (fresh.logs(0).includes("waiting for 'etcd-stewardctl init --yes'") ? true : undefined), 15_000, 200);
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const waiting = await fresh.status(0);
+      expect(waiting.etcdRunning).toBe(false);
+      expect(waiting.specProblem).toMatch(/no cluster spec yet/);
+      const init = await fresh.ctl(['--endpoint', fresh.node(0).grpc, 'init', '--yes']);
+      expect(init.code, init.stderr).toBe(0);
+      const { statuses } = await fresh.waitForStableLeader(30_000);
+      expect(statuses[0]?.etcdRunning).toBe(true);
+    } finally {
+      await fresh.destroy();
+    }
   });
 
   it('init --yes on a cluster with data exits 4 and changes nothing', async () => {
@@ -170,7 +191,8 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     await rm(node.dataDir, { recursive: true, force: true });
     process.kill(etcdPid as number, 'SIGKILL');
     await waitUntil('the restart to be held back', () => (cluster.logs(victim).includes('refusing to start etcd: the data dir') ? true : undefined), 15_000, 200);
-    expect(cluster.logs(victim)).toMatch(/"level":"error".*"fix":"restore the data dir from a snapshot, or replace the member: etcdctl member remove/);
+    const fix = /"level":"error".*"fix":"replace this member from a running one: etcdctl member remove ([0-9a-f]+), etcdctl member add (\S+) --peer-urls=([^,]+), then restart this steward with --initial-cluster-state=existing"/.exec(cluster.logs(victim));
+    expect(fix?.slice(2)).toEqual([node.name, node.peerUrl]);
     // Held back, not retried into a new cluster: a few TTLs later etcd is still not running and the dir still empty.
     await new Promise((resolve) => setTimeout(resolve, 2 * TTL_MS));
     const held = await cluster.status(victim);
@@ -198,6 +220,8 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     const members = await writer.cluster.memberList({});
     const lost = members.members.find((m) => m.name === node.name);
     expect(lost).toBeDefined();
+    // The log named the very member ID to remove, in etcdctl's hex.
+    expect(fix?.[1]).toBe(BigInt(lost?.ID ?? '0').toString(16));
     await writer.cluster.memberRemove({ ID: lost?.ID ?? '' });
     await writer.cluster.memberAdd({ peerURLs: [node.peerUrl] });
     await cluster.stop(victim);
@@ -211,7 +235,7 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     writer.close();
   });
 
-  it('a member that starts late joins the forming cluster even though snapshots exist already', async () => {
+  it('a member that never ran joins the others even though snapshots exist, but never starts a cluster of its own while they are down', async () => {
     const late = await StewardCluster.create({ size: 3, extraArgs: s3Args(s3, ['--etcd-s3-folder=late', '--control-s3-folder=late-control']) });
     const lateControl = new S3Store(s3.storeOptions('late-control'));
     try {
@@ -224,14 +248,27 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
       }, 30_000, 250);
       const saved = await late.ctl(['--endpoint', late.node(0).grpc, 'save', '--force']);
       expect(saved.code, saved.stderr).toBe(0);
+      // The two are recorded as the members that ran.
+      const formed = await waitUntil('the formation in the spec', async () => {
+        const stored = JSON.parse((await lateControl.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as { clusterId: string; startedMembers?: string[] };
+        return stored.clusterId && stored.startedMembers?.length === 2 ? stored : undefined;
+      }, 15_000, 500);
+      expect(formed.startedMembers).toEqual(['node-1', 'node-2']);
+      // While they are down, the member that never ran must not start a cluster of its own ...
+      await Promise.all([late.stop(0), late.stop(1)]);
       late.start(2);
+      await waitUntil('node-3 to be held back', () => (late.logs(2).includes('formed while this member never started, and none of its members answers') ? true : undefined), 20_000, 200);
+      expect((await late.status(2)).etcdRunning).toBe(false);
+      // ... and joins them once they are back.
+      late.start(0);
+      late.start(1);
       const { statuses } = await late.waitForStableLeader(30_000);
       expect(statuses.every((s) => s.members.length === 3)).toBe(true);
-      expect(late.logs(2)).toMatch(/"why":"the members at .* run and list this member as never started: joining them"/);
-      // Only now, with every member run, is the cluster recorded as formed.
-      await waitUntil('the cluster ID in the spec', async () => {
-        const stored = JSON.parse((await lateControl.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as { clusterId: string };
-        return stored.clusterId === statuses[0]?.clusterId ? true : undefined;
+      expect(late.logs(2)).toMatch(/"why":"[^"]*never started[^"]*: joining them"/);
+      // The third member is recorded as run once it has joined.
+      await waitUntil('every member recorded as run', async () => {
+        const stored = JSON.parse((await lateControl.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as { clusterId: string; startedMembers?: string[] };
+        return stored.clusterId === statuses[0]?.clusterId && stored.startedMembers?.length === 3 ? true : undefined;
       }, 15_000, 500);
     } finally {
       lateControl.close();
@@ -243,7 +280,8 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     // A "new" node whose control files are gone but whose backups are still in the bucket.
     const stranger = await StewardCluster.create({ size: 1, extraArgs: s3Args(s3, ['--control-s3-folder=lost-control']) });
     try {
-      await stranger.startAll();
+      // Started as an operator would find it, without the harness's init.
+      stranger.start(0);
       const log = await waitUntil('the refusal in the log', () => {
         const text = readFileSync(stranger.node(0).logFile, 'utf8');
         return text.includes('refusing to initialise a new etcd cluster') ? text : undefined;

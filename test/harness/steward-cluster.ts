@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { STEWARD_NODE_FLAGS } from '../../src/cli/node-flags.js';
+import { hasMemberData } from '../../src/spec/bootstrap.js';
 import { StewardClient } from '../../src/rpc/client.js';
 import type { StatusResponse } from '../../src/rpc/types.js';
 import { freePort } from './ports.js';
@@ -108,14 +109,19 @@ export class StewardCluster {
   /**
    * With S3, stewards keep an empty data dir empty until a cluster spec exists (no silent new clusters),
    * so a new test cluster is created the way an operator would: `etcd-stewardctl init --yes`.
-   * On a restart the spec exists and init is refused (exit 4), which is fine.
+   * A cluster with data is left alone; a spec left by an earlier start (SPEC_EXISTS) is fine; any other
+   * refusal fails the test's set-up.
    */
   async initIfNew(): Promise<void> {
+    // A cluster with data resumes: init there is (rightly) refused with HAS_DATA.
+    if (this.nodes.some((n) => hasMemberData(n.dataDir))) return;
     await waitUntil(
       'init --yes to be answered',
       async () => {
         const result = await runCtl(['--endpoint', this.node(0).grpc, 'init', '--yes']);
-        if (result.code === 0 || result.code === 4) return true;
+        if (result.code === 0 || result.stderr.startsWith('error[SPEC_EXISTS]')) return true;
+        // Any other refusal (CLUSTER_RUNNING, SNAPSHOTS_EXIST, ...) is a test set-up error, not "fine".
+        if (result.code === 4) throw new Error(`init --yes was refused: ${result.stderr}`);
         return undefined;
       },
       20_000,

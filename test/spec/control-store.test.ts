@@ -154,7 +154,7 @@ describe('ControlStore: etcd orders and fences spec writes, the control store ge
     expect((await stored()).generation).toBe(2);
   });
 
-  it('two inits racing past their checks: the store itself lets only one create the spec (local dir: link(2))', async () => {
+  it('an init that read "no spec" just before another one wrote it is refused by the store itself (local dir: link(2))', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'control-local-'));
     try {
       const local = new LocalStore(dir);
