@@ -11,6 +11,10 @@ export const clusterSpecSchema = z.object({
     .min(1)
     .refine((members) => new Set(members.map((m) => m.name)).size === members.length, 'member names must be unique'),
   etcdVersion: z.string(),
+  /**
+   * Compared with --initial-cluster-token before an empty data dir may bootstrap. A restore that starts the
+   * cluster anew with a new token (DESIGN: restore) must write the new token and cluster ID here.
+   */
   clusterToken: z.string().min(1),
   /**
    * The etcd cluster ID (hex) once every member has run: from then on an empty data dir is a member that

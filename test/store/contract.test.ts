@@ -262,7 +262,7 @@ describe('s3 store failures', () => {
     ]) {
       const err = await attempt().then(() => undefined, (e: unknown) => e);
       expect(err).toBeInstanceOf(StewardError);
-      expect(err).toMatchObject({ family: 'invalid', code: 'S3_NO_SUCH_BUCKET', hint: 'create the bucket or fix --etcd-s3-bucket' });
+      expect(err).toMatchObject({ family: 'invalid', code: 'S3_NO_SUCH_BUCKET', hint: 'create the bucket, or fix --etcd-s3-bucket (backups) or --control-s3-bucket (the cluster spec)' });
       expect((err as StewardError).message).toMatch(/NoSuchBucket, HTTP 404/);
     }
     store.close();
