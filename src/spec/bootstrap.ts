@@ -70,10 +70,11 @@ export interface BootstrapGateOptions {
 
 /**
  * Asked before every start of etcd, restarts included. A data dir holding a member always passes: etcd
- * resumes it. An empty one may only bootstrap a cluster that has never run: the spec exists and matches
- * this node, no snapshot exists, and the spec does not record a formed cluster (after that, an empty
- * data dir is a member that lost its data). Joining with --initial-cluster-state=existing also passes:
- * etcd then never creates a cluster, it syncs from the members that have the data.
+ * resumes it. An empty one is held back when a running member lists this one as started, or the spec
+ * records it among the members that ran (it lost its data); a member that never ran may join running
+ * members, never start a cluster of its own; before formation it bootstraps only from a matching spec
+ * with no snapshot anywhere. Joining with --initial-cluster-state=existing always passes: etcd then never
+ * creates a cluster, it syncs from the members that have the data.
  */
 export class BootstrapGate {
   private readonly log: Logger;
