@@ -60,9 +60,12 @@ export class SpecService {
 
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      const spec = await this.check(signal);
+      // One probe of the members per round, shared by the check and the leader's upkeep.
+      let probed: Promise<ClusterHealth> | undefined;
+      const health = (): Promise<ClusterHealth> => (probed ??= this.options.clusterHealth());
+      const spec = await this.check(signal, health);
       const term = this.options.currentTerm();
-      if (term && !signal.aborted) await this.leaderDuties(spec, term, AbortSignal.any([signal, term.signal])).catch((err: unknown) => {
+      if (term && !signal.aborted) await this.leaderDuties(spec, term, AbortSignal.any([signal, term.signal]), health).catch((err: unknown) => {
         if (!signal.aborted && !term.signal.aborted) this.log.warn({ err: errorText(err) }, 'leader spec upkeep failed; trying again next TTL');
       });
       // Until the formed cluster is recorded, look more often: that record is what protects an empty data dir.
@@ -72,7 +75,7 @@ export class SpecService {
   }
 
   /** One read of the spec: updates the metric and the state, logs changes, and says loudly what to do when it is gone. */
-  async check(signal: AbortSignal): Promise<ClusterSpec | undefined> {
+  async check(signal: AbortSignal, clusterHealth = this.options.clusterHealth): Promise<ClusterSpec | undefined> {
     const { control, config } = this.options;
     let spec: ClusterSpec | undefined;
     try {
@@ -103,7 +106,7 @@ export class SpecService {
       );
       return undefined;
     }
-    const mismatch = await this.clusterMismatch(spec);
+    const mismatch = await this.clusterMismatch(spec, clusterHealth);
     if (mismatch) {
       this.unhealthy(mismatch, 'this etcd is not the cluster the spec describes: check --control-s3-* point at this cluster\'s spec, or fix the spec with etcd-stewardctl spec set');
       return spec;
@@ -183,7 +186,7 @@ export class SpecService {
    * spec that vanished: that stays loud until an operator acts), adopt the running cluster as the spec
    * without S3, and record the cluster ID and every member that has run, from the first formation on.
    */
-  private async leaderDuties(spec: ClusterSpec | undefined, term: LeaderTerm, signal: AbortSignal): Promise<void> {
+  private async leaderDuties(spec: ClusterSpec | undefined, term: LeaderTerm, signal: AbortSignal, clusterHealth: () => Promise<ClusterHealth>): Promise<void> {
     const { control, config } = this.options;
     const record = await control.readRecord();
     if (this.options.shared && spec && record && record.spec.generation > spec.generation) {
@@ -191,7 +194,7 @@ export class SpecService {
       await control.copyRecord(signal);
       return;
     }
-    const health = await this.options.clusterHealth();
+    const health = await clusterHealth();
     const clusterId = etcdIdHex(health.clusterId);
     // Healthy means it answered with a raft leader: it has joined the formed cluster.
     const running = health.members.filter((m) => m.healthy && m.name).map((m) => m.name);
@@ -225,9 +228,9 @@ export class SpecService {
     return record.spec;
   }
 
-  private async clusterMismatch(spec: ClusterSpec): Promise<string | undefined> {
+  private async clusterMismatch(spec: ClusterSpec, clusterHealth: () => Promise<ClusterHealth>): Promise<string | undefined> {
     if (!spec.clusterId || !hasMemberDataOr(this.options.config.dataDir, false)) return undefined;
-    const running = etcdIdHex((await this.options.clusterHealth().catch(() => undefined))?.clusterId ?? '');
+    const running = etcdIdHex((await clusterHealth().catch(() => undefined))?.clusterId ?? '');
     if (!running || running === spec.clusterId) return undefined;
     return `the cluster spec at ${this.options.control.location} is for cluster ${spec.clusterId}, but the etcd here is cluster ${running}`;
   }

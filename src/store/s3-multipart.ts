@@ -9,17 +9,11 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { InternalError } from '../errors/index.js';
-import { isAuthFailure, secretFreeCause } from './s3-errors.js';
+import { isAuthFailure, secretFreeCause, type S3Target } from './s3-errors.js';
 import type { ObjectWriter } from './store.js';
 
-export interface MultipartTarget {
-  /** The client for the next request (it changes when credentials rotate). */
-  readonly client: S3Client;
-  readonly bucket: string;
-  readonly timeoutMs: number;
-  /** After an auth failure of a request sent on `failed`: a rebuilt client with fresh credentials, for one retry. */
-  refreshCredentials?: (failed: S3Client) => Promise<void>;
-}
+/** What a writer needs of its store: the client of the moment, where to write, the timeout, how to refresh credentials. */
+export type MultipartTarget = Pick<S3Target, 'client' | 'bucket' | 'timeoutMs' | 'refreshCredentials'>;
 
 type State = 'open' | 'committing' | 'committed' | 'aborted';
 
@@ -198,7 +192,7 @@ export class MultipartWriter implements ObjectWriter {
     try {
       return await request(client);
     } catch (err) {
-      if (!isAuthFailure(err) || !this.target.refreshCredentials || this.signal.aborted || this.cancel.signal.aborted) throw err;
+      if (!isAuthFailure(err) || this.signal.aborted || this.cancel.signal.aborted) throw err;
       // Parts in flight fail together when a key expires: only the first rebuilds, the rest find a fresh client.
       await this.target.refreshCredentials(client);
       return request(this.target.client);
