@@ -60,7 +60,10 @@ export class Candidacy extends EventEmitter {
         if (this.lost !== undefined) throw this.lost;
         return { key: `${this.prefix}${leaseId}`, createRevision };
       }
-      await this.waitForDelete(blocker.key.toString().slice(this.prefix.length), ahead.header.revision, signal);
+      // The namespace already strips its prefix from returned keys. Slicing it off again once turned every
+      // follower's wait into a busy loop (a Range, a Watch and a new HTTP/2 channel per turn, ~35 TCP
+      // connections a second) because the mangled key never existed and so always looked deleted.
+      await this.waitForDelete(blocker.key.toString(), ahead.header.revision, signal);
     }
   }
 
