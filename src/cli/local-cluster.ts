@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { existsSync, mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,6 +10,7 @@ import { PreconditionError, StewardError, exitCodeFor } from '../errors/index.js
 import { StewardClient } from '../rpc/client.js';
 import { hasMemberData } from '../spec/bootstrap.js';
 import { STEWARD_NODE_FLAGS } from './node-flags.js';
+import { ChildRestarter } from './child-restarter.js';
 import { rootSignalFromProcess } from './signals.js';
 
 /**
@@ -20,6 +20,7 @@ import { rootSignalFromProcess } from './signals.js';
  */
 const STEWARD_JS = fileURLToPath(new URL('./steward.js', import.meta.url));
 const MEMBERS = 3;
+const DEFAULT_CTL_ENDPOINT = '127.0.0.1:7401';
 
 interface Options {
   dir: string;
@@ -101,13 +102,28 @@ function checkExistingData(dir: string, nodes: Member[]): 'new' | 'resume' {
   });
 }
 
-function startS3(options: Options, dir: string, logs: string): ChildProcess {
+/**
+ * The embedded default's S3 server is s3rver, an optional dependency: `make run` installs it, the shipped
+ * steward never loads it (a production image is built with `--omit=optional`), so a node never carries an
+ * unmaintained test server. Resolved once, up front, so a missing one is a clear error and not a crash loop.
+ */
+function resolveS3rver(): string {
+  try {
+    return createRequire(import.meta.url).resolve('s3rver/bin/s3rver.js');
+  } catch (err) {
+    throw new PreconditionError('S3_SERVER_MISSING', 'the embedded default needs the s3rver package, which is not installed', {
+      hint: "run 'make run' (it installs the optional dependencies) or 'npm ci' without --omit=optional",
+      cause: err,
+    });
+  }
+}
+
+function startS3(options: Options, dir: string, logs: string, s3rverBin: string): ChildProcess {
   const s3Dir = join(dir, 's3');
   // s3rver removes a folder's directory when its last object is deleted, and crashes if a PUT into that
   // folder races the removal (three stewards' S3 canaries at start-up did). An empty subdirectory keeps the
   // backups' folder from ever being removed; s3rver lists only objects, so nothing else sees it.
   mkdirSync(join(s3Dir, options.bucket, 'backups', '.keep'), { recursive: true });
-  const s3rverBin = createRequire(import.meta.url).resolve('s3rver/bin/s3rver.js');
   const log = openSync(join(logs, 's3.log'), 'a');
   // Without the legacy provider, s3rver answers 500 to any paginated listing (it uses DES for tokens).
   const child = spawn(
@@ -193,6 +209,22 @@ function killGroup(pgid: number): void {
   }
 }
 
+/** What an operator can paste: the ctl's default endpoint is node-1's default port, so others are named. */
+function tryLines(nodes: Member[], logs: string): string[] {
+  const [first, second] = nodes;
+  const endpoint = (member: Member | undefined): string => (member && member.grpc !== DEFAULT_CTL_ENDPOINT ? ` --endpoint ${member.grpc}` : '');
+  return [
+    'Try:',
+    `  ./bin/etcd-stewardctl${endpoint(first)} status`,
+    `  ./bin/etcd-stewardctl -o json status --endpoint ${second?.grpc ?? ''}`,
+    `  curl -s http://${first?.http ?? ''}/metrics | grep etcd_steward_`,
+    `  etcdctl --endpoints ${nodes.map((n) => n.clientUrl).join(',')} endpoint status -w table`,
+    `  ./bin/etcd-stewardctl${endpoint(first)} save && ./bin/etcd-stewardctl${endpoint(first)} ls`,
+    `  ./bin/etcd-stewardctl${endpoint(first)} spec get`,
+    `  kill -9 <a steward's pid>   # it is restarted like a kubelet would; see ${logs}/local-cluster.log`,
+  ];
+}
+
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   const dir = resolve(options.dir);
@@ -200,28 +232,34 @@ async function main(): Promise<number> {
   const nodes = members(options, dir);
   const mode = checkExistingData(dir, nodes);
   mkdirSync(logs, { recursive: true });
-  const children: Array<{ name: string; child: ChildProcess }> = [];
+  const restarters: ChildRestarter[] = [];
   const signal = rootSignalFromProcess(
     (received) => process.stdout.write(`\n${received}: stopping every process this started…\n`),
     // The children run in their own process groups; a forced exit must not leave them (or their etcds) behind.
-    () => children.forEach(({ child }) => child.pid && killGroup(child.pid)),
+    () => restarters.forEach((r) => r.current?.pid && killGroup(r.current.pid)),
   );
   const started = Date.now();
-  children.push({ name: 's3', child: startS3(options, dir, logs) });
+  const report = (line: string): void => {
+    process.stderr.write(`${line}\n`);
+    appendFileSync(join(logs, 'local-cluster.log'), `${JSON.stringify({ time: new Date().toISOString(), msg: line })}\n`);
+  };
   const credentials = join(dir, 's3-credentials.yaml');
   // s3rver's built-in account; it checks the key id, not the signature.
   if (!existsSync(credentials)) writeFileSync(credentials, 'etcd-s3-access-key: S3RVER\netcd-s3-secret-key: S3RVER\n', { mode: 0o600 });
   const s3 = { port: options.s3Port, bucket: options.bucket, credentials };
-  for (const member of nodes) children.push({ name: member.name, child: startSteward(member, nodes, logs, s3) });
-  const failed = new AbortController();
-  for (const { name, child } of children) {
-    child.once('exit', (code, sig) => {
-      if (signal.aborted) return;
-      process.stderr.write(`error[CHILD_EXITED]: ${name} exited (${code ?? sig}) — see ${join(logs, `${name}.log`)}; stopping the rest\n`);
-      failed.abort();
-    });
+  const s3rverBin = resolveS3rver();
+  restarters.push(new ChildRestarter({ name: 's3', start: () => startS3(options, dir, logs, s3rverBin), logFile: join(logs, 's3.log'), stopGraceMs: 5000, report }));
+  for (const member of nodes) {
+    restarters.push(
+      // A steward gives itself 28 s to shut down; the grace period is a little longer so it never needs SIGKILL.
+      new ChildRestarter({ name: member.name, start: () => startSteward(member, nodes, logs, s3), logFile: join(logs, `${member.name}.log`), stopGraceMs: 35_000, report }),
+    );
   }
+  const failed = new AbortController();
   const stop = AbortSignal.any([signal, failed.signal]);
+  // Like a kubelet, a child that dies is started again; only this process's own Ctrl-C/SIGTERM (or a set-up
+  // that failed) stops them.
+  const running = Promise.all(restarters.map((r) => r.run(stop)));
   process.stdout.write(`${mode === 'new' ? 'Initialising a new' : 'Resuming the'} local cluster in ${dir} …\n`);
   // The stewards never bootstrap an empty data dir without a cluster spec; on a fresh .run/ this command
   // is the operator who confirms a new cluster (etcd-stewardctl init --yes).
@@ -246,13 +284,7 @@ async function main(): Promise<number> {
         '',
         ...nodes.map((n) => `  ${n.name}: steward gRPC ${n.grpc}, metrics http://${n.http}/metrics, etcd ${n.clientUrl}`),
         '',
-        'Try:',
-        '  ./bin/etcd-stewardctl status',
-        '  ./bin/etcd-stewardctl -o json status --endpoint 127.0.0.1:7402',
-        `  curl -s http://${nodes[0]?.http}/metrics | grep etcd_steward_`,
-        `  etcdctl --endpoints ${nodes.map((n) => n.clientUrl).join(',')} endpoint status -w table`,
-        '  ./bin/etcd-stewardctl save && ./bin/etcd-stewardctl ls',
-        '  ./bin/etcd-stewardctl spec get',
+        ...tryLines(nodes, logs),
         '',
         `Logs (JSON, one event a line): ${logs}/. Ctrl-C stops everything; 'make run' again resumes the same cluster.`,
         '',
@@ -263,14 +295,7 @@ async function main(): Promise<number> {
     failed.abort();
   }
   await new Promise<void>((resolveStop) => (stop.aborted ? resolveStop() : stop.addEventListener('abort', () => resolveStop(), { once: true })));
-  await Promise.all(
-    children.map(async ({ child }) => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
-    }),
-  );
+  await running;
   process.stdout.write('Stopped.\n');
   return failed.signal.aborted && !signal.aborted ? 1 : 0;
 }

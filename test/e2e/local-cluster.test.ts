@@ -1,0 +1,144 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync, readdirSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Etcd3 } from 'etcd3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../harness/ports.js';
+import { isAlive, killGroup, waitUntil } from '../harness/processes.js';
+import { REPO_ROOT, runCtl } from '../harness/steward-cluster.js';
+import type { StatusResponse } from '../../src/rpc/types.js';
+
+const LOCAL_CLUSTER_JS = join(REPO_ROOT, 'dist/cli/local-cluster.js');
+// make run's stewards use the default election TTL.
+const TTL_MS = 10_000;
+
+/** The pid of the steward process for one node of this run (found by its command line, as an operator would with ps). */
+function stewardPid(dir: string, name: string): number | undefined {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (args.some((a) => a.endsWith('dist/cli/steward.js')) && args.includes(`--name=${name}`) && args.includes(`--state-dir=${join(dir, name, 'steward')}`) && isAlive(Number(entry))) {
+        return Number(entry);
+      }
+    } catch {
+      // Exited while we looked.
+    }
+  }
+  return undefined;
+}
+
+describe('make run behaves like a node: a steward that dies is restarted', () => {
+  let dir: string;
+  let run: ChildProcess;
+  let output = '';
+  const grpc: number[] = [];
+  const client: number[] = [];
+
+  const status = async (i: number): Promise<StatusResponse> => {
+    const result = await runCtl(['--endpoint', `127.0.0.1:${grpc[i]}`, '-o', 'json', 'status']);
+    if (result.code !== 0) throw new Error(result.stderr);
+    return JSON.parse(result.stdout) as StatusResponse;
+  };
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'steward-make-run-'));
+    const ports = async (): Promise<number[]> => [await freePort(), await freePort(), await freePort()];
+    grpc.push(...(await ports()));
+    client.push(...(await ports()));
+    const [http, peer] = [await ports(), await ports()];
+    run = spawn(
+      process.execPath,
+      [
+        LOCAL_CLUSTER_JS,
+        `--dir=${dir}`,
+        `--grpc-ports=${grpc.join(',')}`,
+        `--http-ports=${http.join(',')}`,
+        `--client-ports=${client.join(',')}`,
+        `--peer-ports=${peer.join(',')}`,
+        `--s3-port=${await freePort()}`,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
+    );
+    run.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    run.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    await waitUntil('make run to be ready', () => output.includes('Ready in'), 90_000, 250);
+  });
+
+  afterAll(async () => {
+    if (run?.pid && run.exitCode === null) {
+      run.kill('SIGTERM');
+      await Promise.race([once(run, 'exit'), new Promise((r) => setTimeout(r, 45_000))]);
+      killGroup(run.pid);
+    }
+    for (const name of ['node-1', 'node-2', 'node-3']) {
+      const pid = stewardPid(dir, name);
+      if (pid) killGroup(pid);
+    }
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('prints "Try" lines with the ports it really uses', () => {
+    expect(output).toContain(`./bin/etcd-stewardctl --endpoint 127.0.0.1:${grpc[0]} status`);
+    expect(output).toContain(`--endpoint 127.0.0.1:${grpc[1]}`);
+    expect(output).not.toContain('127.0.0.1:7401');
+    expect(output).not.toContain('127.0.0.1:7402');
+  });
+
+  it('kill -9 of the leader: a new leader within TTL + 3 s, the killed steward back and healthy within 30 s, no data lost', async () => {
+    const etcd = new Etcd3({ hosts: client.map((p) => `http://127.0.0.1:${p}`) });
+    try {
+      await etcd.put('before-kill').value('kept');
+      const first = await status(0);
+      const leaderName = first.leader;
+      const leaderIndex = Number(leaderName.replace('node-', '')) - 1;
+      const victim = stewardPid(dir, leaderName);
+      expect(victim).toBeGreaterThan(0);
+      process.kill(victim as number, 'SIGKILL');
+      const killedAt = Date.now();
+      const other = (leaderIndex + 1) % 3;
+      const next = await waitUntil(
+        'a new leader',
+        async () => {
+          const s = await status(other);
+          return s.isLeader || (s.leader && s.leader !== leaderName) ? s.leader || s.node : undefined;
+        },
+        TTL_MS + 3000,
+        200,
+      );
+      const failoverMs = Date.now() - killedAt;
+      console.log(`make run: ${leaderName} SIGKILLed, new leader ${next} after ${failoverMs} ms`);
+      expect(next).not.toBe(leaderName);
+      const back = await waitUntil(
+        'the killed steward to be restarted and healthy',
+        async () => {
+          const s = await status(leaderIndex);
+          return s.etcdRunning && s.members.length === 3 && s.members.every((m) => m.healthy) ? s : undefined;
+        },
+        30_000,
+        500,
+      );
+      console.log(`make run: ${leaderName} back and healthy ${Date.now() - killedAt} ms after the kill`);
+      expect(stewardPid(dir, leaderName)).not.toBe(victim);
+      expect(back.node).toBe(leaderName);
+      expect(output).toMatch(new RegExp(`restart: ${leaderName} was killed by SIGKILL .*restart 1`));
+      expect(run.exitCode).toBeNull();
+      expect(await etcd.get('before-kill').string()).toBe('kept');
+    } finally {
+      etcd.close();
+    }
+  });
+
+  it('only its own SIGTERM stops everything', async () => {
+    const pids = ['node-1', 'node-2', 'node-3'].map((n) => stewardPid(dir, n));
+    expect(pids.every((p) => p !== undefined)).toBe(true);
+    run.kill('SIGTERM');
+    const [code] = (await once(run, 'exit')) as [number | null];
+    expect(code).toBe(0);
+    expect(output).toContain('Stopped.');
+    for (const pid of pids) expect(isAlive(pid as number)).toBe(false);
+  });
+});
