@@ -34,7 +34,7 @@ test: deps build typecheck
 run: deps build
 	node dist/cli/local-cluster.js
 
-# Prints numbers (BENCH_DB_MB, BENCH_RUNS); not part of `make test`.
+# Prints numbers (snapshot: BENCH_DB_MB, BENCH_RUNS; idle cost: BENCH_IDLE_SECONDS); not part of `make test`.
 bench: deps build
 	npx vitest run --config vitest.bench.config.ts
 
