@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExponentialBackoff, type IBackoff } from 'cockatiel';
-import type { Election, Etcd3 } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { errorText } from '../errors/index.js';
 import { Candidacy } from './candidacy.js';
@@ -17,6 +17,31 @@ export interface LeaderTerm {
 
 export type Fence = Pick<LeaderTerm, 'fencingToken' | 'campaignKey'>;
 
+/** Who leads as etcd's keys say now, told apart from a key whose holder died and whose lease is running out. */
+export interface LeaderView {
+  /** The node that holds the oldest campaign key and keeps its lease alive; undefined while nobody does. */
+  leader: string | undefined;
+  /** The oldest key's holder stopped renewing its lease (killed, frozen, partitioned): it leads nothing. */
+  stale?: { node: string; expiresInSeconds: number };
+}
+
+/**
+ * The watchdog's rule: a term ends once no keepalive has succeeded for 3/4 of the TTL, before the lease can
+ * expire and another steward win (etcd3 reports a lost lease ~2×TTL late).
+ */
+export function keepaliveStaleAfterMs(ttlSeconds: number): number {
+  return (ttlSeconds * 1000 * 3) / 4;
+}
+
+/**
+ * A live holder renews its lease every TTL/3, so its remaining TTL stays above 2/3 of the TTL; below half,
+ * two renewals were missed, and by 1/4 its own watchdog has ended its term. Reporting it as the leader would
+ * send an operator to a steward that is not there.
+ */
+export function leaseLooksAbandoned(remainingSeconds: number, ttlSeconds: number): boolean {
+  return remainingSeconds < ttlSeconds / 2;
+}
+
 export interface LeaderElectionOptions {
   client: Etcd3;
   node: string;
@@ -29,6 +54,7 @@ export interface LeaderElectionOptions {
 const WATCHDOG_PERIOD_MS = 250;
 const PREFIX = 'etcd-steward/';
 const ELECTION = 'leader';
+const CAMPAIGN_PREFIX = `${PREFIX}election/${ELECTION}/`;
 
 /**
  * Leader election on an etcd lease, hardened against the faults of etcd3's own campaign:
@@ -36,16 +62,14 @@ const ELECTION = 'leader';
  * - a lost lease is reported ~2×TTL late, so a watchdog ends the term when no keepalive has succeeded
  *   for 3/4 of the TTL: before the lease can expire and another steward win;
  * - after any failure the steward resigns, backs off with jitter and campaigns anew.
- * The keys are those of etcd3's `Election`, whose `leader()` read is used to report the leader.
+ * The keys are those of etcd3's `Election` (`etcd-steward/election/leader/<lease>`); the oldest one leads.
  */
 export class LeaderElection {
   private readonly log: Logger;
-  private readonly election: Election;
   private term: LeaderTerm | undefined;
 
   constructor(private readonly options: LeaderElectionOptions) {
     this.log = options.logger.child({ component: 'election' });
-    this.election = options.client.namespace(PREFIX).election(ELECTION, options.ttlSeconds);
   }
 
   get currentTerm(): LeaderTerm | undefined {
@@ -54,7 +78,23 @@ export class LeaderElection {
 
   /** The leader's node name as etcd sees it now (a fresh read, never a cached observer). */
   async leader(): Promise<string | undefined> {
-    return this.election.leader();
+    return (await this.leaderView()).leader;
+  }
+
+  /** The oldest campaign key and whether its holder still renews its lease (a fresh read). */
+  async leaderView(): Promise<LeaderView> {
+    const { client, ttlSeconds } = this.options;
+    if (this.term) return { leader: this.options.node };
+    const oldest = await client.namespace(CAMPAIGN_PREFIX).getAll().sort('Create', 'Ascend').limit(1).exec();
+    const kv = oldest.kvs[0];
+    if (!kv) return { leader: undefined };
+    const node = kv.value.toString();
+    // A key without a lease cannot expire; none of ours is like that, but never call it stale.
+    if (!kv.lease || kv.lease === '0') return { leader: node };
+    const lease = await client.leaseClient.leaseTimeToLive({ ID: kv.lease });
+    const remaining = Number(lease.TTL);
+    if (remaining > 0 && !leaseLooksAbandoned(remaining, ttlSeconds)) return { leader: node };
+    return { leader: undefined, stale: { node, expiresInSeconds: Math.max(0, remaining) } };
   }
 
   /** Campaigns until `signal` aborts, then resigns so another steward takes over without waiting for the TTL. */
@@ -64,7 +104,7 @@ export class LeaderElection {
     let generation = 0;
     while (!signal.aborted) {
       generation += 1;
-      const candidacy = new Candidacy(this.options.client, `${PREFIX}election/${ELECTION}/`, this.options.node, this.options.ttlSeconds);
+      const candidacy = new Candidacy(this.options.client, CAMPAIGN_PREFIX, this.options.node, this.options.ttlSeconds);
       let lastKeepalive = Date.now();
       candidacy.on('keepalive', () => {
         lastKeepalive = Date.now();
@@ -100,7 +140,7 @@ export class LeaderElection {
     this.term = term;
     this.log.info({ fencingToken }, 'elected leader: leadership term started');
     this.options.onTermStarted?.(term);
-    const staleAfterMs = (this.options.ttlSeconds * 1000 * 3) / 4;
+    const staleAfterMs = keepaliveStaleAfterMs(this.options.ttlSeconds);
     const reason = await new Promise<string>((resolve) => {
       const onAbort = (): void => finish('shutdown');
       const onLost = (err: unknown): void => finish(`lease lost: ${errorText(err)}`);
