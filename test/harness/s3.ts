@@ -6,7 +6,10 @@ import { connect } from 'node:net';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import type { StartedTestContainer } from 'testcontainers';
 import type { S3StoreOptions } from '../../src/store/s3.js';
+import { MINIO_IMAGE, selectedBackend } from './backend.js';
 import { freePort } from './ports.js';
 import { waitUntil } from './processes.js';
 
@@ -23,26 +26,38 @@ export interface S3ServerOptions {
  * because it encrypts ListObjectsV2 continuation tokens with DES, and without it every truncated page is a 500.
  */
 export class S3Server {
-  /** s3rver's built-in account; it checks the key id but not the signature. */
+  /** s3rver's built-in account; it checks the key id but not the signature. MinIO gets the same keys. */
   readonly accessKey = 'S3RVER';
-  readonly secretKey = 'S3RVER';
+  readonly secretKey = 'S3RVER-secret';
 
   private constructor(
     readonly root: string,
-    /** The data dir: objects live at `<dir>/<bucket>/<key>._S3rver_object`. */
-    readonly dir: string,
+    private readonly dataDir: string,
     readonly port: number,
     readonly bucket: string,
-    private readonly child: ChildProcess,
+    private readonly child: ChildProcess | undefined,
+    private readonly container?: StartedTestContainer,
   ) {}
 
   private scheme = 'http';
+
+  /** The data dir: objects live at `<dir>/<bucket>/<key>._S3rver_object`. Only s3rver has one to reach into. */
+  get dir(): string {
+    if (this.container) throw new Error('this test reaches into s3rver\'s files on disk, which a MinIO container does not have: run it with the local backend');
+    return this.dataDir;
+  }
+
+  /** The backend this server is: a test that relies on s3rver's gaps (no signature checks) says so with this. */
+  get kind(): 's3rver' | 'minio' {
+    return this.container ? 'minio' : 's3rver';
+  }
 
   get endpoint(): string {
     return `${this.scheme}://127.0.0.1:${this.port}`;
   }
 
   static async start(options: S3ServerOptions = {}): Promise<S3Server> {
+    if (selectedBackend() === 'containers') return S3Server.startMinio(options);
     const bucket = options.bucket ?? 'steward-test';
     const root = await mkdtemp(join(tmpdir(), 'steward-s3-'));
     const dir = join(root, 'data');
@@ -83,6 +98,28 @@ export class S3Server {
     return server;
   }
 
+  /** MinIO in a container (STEWARD_TEST_BACKEND=containers): real signature checks and conditional writes. */
+  private static async startMinio(options: S3ServerOptions): Promise<S3Server> {
+    if (options.tls) throw new Error('the MinIO test backend serves plain HTTP only; run TLS tests with the local backend');
+    const bucket = options.bucket ?? 'steward-test';
+    const { GenericContainer, Wait } = await import('testcontainers');
+    const root = await mkdtemp(join(tmpdir(), 'steward-minio-'));
+    const container = await new GenericContainer(MINIO_IMAGE)
+      .withCommand(['server', '/data'])
+      .withEnvironment({ MINIO_ROOT_USER: 'S3RVER', MINIO_ROOT_PASSWORD: 'S3RVER-secret' })
+      .withExposedPorts(9000)
+      .withWaitStrategy(Wait.forHttp('/minio/health/ready', 9000))
+      .start();
+    const server = new S3Server(root, '', container.getMappedPort(9000), bucket, undefined, container);
+    const client = new S3Client({ endpoint: server.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: server.accessKey, secretAccessKey: server.secretKey } });
+    try {
+      await client.send(new CreateBucketCommand({ Bucket: bucket }));
+    } finally {
+      client.destroy();
+    }
+    return server;
+  }
+
   /**
    * Flags that point a steward at this server's bucket, under `folder` (default `backups`). `endpoint`
    * replaces the address (a proxy in front of it); `keys: false` leaves credentials to the caller.
@@ -113,7 +150,8 @@ export class S3Server {
 
   async stop(): Promise<void> {
     const { child } = this;
-    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+    if (this.container) await this.container.stop();
+    if (child && child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
       const exited = once(child, 'exit');
       process.kill(child.pid, 'SIGTERM');
       const timer = setTimeout(() => child.pid !== undefined && process.kill(child.pid, 'SIGKILL'), 5000);
