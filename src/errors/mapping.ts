@@ -67,21 +67,24 @@ export function renderError(err: unknown): string {
 }
 
 const CODE_KEY = 'steward-error-code';
-const HINT_KEY = 'steward-error-hint';
+// Binary metadata: a hint may hold any UTF-8 (a quoted name, '—'), which text metadata refuses with a throw.
+const HINT_KEY = 'steward-error-hint-bin';
 
 /** Server side: what a handler's thrown error becomes on the wire. */
 export function toGrpcStatus(err: unknown): Partial<StatusObject> {
   const stewardError = asStewardError(err);
   const metadata = new Metadata();
-  metadata.set(CODE_KEY, stewardError.code);
-  if (stewardError.hint) metadata.set(HINT_KEY, prefixOf(stewardError.hint, MAX_DETAILS));
+  // Codes are ours ([A-Z_]); anything else would make Metadata.set throw and leave the call unanswered.
+  metadata.set(CODE_KEY, /^[A-Z0-9_]+$/.test(stewardError.code) ? stewardError.code : 'INTERNAL');
+  if (stewardError.hint) metadata.set(HINT_KEY, Buffer.from(prefixOf(stewardError.hint, MAX_DETAILS), 'utf8'));
   return { code: FAMILY[stewardError.family].grpc, details: prefixOf(stewardError.message, MAX_DETAILS), metadata };
 }
 
 /** Client side: the inverse of toGrpcStatus, plus transport failures that never reached a handler. */
 export function fromGrpcError(err: ServiceError, endpoint: string): StewardError {
   const code = firstString(err.metadata?.get(CODE_KEY));
-  const hint = firstString(err.metadata?.get(HINT_KEY));
+  const hintValue = err.metadata?.get(HINT_KEY)[0];
+  const hint = Buffer.isBuffer(hintValue) ? hintValue.toString('utf8') : undefined;
   const message = err.details || err.message;
   if (code === undefined) {
     switch (err.code) {

@@ -31,14 +31,17 @@ interface AnyCall {
 /** The signal of one call and how to release what watching it holds. */
 export function callContext(call: AnyCall, shutdown: AbortSignal): { ctx: CallContext; done: () => void } {
   const controller = new AbortController();
-  const onCancel = (): void => controller.abort(new CancelledError('the client cancelled the call'));
+  const deadline = call.getDeadline();
+  const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+  // grpc-js reports a passed deadline as 'cancelled' too: tell the two apart by the clock.
+  const onCancel = (): void =>
+    controller.abort(Date.now() >= deadlineMs - 20 ? new DeadlineError('the call passed its deadline') : new CancelledError('the client cancelled the call'));
   const onShutdown = (): void => controller.abort(new CancelledError('the steward is shutting down', { code: 'STEWARD_SHUTTING_DOWN', hint: 'retry against another steward or once it is back' }));
   call.on('cancelled', onCancel);
   shutdown.addEventListener('abort', onShutdown, { once: true });
   if (shutdown.aborted) onShutdown();
   // grpc-js ends a call whose deadline passed, but the handler would run on: fire its signal too.
-  const deadline = call.getDeadline();
-  const ms = (deadline instanceof Date ? deadline.getTime() : deadline) - Date.now();
+  const ms = deadlineMs - Date.now();
   const timer = Number.isFinite(ms)
     ? setTimeout(() => controller.abort(new DeadlineError('the call passed its deadline')), Math.max(0, ms))
     : undefined;
