@@ -1,17 +1,27 @@
 #!/usr/bin/env node
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, Option } from 'commander';
-import { StewardError, UsageError, exitCodeFor } from '../errors/index.js';
+import { InternalError, UsageError, exitCodeFor, renderError } from '../errors/index.js';
+import { LIMITS, checkName, checkNames, checkSpecJson, parseDecimalInteger } from '../rpc/bounds.js';
 import { StewardClient } from '../rpc/client.js';
+import type { DeleteFailure } from '../rpc/types.js';
 import { STEWARD_VERSION } from '../steward/version.js';
 import { validateName } from '../snapshot/names.js';
-import { recordJson, recordsText, saveJson, saveText, statusJson, statusText } from './format.js';
+import { failuresText, orphanJson, orphansText, recordJson, recordsText, saveJson, saveText, statusJson, statusText } from './format.js';
 import { ByteProgress } from './progress.js';
+import { rootSignalFromProcess } from './signals.js';
 
 type Output = 'text' | 'json';
 interface GlobalOptions {
   endpoint: string;
   output: Output;
+}
+
+/** Ctrl-C (or SIGTERM) cancels the call in flight: the steward sees the cancellation and stops its work. */
+let interrupted: AbortSignal | undefined;
+function callSignal(): AbortSignal {
+  interrupted ??= rootSignalFromProcess();
+  return interrupted;
 }
 
 function program(): Command {
@@ -29,7 +39,7 @@ function program(): Command {
     .action(async (_options: unknown, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       await withClient(global, async (client) => {
-        const status = await client.status();
+        const status = await client.status(callSignal());
         print(global.output, statusJson(status), () => statusText(status));
       });
     });
@@ -40,12 +50,17 @@ function program(): Command {
     .option('--force', 'snapshot even if the cluster is unhealthy (needs a member that still sees a raft leader)', false)
     .action(async (options: { name?: string; force: boolean }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
-      if (options.name !== undefined) validateName(options.name);
+      if (options.name !== undefined) validateName(checkName(options.name, '--name'));
       await withClient(global, async (client) => {
         const progress = global.output === 'text' ? new ByteProgress(process.stderr) : undefined;
-        const info = await client.save({ name: options.name ?? '', force: options.force }, (bytes) => progress?.update(bytes));
-        progress?.done();
+        const info = await client.save({ name: options.name ?? '', force: options.force }, (bytes) => progress?.update(bytes), callSignal()).finally(() => progress?.done());
         print(global.output, saveJson(info), () => saveText(info));
+        // Stored somewhere but not everywhere asked for (S3 down): what was stored where is printed above.
+        if (info.failures.length > 0) {
+          throw new InternalError('SAVE_INCOMPLETE', `snapshot ${info.name} was stored at ${info.locations.length} location(s) but failed at ${info.failures.length}: ${info.failures.join('; ')}`, {
+            hint: 'the copies listed as stored are complete; fix the failed location (see etcd-stewardctl status and the steward log) and save again',
+          });
+        }
       });
     });
 
@@ -53,11 +68,13 @@ function program(): Command {
     .command('ls')
     .aliases(['list', 'l'])
     .description('every snapshot in the cluster-wide inventory')
-    .action(async (_options: unknown, command: Command) => {
+    .option('--all', 'also list orphaned data objects (a data file or object whose metadata was deleted)', false)
+    .action(async (options: { all: boolean }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       await withClient(global, async (client) => {
-        const records = await client.list();
-        print(global.output, records.map(recordJson), () => recordsText(records));
+        const { snapshots, orphans } = await client.list(options.all, callSignal());
+        if (!options.all) print(global.output, snapshots.map(recordJson), () => recordsText(snapshots));
+        else print(global.output, { snapshots: snapshots.map(recordJson), orphans: orphans.map(orphanJson) }, () => `${recordsText(snapshots)}\n\n${orphansText(orphans)}`);
       });
     });
 
@@ -67,10 +84,12 @@ function program(): Command {
     .description('remove snapshots from every location and the inventory; an unknown name deletes nothing')
     .action(async (names: string[], _options: unknown, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
+      checkNames(names, 'delete');
       for (const name of names) validateName(name, 'name');
       await withClient(global, async (client) => {
-        const deleted = await client.delete(names);
+        const { deleted, failed } = await client.delete(names, callSignal());
         print(global.output, deleted.map(recordJson), () => (deleted.length ? `deleted:\n${recordsText(deleted)}` : 'nothing deleted'));
+        if (failed.length > 0) throw partial('PARTIAL_DELETE', 'delete', deleted.length, failed);
       });
     });
 
@@ -80,15 +99,14 @@ function program(): Command {
     .option('--snapshot-retention <n>', 'snapshots to keep per location (default: the steward\'s --etcd-snapshot-retention)')
     .action(async (options: { snapshotRetention?: string }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
-      const retention = options.snapshotRetention === undefined ? 0 : Number(options.snapshotRetention);
-      if (!Number.isInteger(retention) || (options.snapshotRetention !== undefined && retention < 1)) {
-        throw new UsageError(`--snapshot-retention: '${options.snapshotRetention}' is not allowed: expected a whole number of at least 1`, {
-          hint: 'pass how many scheduled snapshots to keep per location',
-        });
-      }
+      // 0 on the wire means "the steward's configured retention", so an operator's value starts at 1.
+      const retention = options.snapshotRetention === undefined ? 0 : parseDecimalInteger(options.snapshotRetention, '--snapshot-retention', 1, LIMITS.retentionMax);
       await withClient(global, async (client) => {
-        const deleted = await client.prune(retention);
-        print(global.output, deleted.map(recordJson), () => (deleted.length ? `pruned:\n${recordsText(deleted)}` : 'nothing to prune'));
+        const { deleted, orphansRemoved, failed } = await client.prune(retention, callSignal());
+        print(global.output, deleted.map(recordJson), () =>
+          [deleted.length ? `pruned:\n${recordsText(deleted)}` : 'nothing to prune', ...orphansRemoved.map((o) => `removed orphaned data object ${o.location}`)].join('\n'),
+        );
+        if (failed.length > 0) throw partial('PARTIAL_PRUNE', 'prune', deleted.length + orphansRemoved.length, failed);
       });
     });
   const spec = root.command('spec').description('the cluster spec in the control store');
@@ -98,7 +116,7 @@ function program(): Command {
     .action(async (_options: unknown, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       await withClient(global, async (client) => {
-        const response = await client.specGet();
+        const response = await client.specGet(callSignal());
         print(global.output, JSON.parse(response.specJson) as unknown, () => `# ${response.location} (generation ${response.generation})\n${response.specJson.trimEnd()}`);
       });
     });
@@ -114,8 +132,9 @@ function program(): Command {
       } catch (err) {
         throw new UsageError(`cannot read ${file}: ${err instanceof Error ? err.message : String(err)}`, { hint: 'pass the path of a JSON spec file' });
       }
+      checkSpecJson(text);
       await withClient(global, async (client) => {
-        const response = await client.specSet(text);
+        const response = await client.specSet(text, callSignal());
         print(global.output, JSON.parse(response.specJson) as unknown, () => `cluster spec set: generation ${response.generation} at ${response.location}`);
       });
     });
@@ -127,7 +146,7 @@ function program(): Command {
     .action(async (options: { yes: boolean }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       await withClient(global, async (client) => {
-        const response = await client.init(options.yes);
+        const response = await client.init(options.yes, callSignal());
         print(global.output, JSON.parse(response.specJson) as unknown, () => `initialised a new cluster spec (generation ${response.generation}) at ${response.location}`);
       });
     });
@@ -144,6 +163,14 @@ async function withClient(global: GlobalOptions, fn: (client: StewardClient) => 
   } finally {
     client.close();
   }
+}
+
+/** A delete or prune that removed some copies but not all: exit 1, with every copy still stored named on stderr. */
+function partial(code: string, verb: string, removed: number, failed: DeleteFailure[]): InternalError {
+  process.stderr.write(`${failuresText(failed)}\n`);
+  return new InternalError(code, `${verb} removed ${removed} cop${removed === 1 ? 'y' : 'ies'} but could not remove ${failed.length}; their records stay in the inventory`, {
+    hint: 'fix what the NOT removed lines say (a node down, a wrong --advertise-grpc) and run it again',
+  });
 }
 
 function print(output: Output, json: unknown, text: () => string): void {
@@ -163,15 +190,11 @@ async function main(argv: string[]): Promise<number> {
         return 2;
       }
       const usage = new UsageError(err.message.replace(/^error: /, ''), { hint: 'run etcd-stewardctl --help' });
-      process.stderr.write(`error[${usage.code}]: ${usage.describe()}\n`);
+      process.stderr.write(`${renderError(usage)}\n`);
       return 2;
     }
-    if (err instanceof StewardError) {
-      process.stderr.write(`error[${err.code}]: ${err.describe()}\n`);
-      return exitCodeFor(err);
-    }
-    process.stderr.write(`error[INTERNAL]: ${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
+    process.stderr.write(`${renderError(err)}\n`);
+    return exitCodeFor(err);
   }
 }
 

@@ -1,4 +1,4 @@
-import type { SnapshotInfo, SnapshotRecord, StatusResponse } from '../rpc/types.js';
+import type { DeleteFailure, OrphanObject, SnapshotInfo, SnapshotRecord, StatusResponse } from '../rpc/types.js';
 
 /** Left-aligned columns with two spaces between; no library needed for a table this plain. */
 export function table(header: string[], rows: string[][]): string {
@@ -101,4 +101,22 @@ export function recordsText(records: SnapshotRecord[]): string {
     ['NAME', 'NODE', 'LOCATION', 'SIZE', 'CREATED', 'KIND', 'SHA256'],
     records.map((r) => [r.name, r.node, r.location, humanBytes(r.size), r.created, r.kind + (r.compressed ? ' (gz)' : ''), r.sha256.slice(0, 12)]),
   );
+}
+
+/** `ls --all -o json`: orphans apart from snapshots, so the snapshot entries keep their documented shape. */
+export function orphanJson(orphan: OrphanObject): object {
+  return { location: orphan.location, key: orphan.key, size: orphan.size, modified: orphan.modified };
+}
+
+export function orphansText(orphans: OrphanObject[]): string {
+  if (orphans.length === 0) return 'no orphaned data objects';
+  return `orphaned data objects (no metadata; prune removes those older than the grace):\n${table(
+    ['LOCATION', 'SIZE', 'MODIFIED'],
+    orphans.map((o) => [o.location, humanBytes(o.size), o.modified]),
+  )}`;
+}
+
+/** What could not be removed, one line each, for stderr. */
+export function failuresText(failures: DeleteFailure[]): string {
+  return failures.map((f) => `  NOT removed: ${f.record?.name ?? '?'} at ${f.record?.location ?? '?'}: ${f.error}`).join('\n');
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { HelpShown, loadConfig } from '../config/load.js';
-import { StewardError, exitCodeFor } from '../errors/index.js';
+import { StewardError, exitCodeFor, renderError } from '../errors/index.js';
 import { createLogger } from '../observability/logger.js';
 import { Steward } from '../steward/steward.js';
 import { STEWARD_VERSION } from '../steward/version.js';
@@ -16,7 +16,7 @@ async function main(): Promise<number> {
   } catch (err) {
     if (err instanceof HelpShown) return 0;
     if (err instanceof StewardError) {
-      process.stderr.write(`error[${err.code}]: ${err.describe()}\n`);
+      process.stderr.write(`${renderError(err)}\n`);
       return exitCodeFor(err);
     }
     throw err;

@@ -8,6 +8,8 @@ export type ErrorFamily =
   | 'not-found' // exit 3
   | 'precondition' // refused because the cluster or the request is not in a safe state: exit 4
   | 'unavailable' // cannot reach a peer or a dependency: exit 5 from the ctl
+  | 'deadline' // a deadline or timeout passed before the work finished: exit 6
+  | 'cancelled' // the caller cancelled (Ctrl-C) or the steward is shutting down: exit 130
   | 'internal'; // the operation failed: exit 1
 
 export interface StewardErrorOptions {
@@ -73,6 +75,20 @@ export class UnavailableError extends StewardError {
   }
 }
 
+/** The work was stopped because its caller went away or the steward is shutting down. */
+export class CancelledError extends StewardError {
+  constructor(message: string, options: StewardErrorOptions & { code?: string } = {}) {
+    super('cancelled', options.code ?? 'CANCELLED', message, options);
+  }
+}
+
+/** A deadline (the caller's, or a timeout of our own) passed before the work finished. */
+export class DeadlineError extends StewardError {
+  constructor(message: string, options: StewardErrorOptions & { code?: string } = {}) {
+    super('deadline', options.code ?? 'DEADLINE_EXCEEDED', message, { retryable: true, ...options });
+  }
+}
+
 export class InternalError extends StewardError {
   constructor(code: string, message: string, options: StewardErrorOptions = {}) {
     super('internal', code, message, options);
@@ -83,4 +99,9 @@ export class InternalError extends StewardError {
 export function errorText(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);
+}
+
+/** At most `max` characters of an input, marked when cut: logs and error messages never carry a whole argument. */
+export function prefixOf(text: string, max = 120): string {
+  return text.length <= max ? text : `${text.slice(0, max)}… (${text.length} characters)`;
 }

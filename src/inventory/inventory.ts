@@ -19,15 +19,69 @@ export const inventoryRecordSchema = z.object({
 
 export type InventoryRecord = z.infer<typeof inventoryRecordSchema>;
 
+/** A data object with no metadata beside it (see scan.ts): reported, and removed by prune after a grace. */
+export const orphanRecordSchema = z.object({
+  locationId: z.string(),
+  location: z.string(),
+  key: z.string(),
+  size: z.number(),
+  modified: z.string(),
+});
+
+export type OrphanRecord = z.infer<typeof orphanRecordSchema>;
+
+/** What the keeper needs of the inventory; `Inventory` keeps it in etcd. */
+export interface InventoryStore {
+  list(): Promise<InventoryRecord[]>;
+  put(record: InventoryRecord, fence?: Fence): Promise<void>;
+  remove(name: string, locationId: string, fence?: Fence): Promise<void>;
+  /** Throws STALE_LEADER unless `fence` still holds; a no-op without a fence. */
+  checkFence(fence?: Fence): Promise<void>;
+  orphans(): Promise<OrphanRecord[]>;
+  /** Replaces the orphans recorded for one location (writes only when they changed). */
+  setOrphans(locationId: string, orphans: OrphanRecord[], fence?: Fence): Promise<void>;
+}
+
 const PREFIX = 'etcd-steward/inventory/';
+const ORPHANS_PREFIX = 'etcd-steward/orphans/';
+/** Orphans kept per location: the count is what an alert needs, the list only a sample to act on. */
+const MAX_ORPHANS_KEPT = 1000;
 
 /**
  * The cluster-wide list of snapshots, kept in etcd itself: one key per (snapshot, location), so any
  * steward can answer `ls`. Leader writes are fenced: the transaction only applies while the leader's
  * campaign key still has the create revision that is its fencing token.
  */
-export class Inventory {
+export class Inventory implements InventoryStore {
   constructor(private readonly client: Etcd3) {}
+
+  async checkFence(fence?: Fence): Promise<void> {
+    if (!fence) return;
+    const result = await this.client.if(fence.campaignKey, 'Create', '==', fence.fencingToken).then(this.client.get(fence.campaignKey)).commit();
+    if (!result.succeeded) throw staleLeader(fence);
+  }
+
+  async orphans(): Promise<OrphanRecord[]> {
+    const values = await this.client.getAll().prefix(ORPHANS_PREFIX).strings();
+    return Object.values(values).flatMap((text) => {
+      const parsed = z.array(orphanRecordSchema).safeParse(parseJson(text));
+      return parsed.success ? parsed.data : [];
+    });
+  }
+
+  async setOrphans(locationId: string, orphans: OrphanRecord[], fence?: Fence): Promise<void> {
+    const key = `${ORPHANS_PREFIX}${locationId}`;
+    const value = orphans.length === 0 ? undefined : JSON.stringify(orphans.slice(0, MAX_ORPHANS_KEPT));
+    // Unchanged: no write, so an idle reconcile adds no etcd revisions.
+    if ((await this.client.get(key).string()) === (value ?? null)) return;
+    const op = value === undefined ? this.client.delete().key(key) : this.client.put(key).value(value);
+    if (!fence) {
+      await op;
+      return;
+    }
+    const result = await this.client.if(fence.campaignKey, 'Create', '==', fence.fencingToken).then(op).commit();
+    if (!result.succeeded) throw staleLeader(fence);
+  }
 
   async list(): Promise<InventoryRecord[]> {
     const values = await this.client.getAll().prefix(PREFIX).strings();

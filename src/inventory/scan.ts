@@ -1,16 +1,25 @@
 import type { Logger } from 'pino';
-import { NotFoundError, errorText } from '../errors/index.js';
+import { InvalidArgumentError, NotFoundError, errorText } from '../errors/index.js';
 import { parseMetadata } from '../snapshot/metadata.js';
-import { METADATA_SUFFIX, metadataKey } from '../snapshot/names.js';
+import { METADATA_SUFFIX, metadataKey, validateName } from '../snapshot/names.js';
 import type { NamedStore } from '../snapshot/snapshotter.js';
-import type { InventoryRecord } from './inventory.js';
+import type { InventoryRecord, OrphanRecord } from './inventory.js';
+
+/** The S3 canary's object lives under the backups' prefix too: it is never a snapshot nor an orphan. */
+const CANARY_PREFIX = 'etcd-steward-canary-';
+
+export interface LocationScan {
+  records: InventoryRecord[];
+  /** Data objects without metadata: snapshots whose metadata was deleted, or one being written right now. */
+  orphans: OrphanRecord[];
+}
 
 /**
  * What really is at one location: every snapshot whose metadata parses and whose object exists with the
- * recorded size. A snapshot without metadata is unfinished and invisible; one whose object is missing
- * or truncated is reported, not listed.
+ * recorded size. A snapshot without metadata is unfinished or orphaned and never listed as a snapshot;
+ * one whose object is missing or truncated is reported, not listed.
  */
-export async function scanStore({ locationId, store }: NamedStore, signal: AbortSignal, log: Logger): Promise<InventoryRecord[]> {
+export async function scanStore({ locationId, store }: NamedStore, signal: AbortSignal, log: Logger): Promise<LocationScan> {
   const objects = await store.list('', signal);
   const sizes = new Map(objects.map((o) => [o.key, o.size]));
   const records: InventoryRecord[] = [];
@@ -48,7 +57,26 @@ export async function scanStore({ locationId, store }: NamedStore, signal: Abort
       compressed: metadata.compressed,
     });
   }
-  return records;
+  const orphans: OrphanRecord[] = [];
+  for (const object of objects) {
+    const name = orphanName(object.key);
+    if (name === undefined || sizes.has(metadataKey(name))) continue;
+    orphans.push({ locationId, location: store.urlFor(object.key), key: object.key, size: object.size, modified: object.lastModified.toISOString() });
+  }
+  return { records, orphans };
+}
+
+/** The snapshot name a data object would belong to, or undefined for anything that is not snapshot data. */
+export function orphanName(key: string): string | undefined {
+  if (key.endsWith(METADATA_SUFFIX) || key.startsWith(CANARY_PREFIX)) return undefined;
+  const name = key.endsWith('.gz') ? key.slice(0, -3) : key;
+  try {
+    validateName(name);
+    return name;
+  } catch (err) {
+    if (err instanceof InvalidArgumentError) return undefined;
+    throw err;
+  }
 }
 
 /** Deletes a snapshot from a store: metadata first, so a half-done delete leaves it invisible, not broken. */

@@ -47,6 +47,12 @@ export class StewardMetrics {
     labelNames: ['location'] as const,
     registers: [this.registry],
   });
+  readonly orphanedObjects = new Gauge({
+    name: 'etcd_steward_orphaned_objects',
+    help: 'data objects without metadata per location, as of the last reconcile (prune removes those older than the grace)',
+    labelNames: ['location'] as const,
+    registers: [this.registry],
+  });
 
   readonly s3Errors = new Counter({
     name: 'etcd_steward_s3_errors_total',

@@ -1,12 +1,16 @@
 import { fileURLToPath } from 'node:url';
-import { loadPackageDefinition, type GrpcObject, type ServiceClientConstructor, type ServiceDefinition } from '@grpc/grpc-js';
+import { loadPackageDefinition, type GrpcObject, type ServiceClientConstructor } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
+import type { StewardCtlDefinition } from './generated/etcdsteward/v1/StewardCtl.js';
+import type { StewardPeerDefinition } from './generated/etcdsteward/v1/StewardPeer.js';
 
 /** proto/ sits two levels above both src/rpc/ (tests) and dist/rpc/ (the built program). */
 const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
 
-// camelCase fields, int64 as JS numbers (sizes and revisions stay far below 2^53), every field present.
-const LOADER_OPTIONS = { keepCase: false, longs: Number, enums: String, defaults: true, arrays: true, includeDirs: [PROTO_ROOT] };
+// The same options `make proto-types` generates the types with (see Makefile): camelCase fields, int64 as
+// JS numbers (sizes and revisions stay far below 2^53; ranges are checked in rpc/bounds.ts), every field
+// present, a virtual field naming the set member of each oneof.
+const LOADER_OPTIONS = { keepCase: false, longs: Number, enums: String, defaults: true, arrays: true, oneofs: true, includeDirs: [PROTO_ROOT] };
 
 function loadStewardPackage(): GrpcObject {
   const definition = loadSync(['steward/v1/ctl.proto', 'steward/v1/peer.proto'], LOADER_OPTIONS);
@@ -17,6 +21,6 @@ function loadStewardPackage(): GrpcObject {
 const stewardPackage = loadStewardPackage();
 
 export const StewardCtlClient = stewardPackage.StewardCtl as ServiceClientConstructor;
-export const stewardCtlService: ServiceDefinition = StewardCtlClient.service;
+export const stewardCtlService = StewardCtlClient.service as StewardCtlDefinition;
 export const StewardPeerClient = stewardPackage.StewardPeer as ServiceClientConstructor;
-export const stewardPeerService: ServiceDefinition = StewardPeerClient.service;
+export const stewardPeerService = StewardPeerClient.service as StewardPeerDefinition;

@@ -1,43 +1,59 @@
-import {
-  Server,
-  ServerCredentials,
-  type sendUnaryData,
-  type ServerUnaryCall,
-  type ServerWritableStream,
-  type UntypedServiceImplementation,
-} from '@grpc/grpc-js';
+import { createHash } from 'node:crypto';
+import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { toGrpcStatus } from '../errors/index.js';
+import { LIMITS, checkInteger, checkName, checkNames, checkSpecJson } from './bounds.js';
+import { peerClientStream, peerUnary, serverStream, unary, type AdapterOptions, type PeerAdapterOptions } from './adapters.js';
 import { stewardCtlService, stewardPeerService } from './proto.js';
-import type { SaveEvent, SaveRequest, StewardCtlHandlers, StewardPeerHandlers } from './types.js';
+import type { DeleteLocalRequest__Output } from './generated/etcdsteward/v1/DeleteLocalRequest.js';
+import type { ForwardDeleteRequest__Output } from './generated/etcdsteward/v1/ForwardDeleteRequest.js';
+import type { ForwardPruneRequest__Output } from './generated/etcdsteward/v1/ForwardPruneRequest.js';
+import type { ListLocalRequest__Output } from './generated/etcdsteward/v1/ListLocalRequest.js';
+import type { ReceiveSnapshotChunk__Output } from './generated/etcdsteward/v1/ReceiveSnapshotChunk.js';
+import type { SaveEventInput, SnapshotInfo, StewardCtlHandlers, StewardPeerHandlers, PeerIdentity, SaveRequest } from './types.js';
 
 const SHUTDOWN_GRACE_MS = 5000;
 
+export interface RpcServerOptions {
+  host: string;
+  port: number;
+  handlers: StewardCtlHandlers;
+  peer: StewardPeerHandlers;
+  identity: PeerIdentity;
+  logger: Logger;
+}
+
 /**
  * The steward's gRPC listener. Plaintext for now, which config only allows on loopback; mTLS plugs in
- * at `credentials` when the production-hardening issue lands, together with the peer service.
+ * at `credentials` when the production-hardening issue lands.
  */
 export class RpcServer {
   private constructor(
     private readonly server: Server,
     readonly port: number,
+    private readonly shutdown: AbortController,
   ) {}
 
-  static async start(options: { host: string; port: number; handlers: StewardCtlHandlers; peer: StewardPeerHandlers; logger: Logger }): Promise<RpcServer> {
+  static async start(options: RpcServerOptions): Promise<RpcServer> {
     const log = options.logger.child({ component: 'rpc' });
+    const shutdown = new AbortController();
     const server = new Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000 });
-    server.addService(stewardCtlService, ctlImplementation(options.handlers, log));
-    server.addService(stewardPeerService, peerImplementation(options.peer, log));
+    const adapter: PeerAdapterOptions = { log, shutdown: shutdown.signal, identity: options.identity };
+    server.addService(stewardCtlService, ctlImplementation(options.handlers, adapter));
+    server.addService(stewardPeerService, peerImplementation(options.peer, adapter));
     const credentials = ServerCredentials.createInsecure();
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(`${options.host}:${options.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
     });
     log.warn({ address: `${options.host}:${port}` }, 'gRPC API listening in PLAINTEXT (no TLS, no client authentication): loopback dev use only');
-    return new RpcServer(server, port);
+    return new RpcServer(server, port, shutdown);
   }
 
-  /** Lets calls in flight finish for a bounded time, then cuts them: tryShutdown alone can hang. */
+  /**
+   * Stops in stages: every call in flight sees its signal fire (its work stops), then gets a bounded
+   * time to answer before the server cuts it: tryShutdown alone can hang.
+   */
   async stop(): Promise<void> {
+    this.shutdown.abort();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();
@@ -52,51 +68,73 @@ export class RpcServer {
   }
 }
 
-function ctlImplementation(handlers: StewardCtlHandlers, log: Logger): UntypedServiceImplementation {
+function ctlImplementation(handlers: StewardCtlHandlers, options: AdapterOptions): UntypedServiceImplementation {
   return {
-    Status: unary('Status', log, () => handlers.status()),
-    Save: (call: ServerWritableStream<SaveRequest, SaveEvent>): void => {
-      // A ctl that hangs up (Ctrl-C) cancels the call; the snapshot in progress is aborted with it.
-      const cancelled = new AbortController();
-      call.on('cancelled', () => cancelled.abort(new Error('the client cancelled the call')));
-      handlers
-        .save(call.request, (event) => call.write(event), cancelled.signal)
-        .then((result) => {
-          call.write({ result });
-          call.end();
-        })
-        .catch((err: unknown) => {
-          log.warn({ err, method: 'Save' }, 'call failed');
-          call.emit('error', toGrpcStatus(err));
-        });
-    },
-    List: unary('List', log, async () => ({ snapshots: await handlers.list() })),
-    Delete: unary('Delete', log, async (request: { names: string[] }) => ({ deleted: await handlers.delete(request.names) })),
-    Prune: unary('Prune', log, async (request: { retention: number }) => ({ deleted: await handlers.prune(request.retention) })),
-    SpecGet: unary('SpecGet', log, () => handlers.specGet()),
-    SpecSet: unary('SpecSet', log, (request: { specJson: string }) => handlers.specSet(request.specJson)),
-    Init: unary('Init', log, (request: { confirm: boolean }) => handlers.init(request.confirm)),
+    Status: unary('Status', options, (_request: object, ctx) => handlers.status(ctx)),
+    Save: serverStream(
+      'Save',
+      options,
+      (request: SaveRequest, emit: (event: SaveEventInput) => void, ctx) => handlers.save(request, emit, ctx),
+      (result: SnapshotInfo): SaveEventInput => ({ result }),
+      (request) => checkName(request.name, '--name'),
+    ),
+    List: unary('List', options, (request: { all: boolean }, ctx) => handlers.list(request, ctx)),
+    Delete: unary('Delete', options, (request: { names: string[] }, ctx) => handlers.delete(request.names, ctx), (request) => checkNames(request.names, 'delete')),
+    Prune: unary(
+      'Prune',
+      options,
+      (request: { retention: number }, ctx) => handlers.prune(request.retention, ctx),
+      (request) => checkInteger(request.retention, '--snapshot-retention', 0, LIMITS.retentionMax),
+    ),
+    SpecGet: unary('SpecGet', options, (_request: object, ctx) => handlers.specGet(ctx)),
+    SpecSet: unary('SpecSet', options, (request: { specJson: string }, ctx) => handlers.specSet(request.specJson, ctx), (request) => checkSpecJson(request.specJson)),
+    Init: unary('Init', options, (request: { confirm: boolean }, ctx) => handlers.init(request.confirm, ctx)),
   };
 }
 
-function peerImplementation(handlers: StewardPeerHandlers, log: Logger): UntypedServiceImplementation {
+function peerImplementation(handlers: StewardPeerHandlers, options: PeerAdapterOptions): UntypedServiceImplementation {
   return {
-    ListLocalSnapshots: unary('ListLocalSnapshots', log, async () => ({ snapshots: await handlers.listLocalSnapshots() })),
-    DeleteLocalSnapshot: unary('DeleteLocalSnapshot', log, async (request: { name: string; key: string }) => {
-      await handlers.deleteLocalSnapshot(request.name, request.key);
-      return {};
-    }),
-  };
-}
-
-function unary<Req, Res>(method: string, log: Logger, handler: (request: Req) => Promise<Res>) {
-  return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-    handler(call.request).then(
-      (response) => callback(null, response),
-      (err: unknown) => {
-        log.warn({ err, method }, 'call failed');
-        callback(toGrpcStatus(err));
+    ListLocalSnapshots: peerUnary('ListLocalSnapshots', options, (_request: ListLocalRequest__Output, ctx) => handlers.listLocalSnapshots(ctx)),
+    DeleteLocalSnapshot: peerUnary(
+      'DeleteLocalSnapshot',
+      options,
+      async (request: DeleteLocalRequest__Output, ctx) => {
+        await handlers.deleteLocalSnapshot(request.name, request.key, ctx);
+        return {};
       },
-    );
+      (request) => {
+        checkName(request.name, 'name');
+        checkName(request.key, 'key');
+      },
+    ),
+    ForwardDelete: peerUnary(
+      'ForwardDelete',
+      options,
+      async (request: ForwardDeleteRequest__Output, ctx) => ({ response: await handlers.forwardDelete(request.names, ctx) }),
+      (request) => checkNames(request.names, 'delete'),
+    ),
+    ForwardPrune: peerUnary(
+      'ForwardPrune',
+      options,
+      async (request: ForwardPruneRequest__Output, ctx) => ({ response: await handlers.forwardPrune(request.retention, ctx) }),
+      (request) => checkInteger(request.retention, '--snapshot-retention', 0, LIMITS.retentionMax),
+    ),
+    ReceiveSnapshot: peerClientStream<ReceiveSnapshotChunk__Output, { bytes: number; sha256: string }>('ReceiveSnapshot', options, (data, ctx) =>
+      handlers.receiveSnapshot(data, ctx),
+    ),
   };
+}
+
+/**
+ * The ReceiveSnapshot handler until the restore lands: reads every chunk, counts and hashes it. The
+ * restore replaces it with one that stages the snapshot to disk; the adapter and its backpressure stay.
+ */
+export async function countAndHash(data: AsyncIterable<Buffer>): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of data) {
+    hash.update(chunk);
+    bytes += chunk.length;
+  }
+  return { bytes, sha256: hash.digest('hex') };
 }

@@ -5,45 +5,53 @@ import type { Config } from '../config/settings.js';
 import type { LeaderTerm } from '../election/election.js';
 import { errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';
-import { Inventory, inventoryRecordSchema, type InventoryRecord } from '../inventory/inventory.js';
-import { InventoryKeeper, type SnapshotLocation } from '../inventory/keeper.js';
-import { deleteFromStore, scanStore } from '../inventory/scan.js';
+import { Inventory, type InventoryRecord } from '../inventory/inventory.js';
+import { InventoryKeeper } from '../inventory/keeper.js';
 import type { StewardMetrics } from '../observability/metrics.js';
-import { PeerClient } from '../rpc/client.js';
-import type { StewardRegistry } from '../rpc/registry.js';
-import type { SaveEvent, SaveRequest, SnapshotInfo, SnapshotRecord, StewardPeerHandlers } from '../rpc/types.js';
-import { SnapshotScheduler } from '../snapshot/scheduler.js';
+import type { PeerPool } from '../rpc/peer-pool.js';
 import { Snapshotter, type NamedStore, type SnapshotResult } from '../snapshot/snapshotter.js';
 import { LocalStore } from '../store/local.js';
 import type { S3Store } from '../store/s3.js';
+import { snapshotLocations } from './locations.js';
 
 export interface SnapshotServiceOptions {
   config: Config;
   client: Etcd3;
-  registry: StewardRegistry;
+  /** The one pool of peer clients; its directory says where the other stewards are. */
+  peers: PeerPool;
   checkHealth: () => Promise<ClusterHealth>;
   memberClient: (endpoint: string) => Etcd3;
   metrics: StewardMetrics;
   logger: Logger;
-  /** The current leadership term, if this steward leads; scheduled work is fenced with it. */
+  /** The current leadership term, if this steward leads; scheduled and destructive work is fenced with it. */
   currentTerm: () => LeaderTerm | undefined;
+  /** The node name of the leader steward now, if any. */
+  leader: () => Promise<string | undefined>;
+}
+
+export interface SaveRequest {
+  kind: 'scheduled' | 'on-demand';
+  base?: string;
+  force?: boolean;
+  term: LeaderTerm | undefined;
+  signal: AbortSignal;
+  onProgress?: (bytes: number) => void;
 }
 
 /**
- * Everything about snapshots on one steward: its stores (own dir, S3), the snapshotter, the inventory
- * keeper, the ctl and peer handlers, and the leader-only loop (schedule, reconcile, retention).
+ * The snapshot parts of one steward: its stores (own dir, S3), the snapshotter, the inventory and its
+ * keeper. The ctl and peer handlers (snapshot-handlers.ts) and the leader loop (leader-loop.ts) use them.
  */
 export class SnapshotService {
-  private readonly log: Logger;
-  private readonly local: NamedStore;
+  readonly log: Logger;
+  readonly local: NamedStore;
   private readonly s3: NamedStore | undefined;
   private readonly snapshotter: Snapshotter;
-  private readonly keeper: InventoryKeeper;
-  private readonly inventory: Inventory;
-  private readonly peers = new Map<string, PeerClient>();
+  readonly keeper: InventoryKeeper;
+  readonly inventory: Inventory;
 
   constructor(
-    private readonly options: SnapshotServiceOptions,
+    readonly options: SnapshotServiceOptions,
     s3Store: S3Store | undefined,
   ) {
     const { config } = options;
@@ -61,7 +69,22 @@ export class SnapshotService {
       logger: options.logger,
     });
     this.inventory = new Inventory(options.client);
-    this.keeper = new InventoryKeeper({ inventory: this.inventory, locations: (signal) => this.locations(signal), metrics: options.metrics, logger: options.logger });
+    this.keeper = new InventoryKeeper({
+      inventory: this.inventory,
+      locations: (signal) => snapshotLocations({ own: this.ownStores(), peers: options.peers, log: this.log }, signal),
+      metrics: options.metrics,
+      logger: options.logger,
+    });
+  }
+
+  /**
+   * How old an orphaned data object must be before prune removes it: long enough that a snapshot whose
+   * object is committed but whose metadata is still being written (S3 retries included) is never taken
+   * for an orphan.
+   */
+  get orphanGraceMs(): number {
+    const { config } = this.options;
+    return Math.max(60 * 60_000, 2 * config.etcdS3Timeout, 2 * config.etcdSnapshotTimeout);
   }
 
   /** A steward killed mid-snapshot leaves a temp file: nothing else can be writing at start-up, so remove them all. */
@@ -73,34 +96,6 @@ export class SnapshotService {
       return [];
     });
     if (removed.length > 0) this.log.warn({ files: removed }, 'removed unfinished snapshot files left by an interrupted snapshot');
-  }
-
-  /** Leader-only work for one term: the schedule and the reconcile loop, both ending with the term. */
-  async runTerm(term: LeaderTerm): Promise<void> {
-    const { config } = this.options;
-    const scheduling = config.etcdDisableSnapshots
-      ? Promise.resolve()
-      : new SnapshotScheduler({
-          client: this.options.client,
-          cron: config.etcdSnapshotScheduleCron,
-          logger: this.options.logger,
-          run: async (scheduledTerm) => {
-            await this.save({ kind: 'scheduled', term: scheduledTerm, signal: scheduledTerm.signal });
-            await this.keeper.applyRetention(config.etcdSnapshotRetention, scheduledTerm.signal, scheduledTerm);
-          },
-        }).runTerm(term);
-    const reconciling = (async () => {
-      while (!term.signal.aborted) {
-        try {
-          await this.keeper.reconcile(term.signal, term);
-          await this.keeper.applyRetention(config.etcdSnapshotRetention, term.signal, term);
-        } catch (err) {
-          if (!term.signal.aborted) this.log.error({ err: errorText(err) }, 'reconcile failed; will try again next interval');
-        }
-        await sleep(config.etcdSnapshotReconcileInterval, undefined, { signal: term.signal }).catch(() => undefined);
-      }
-    })();
-    await Promise.all([scheduling.catch((err: unknown) => this.log.error({ err: errorText(err) }, 'scheduler stopped')), reconciling]);
   }
 
   /**
@@ -135,63 +130,16 @@ export class SnapshotService {
     }
   }
 
-  /** ctl Save: an on-demand snapshot taken here, by whichever steward was addressed. */
-  async handleSave(request: SaveRequest, emit: (event: SaveEvent) => void, signal: AbortSignal): Promise<SnapshotInfo> {
-    const result = await this.save({
-      kind: 'on-demand',
-      ...(request.name ? { base: request.name } : {}),
-      force: request.force,
-      term: this.options.currentTerm(),
-      signal,
-      onProgress: (bytes) => emit({ progress: { bytes } }),
-    });
-    return {
-      name: result.metadata.name,
-      size: result.metadata.size,
-      sha256: result.metadata.sha256,
-      locations: result.copies.map((c) => c.url),
-      failures: result.failures.map((f) => `${f.locationId}: ${f.error}`),
-      revision: result.metadata.revision,
-    };
-  }
-
-  async handleList(): Promise<SnapshotRecord[]> {
-    return this.inventory.list();
-  }
-
-  async handleDelete(names: string[]): Promise<SnapshotRecord[]> {
-    return this.keeper.delete(names, AbortSignal.timeout(10 * 60_000));
-  }
-
-  async handlePrune(retention: number): Promise<SnapshotRecord[]> {
-    const keep = retention > 0 ? retention : this.options.config.etcdSnapshotRetention;
-    // Like k3s's `etcd-snapshot prune`, an operator's prune trims on-demand snapshots as well (each kind counted apart).
-    return this.keeper.applyRetention(keep, AbortSignal.timeout(10 * 60_000), this.options.currentTerm(), ['scheduled', 'on-demand']);
-  }
-
-  readonly peerHandlers: StewardPeerHandlers = {
-    listLocalSnapshots: () => scanStore(this.local, AbortSignal.timeout(60_000), this.log),
-    deleteLocalSnapshot: (name, key) => deleteFromStore(this.local.store, name, key, AbortSignal.timeout(60_000)),
-  };
-
   close(): void {
-    for (const peer of this.peers.values()) peer.close();
-    this.peers.clear();
     (this.s3?.store as S3Store | undefined)?.close();
   }
 
-  private ownStores(): NamedStore[] {
+  ownStores(): NamedStore[] {
     return this.s3 ? [this.local, this.s3] : [this.local];
   }
 
-  private async save(request: {
-    kind: 'scheduled' | 'on-demand';
-    base?: string;
-    force?: boolean;
-    term: LeaderTerm | undefined;
-    signal: AbortSignal;
-    onProgress?: (bytes: number) => void;
-  }): Promise<SnapshotResult> {
+  /** Takes a snapshot and records every stored copy; scheduled ones are recorded under the leader's fence. */
+  async save(request: SaveRequest): Promise<SnapshotResult> {
     const result = await this.snapshotter.take({
       kind: request.kind,
       ...(request.base === undefined ? {} : { base: request.base }),
@@ -212,40 +160,8 @@ export class SnapshotService {
       kind: result.metadata.kind,
       compressed: result.metadata.compressed,
     }));
-    // Scheduled snapshots are recorded under the leader's fence; a stale leader's record is refused.
+    // A stale leader's record of a scheduled snapshot is refused.
     await this.keeper.record(records, request.kind === 'scheduled' ? request.term : undefined);
     return result;
-  }
-
-  /** This steward's own dir, S3, and every other registered steward's dir through the peer API. */
-  private async locations(signal: AbortSignal): Promise<SnapshotLocation[]> {
-    const own: SnapshotLocation[] = this.ownStores().map((named) => ({
-      locationId: named.locationId,
-      scan: (s) => scanStore(named, s, this.log),
-      remove: (name, key, s) => deleteFromStore(named.store, name, key, s),
-    }));
-    signal.throwIfAborted();
-    const others = (await this.options.registry.list()).filter((entry) => entry.node !== this.options.config.name);
-    return [
-      ...own,
-      ...others.map((entry) => {
-        const peer = this.peer(entry.grpc);
-        return {
-          locationId: `local:${entry.node}`,
-          // Records cross the wire from another process: validate them like any input.
-          scan: async () => (await peer.listLocalSnapshots()).map((record) => inventoryRecordSchema.parse(record)),
-          remove: (name: string, key: string) => peer.deleteLocalSnapshot(name, key),
-        };
-      }),
-    ];
-  }
-
-  private peer(endpoint: string): PeerClient {
-    let client = this.peers.get(endpoint);
-    if (!client) {
-      client = new PeerClient(endpoint);
-      this.peers.set(endpoint, client);
-    }
-    return client;
   }
 }

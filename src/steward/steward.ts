@@ -21,7 +21,11 @@ import { HealthMonitor } from './health-monitor.js';
 import type { S3Store } from '../store/s3.js';
 import { loadS3Store } from '../store/from-config.js';
 import { SnapshotService } from './snapshots.js';
+import { SnapshotHandlers } from './snapshot-handlers.js';
+import { runLeaderTerm } from './leader-loop.js';
 import { StewardRegistry } from '../rpc/registry.js';
+import { PeerPool } from '../rpc/peer-pool.js';
+import type { PeerIdentity } from '../rpc/types.js';
 import { createMemberClient } from '../etcd/client.js';
 import { STEWARD_VERSION } from './version.js';
 
@@ -41,7 +45,10 @@ export class Steward {
   private readonly election: LeaderElection;
   private readonly log: Logger;
   private readonly snapshots: SnapshotService;
+  private readonly snapshotHandlers: SnapshotHandlers;
   private readonly registry: StewardRegistry;
+  private readonly peers: PeerPool;
+  private readonly identity: PeerIdentity;
   private readonly memberClients = new Map<string, Etcd3>();
   private readonly leaderWork = new Set<Promise<void>>();
   private readonly spec: SpecService;
@@ -78,11 +85,15 @@ export class Steward {
     this.probe = new ClusterProbe(config.etcdEndpoints, Math.min(5000, config.healthInterval));
     this.health = new HealthMonitor(this.probe, { intervalMs: config.healthInterval, localMember: config.name, metrics: this.metrics, logger });
     this.registry = new StewardRegistry(this.client);
+    // Who this steward is in the peer headers: its name and the etcd cluster ID of the last probe.
+    this.identity = { node: config.name, clusterId: () => etcdIdHex(this.health.lastHealth?.clusterId ?? '') };
+    this.peers = new PeerPool(this.registry, { ...this.identity, fencingToken: () => this.election.currentTerm?.fencingToken ?? '' });
     this.snapshots = new SnapshotService(
       {
         config,
         client: this.client,
-        registry: this.registry,
+        peers: this.peers,
+        leader: async () => (this.election.currentTerm ? config.name : this.election.leader()),
         checkHealth: () => this.health.check(),
         memberClient: (endpoint) => this.memberClient(endpoint),
         metrics: this.metrics,
@@ -91,6 +102,7 @@ export class Steward {
       },
       s3Store,
     );
+    this.snapshotHandlers = new SnapshotHandlers(this.snapshots);
     this.control = new ControlStore(controlStore, this.client);
     this.controlClose = () => (controlStore as Partial<Pick<S3Store, 'close'>>).close?.();
     this.spec = new SpecService({
@@ -111,8 +123,7 @@ export class Steward {
       onTermStarted: (term) => {
         this.metrics.isLeader.set(1);
         this.metrics.leaderTerms.inc();
-        const work = this.snapshots
-          .runTerm(term)
+        const work = runLeaderTerm(this.snapshots, term)
           .catch((err: unknown) => this.log.error({ err }, 'leader work failed'))
           .finally(() => this.leaderWork.delete(work));
         this.leaderWork.add(work);
@@ -165,15 +176,17 @@ export class Steward {
         ...config.grpcListen,
         handlers: {
           status: () => this.status(),
-          save: (request, emit, callSignal) => this.snapshots.handleSave(request, emit, AbortSignal.any([callSignal, leadershipStop.signal])),
-          list: () => this.snapshots.handleList(),
-          delete: (names) => this.snapshots.handleDelete(names),
-          prune: (retention) => this.snapshots.handlePrune(retention),
-          specGet: async () => specResponse(await this.spec.get(AbortSignal.timeout(60_000)), this.control.location),
-          specSet: async (json) => specResponse(await this.spec.set(json, AbortSignal.timeout(60_000)), this.control.location),
-          init: async (confirm) => specResponse(await this.spec.init(confirm, AbortSignal.timeout(60_000)), this.control.location),
+          // A save in progress stops as soon as shutdown begins, before the API itself stops.
+          save: (request, emit, ctx) => this.snapshotHandlers.save(request, emit, { ...ctx, signal: AbortSignal.any([ctx.signal, leadershipStop.signal]) }),
+          list: (request, ctx) => this.snapshotHandlers.list(request, ctx),
+          delete: (names, ctx) => this.snapshotHandlers.delete(names, ctx),
+          prune: (retention, ctx) => this.snapshotHandlers.prune(retention, ctx),
+          specGet: async (ctx) => specResponse(await this.spec.get(callSignal(ctx.signal)), this.control.location),
+          specSet: async (json, ctx) => specResponse(await this.spec.set(json, callSignal(ctx.signal)), this.control.location),
+          init: async (confirm, ctx) => specResponse(await this.spec.init(confirm, callSignal(ctx.signal)), this.control.location),
         },
-        peer: this.snapshots.peerHandlers,
+        peer: this.snapshotHandlers.peer,
+        identity: this.identity,
         logger: this.logger,
       });
       const probing = this.health.run(probingStop.signal);
@@ -193,6 +206,7 @@ export class Steward {
       await supervising;
       this.probe.close();
       this.snapshots.close();
+      this.peers.close();
       this.controlClose();
       for (const client of this.memberClients.values()) client.close();
       this.client.close();
@@ -243,6 +257,11 @@ export class Steward {
       members: health.members.map((m) => ({ ...m, id: etcdIdHex(m.id) })),
     };
   }
+}
+
+/** A call's own signal, bounded to a minute: spec calls are small. */
+function callSignal(signal: AbortSignal): AbortSignal {
+  return AbortSignal.any([signal, AbortSignal.timeout(60_000)]);
 }
 
 function specResponse(spec: ClusterSpec, location: string): SpecResponse {

@@ -80,7 +80,9 @@ describe('snapshots under faults: compression, S3 cut mid-upload, steward killed
     proxy.cut();
     const result = await saving;
     proxy.restore();
-    expect(result.code, result.stderr).toBe(0);
+    // Stored locally only: exit 1, with what was stored where on stdout.
+    expect(result.code, result.stderr).toBe(1);
+    expect(result.stderr).toMatch(/^error\[SAVE_INCOMPLETE\]: /);
     const saved = JSON.parse(result.stdout) as Saved;
     expect(saved.locations).toEqual([`file://${join(snapshotDir(0), saved.name)}`]);
     expect(saved.failures).toHaveLength(1);

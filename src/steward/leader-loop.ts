@@ -1,0 +1,37 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { LeaderTerm } from '../election/election.js';
+import { errorText } from '../errors/index.js';
+import { SnapshotScheduler } from '../snapshot/scheduler.js';
+import type { SnapshotService } from './snapshots.js';
+
+/**
+ * Leader-only work for one term: the schedule and the reconcile loop, both ending with the term. Every
+ * inventory pass is fenced by the term and runs alone (the keeper queues them).
+ */
+export async function runLeaderTerm(snapshots: SnapshotService, term: LeaderTerm): Promise<void> {
+  const { config, client, logger } = snapshots.options;
+  const log = snapshots.log;
+  const scheduling = config.etcdDisableSnapshots
+    ? Promise.resolve()
+    : new SnapshotScheduler({
+        client,
+        cron: config.etcdSnapshotScheduleCron,
+        logger,
+        run: async (scheduledTerm) => {
+          await snapshots.save({ kind: 'scheduled', term: scheduledTerm, signal: scheduledTerm.signal });
+          await snapshots.keeper.applyRetention(config.etcdSnapshotRetention, scheduledTerm.signal, scheduledTerm);
+        },
+      }).runTerm(term);
+  const reconciling = (async () => {
+    while (!term.signal.aborted) {
+      try {
+        await snapshots.keeper.reconcile(term.signal, term);
+        await snapshots.keeper.applyRetention(config.etcdSnapshotRetention, term.signal, term);
+      } catch (err) {
+        if (!term.signal.aborted) log.error({ err: errorText(err) }, 'reconcile failed; will try again next interval');
+      }
+      await sleep(config.etcdSnapshotReconcileInterval, undefined, { signal: term.signal }).catch(() => undefined);
+    }
+  })();
+  await Promise.all([scheduling.catch((err: unknown) => log.error({ err: errorText(err) }, 'scheduler stopped')), reconciling]);
+}

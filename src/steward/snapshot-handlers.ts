@@ -1,0 +1,137 @@
+import type { LeaderTerm } from '../election/election.js';
+import { PreconditionError, UnavailableError } from '../errors/index.js';
+import type { InventoryRecord, OrphanRecord } from '../inventory/inventory.js';
+import type { DeleteOutcome, OrphanOutcome } from '../inventory/keeper.js';
+import { deleteFromStore, scanStore } from '../inventory/scan.js';
+import type { Peer } from '../rpc/peer-pool.js';
+import { countAndHash } from '../rpc/server.js';
+import type {
+  CallContext,
+  DeleteFailure,
+  DeleteResponse,
+  ListRequest,
+  ListResponse,
+  PruneResponse,
+  SaveEventInput,
+  SaveRequest,
+  SnapshotInfo,
+  StewardPeerHandlers,
+} from '../rpc/types.js';
+import type { SnapshotService } from './snapshots.js';
+
+const PEER_LOCAL_TIMEOUT_MS = 60_000;
+
+/**
+ * The snapshot verbs of the ctl and peer APIs. Delete and prune change what is stored, so they run on the
+ * leader only, fenced by its term (the keeper runs one pass at a time): a follower forwards the call to
+ * the leader over the peer API rather than refusing it, so an operator can address any steward, as `ls`
+ * and `save` allow; a forwarded call that reaches a non-leader is refused with NOT_LEADER, never passed on.
+ */
+export class SnapshotHandlers {
+  constructor(private readonly snapshots: SnapshotService) {}
+
+  /** ctl Save: an on-demand snapshot taken here, by whichever steward was addressed. */
+  async save(request: SaveRequest, emit: (event: SaveEventInput) => void, ctx: CallContext): Promise<SnapshotInfo> {
+    const result = await this.snapshots.save({
+      kind: 'on-demand',
+      ...(request.name ? { base: request.name } : {}),
+      force: request.force,
+      term: this.snapshots.options.currentTerm(),
+      signal: ctx.signal,
+      onProgress: (bytes) => emit({ progress: { bytes } }),
+    });
+    return {
+      name: result.metadata.name,
+      size: result.metadata.size,
+      sha256: result.metadata.sha256,
+      locations: result.copies.map((c) => c.url),
+      failures: result.failures.map((f) => `${f.locationId}: ${f.error}`),
+      revision: result.metadata.revision,
+    };
+  }
+
+  async list(request: ListRequest, ctx: CallContext): Promise<ListResponse> {
+    ctx.signal.throwIfAborted();
+    const [snapshots, orphans] = await Promise.all([this.snapshots.inventory.list(), request.all ? this.snapshots.inventory.orphans() : []]);
+    return { snapshots, orphans };
+  }
+
+  delete(names: string[], ctx: CallContext): Promise<DeleteResponse> {
+    return this.onLeader(ctx, (term, signal) => this.deleteHere(names, term, signal), (leader, signal) => leader.forwardDelete(names, signal));
+  }
+
+  prune(retention: number, ctx: CallContext): Promise<PruneResponse> {
+    return this.onLeader(ctx, (term, signal) => this.pruneHere(retention, term, signal), (leader, signal) => leader.forwardPrune(retention, signal));
+  }
+
+  readonly peer: StewardPeerHandlers = {
+    listLocalSnapshots: async (ctx) => {
+      const found = await scanStore(this.snapshots.local, withTimeout(ctx.signal), this.snapshots.log);
+      return { snapshots: found.records, orphans: found.orphans };
+    },
+    deleteLocalSnapshot: (name, key, ctx) => deleteFromStore(this.snapshots.local.store, name, key, withTimeout(ctx.signal)),
+    forwardDelete: (names, ctx) => this.asLeader(ctx, (term, signal) => this.deleteHere(names, term, signal)),
+    forwardPrune: (retention, ctx) => this.asLeader(ctx, (term, signal) => this.pruneHere(retention, term, signal)),
+    receiveSnapshot: (data) => countAndHash(data),
+  };
+
+  private async deleteHere(names: string[], term: LeaderTerm, signal: AbortSignal): Promise<DeleteResponse> {
+    return deleteResponse(await this.snapshots.keeper.delete(names, signal, term));
+  }
+
+  private async pruneHere(retention: number, term: LeaderTerm, signal: AbortSignal): Promise<PruneResponse> {
+    const keep = retention > 0 ? retention : this.snapshots.options.config.etcdSnapshotRetention;
+    // Like k3s's `etcd-snapshot prune`, an operator's prune trims on-demand snapshots as well (each kind counted apart).
+    const retained = await this.snapshots.keeper.applyRetention(keep, signal, term, ['scheduled', 'on-demand']);
+    const orphans = await this.snapshots.keeper.pruneOrphans(this.snapshots.orphanGraceMs, signal, term);
+    return { deleted: retained.deleted, orphansRemoved: orphans.removed, failed: [...deleteResponse(retained).failed, ...orphanFailures(orphans)] };
+  }
+
+  /** Runs `here` under this steward's term if it leads, else forwards the call to the leader. */
+  private async onLeader<T>(ctx: CallContext, here: (term: LeaderTerm, signal: AbortSignal) => Promise<T>, forward: (leader: Peer, signal: AbortSignal) => Promise<T>): Promise<T> {
+    const term = this.snapshots.options.currentTerm();
+    if (term) return here(term, AbortSignal.any([ctx.signal, term.signal]));
+    const leader = await this.snapshots.options.leader();
+    const self = this.snapshots.options.config.name;
+    if (!leader || leader === self) throw notLeader(self, undefined);
+    const peer = await this.snapshots.options.peers.byNode(leader, ctx.signal);
+    if (!peer) {
+      throw new UnavailableError('LEADER_UNREACHABLE', `the leader ${leader} has no registered gRPC address, so this call cannot be forwarded to it`, {
+        hint: `address the leader directly: etcd-stewardctl --endpoint <${leader}'s gRPC address>`,
+      });
+    }
+    this.snapshots.log.info({ leader, peer: peer.address.grpc }, 'forwarding a destructive call to the leader');
+    return forward(peer, ctx.signal);
+  }
+
+  /** A forwarded call: run it if this steward leads, else refuse (never forward twice). */
+  private async asLeader<T>(ctx: CallContext, here: (term: LeaderTerm, signal: AbortSignal) => Promise<T>): Promise<T> {
+    const term = this.snapshots.options.currentTerm();
+    if (!term) throw notLeader(this.snapshots.options.config.name, await this.snapshots.options.leader().catch(() => undefined));
+    return here(term, AbortSignal.any([ctx.signal, term.signal]));
+  }
+}
+
+function notLeader(self: string, leader: string | undefined): PreconditionError {
+  return new PreconditionError('NOT_LEADER', `steward ${self} is not the leader${leader ? `; the leader is ${leader}` : ' and no leader is elected now'}: deletes and prunes run on the leader only`, {
+    hint: leader ? `run it again (it is forwarded to ${leader}) or address ${leader} directly` : 'wait for a leader (etcd-stewardctl status) and run it again',
+    retryable: true,
+  });
+}
+
+function withTimeout(signal: AbortSignal): AbortSignal {
+  return AbortSignal.any([signal, AbortSignal.timeout(PEER_LOCAL_TIMEOUT_MS)]);
+}
+
+export function deleteResponse(outcome: DeleteOutcome): DeleteResponse {
+  return { deleted: outcome.deleted, failed: outcome.failed.map((f): DeleteFailure => ({ record: f.record, error: f.error })) };
+}
+
+function orphanFailures(outcome: OrphanOutcome): DeleteFailure[] {
+  return outcome.failed.map((f) => ({ record: orphanAsRecord(f.orphan), error: f.error }));
+}
+
+/** An orphan in the shape of a snapshot record, for the failure list: its key is all the name it has. */
+function orphanAsRecord(orphan: OrphanRecord): InventoryRecord & { kind: InventoryRecord['kind'] } {
+  return { name: orphan.key, node: '', locationId: orphan.locationId, location: orphan.location, key: orphan.key, size: orphan.size, sha256: '', created: orphan.modified, kind: 'on-demand', compressed: false };
+}
