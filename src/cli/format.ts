@@ -24,6 +24,7 @@ export function statusJson(status: StatusResponse): object {
     node: status.node,
     isLeader: status.isLeader,
     leader: status.leader,
+    leaderProblem: status.leaderProblem,
     version: status.version,
     uptimeSeconds: Math.round(status.uptimeSeconds),
     clusterId: status.clusterId,
@@ -51,7 +52,7 @@ export function statusJson(status: StatusResponse): object {
 export function statusText(status: StatusResponse): string {
   const head = [
     `node:      ${status.node}${status.isLeader ? ' (leader)' : ''}`,
-    `leader:    ${status.leader || 'none elected'}`,
+    `leader:    ${status.leader || status.leaderProblem || 'none elected'}`,
     `cluster:   ${status.clusterId || 'unknown'}`,
     `steward:   v${status.version}, up ${Math.round(status.uptimeSeconds)}s, etcd ${status.etcdRunning ? 'running' : 'NOT running'}, ${status.etcdRestarts} etcd restarts`,
     `spec:      ${status.specHealthy ? `generation ${status.specGeneration}` : `PROBLEM: ${status.specProblem}`}`,

@@ -93,7 +93,9 @@ export class LeaderElection {
     if (!kv.lease || kv.lease === '0') return { leader: node };
     const lease = await client.leaseClient.leaseTimeToLive({ ID: kv.lease });
     const remaining = Number(lease.TTL);
-    if (remaining > 0 && !leaseLooksAbandoned(remaining, ttlSeconds)) return { leader: node };
+    // Our own name on the oldest key while we hold no term: a key from before this process restarted.
+    const ownOldKey = node === this.options.node;
+    if (remaining > 0 && !ownOldKey && !leaseLooksAbandoned(remaining, ttlSeconds)) return { leader: node };
     return { leader: undefined, stale: { node, expiresInSeconds: Math.max(0, remaining) } };
   }
 

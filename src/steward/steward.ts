@@ -3,7 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
-import { LeaderElection } from '../election/election.js';
+import { LeaderElection, type LeaderView } from '../election/election.js';
+import { errorText } from '../errors/index.js';
 import { etcdArgs } from '../etcd/args.js';
 import { createClusterClient } from '../etcd/client.js';
 import { ClusterProbe, etcdIdHex } from '../etcd/health.js';
@@ -234,13 +235,14 @@ export class Steward {
 
   private async status(): Promise<StatusResponse> {
     const term = this.election.currentTerm;
-    const [health, leader] = await Promise.all([
+    const [health, view] = await Promise.all([
       this.health.check(),
-      term ? this.config.name : this.election.leader().catch((err: unknown) => {
-        this.log.warn({ err }, 'could not read the election leader for status');
-        return undefined;
+      this.election.leaderView().catch((err: unknown): LeaderView & { problem: string } => {
+        this.log.warn({ err: errorText(err) }, 'could not read the election leader for status');
+        return { leader: undefined, problem: `cannot read the election from etcd: ${errorText(err)}` };
       }),
     ]);
+    const leader = term ? this.config.name : view.leader;
     return {
       node: this.config.name,
       isLeader: term !== undefined,
@@ -254,9 +256,17 @@ export class Steward {
       specHealthy: this.spec.state.healthy,
       specGeneration: this.spec.state.generation,
       specProblem: this.spec.state.problem,
+      leaderProblem: leader ? '' : leaderProblem(view),
       members: health.members.map((m) => ({ ...m, id: etcdIdHex(m.id) })),
     };
   }
+}
+
+/** In words, why status names no leader: a dead leader's key is not a leader, and how long it still blocks. */
+function leaderProblem(view: LeaderView & { problem?: string }): string {
+  if (view.problem) return view.problem;
+  if (view.stale) return `no leader yet (previous leader ${view.stale.node}'s lease expires in ${view.stale.expiresInSeconds} s)`;
+  return 'no leader yet (no steward is campaigning: is etcd up with quorum?)';
 }
 
 /** A call's own signal, bounded to a minute: spec calls are small. */

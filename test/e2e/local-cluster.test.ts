@@ -100,15 +100,19 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
       process.kill(victim as number, 'SIGKILL');
       const killedAt = Date.now();
       const other = (leaderIndex + 1) % 3;
+      const problems: string[] = [];
       const next = await waitUntil(
         'a new leader',
         async () => {
           const s = await status(other);
+          if (s.leaderProblem) problems.push(s.leaderProblem);
           return s.isLeader || (s.leader && s.leader !== leaderName) ? s.leader || s.node : undefined;
         },
         TTL_MS + 3000,
         200,
       );
+      // Until its lease runs out, the dead leader's key is reported for what it is, not as the leader.
+      expect(problems.some((p) => new RegExp(`^no leader yet \\(previous leader ${leaderName}'s lease expires in \\d+ s\\)$`).test(p))).toBe(true);
       const failoverMs = Date.now() - killedAt;
       console.log(`make run: ${leaderName} SIGKILLed, new leader ${next} after ${failoverMs} ms`);
       expect(next).not.toBe(leaderName);

@@ -30,7 +30,7 @@ function ctlHandlers(probe: Probe): StewardCtlHandlers {
   return {
     status: async () => {
       probe.calls.push('status');
-      return { node: 'n1', isLeader: false, leader: '', version: 'v', uptimeSeconds: 1, members: [], clusterId: 'c1', fencingToken: '', etcdRunning: true, etcdRestarts: 0, specHealthy: true, specGeneration: 1, specProblem: '' };
+      return { node: 'n1', isLeader: false, leader: '', version: 'v', uptimeSeconds: 1, members: [], clusterId: 'c1', fencingToken: '', etcdRunning: true, etcdRestarts: 0, specHealthy: true, specGeneration: 1, specProblem: '', leaderProblem: '' };
     },
     save: (_request, _emit, ctx) => probe.hang('save', ctx),
     list: (_request, ctx) => probe.hang('list', ctx),

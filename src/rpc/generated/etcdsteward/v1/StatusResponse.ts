@@ -18,6 +18,7 @@ export interface StatusResponse {
   'specHealthy'?: (boolean);
   'specGeneration'?: (number | string | Long);
   'specProblem'?: (string);
+  'leaderProblem'?: (string);
 }
 
 export interface StatusResponse__Output {
@@ -34,4 +35,5 @@ export interface StatusResponse__Output {
   'specHealthy': (boolean);
   'specGeneration': (number);
   'specProblem': (string);
+  'leaderProblem': (string);
 }
