@@ -7,7 +7,7 @@ import { PreconditionError, StewardError, errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';
 import { openSnapshotStream, snapshotBytes } from '../etcd/snapshot-stream.js';
 import type { StewardMetrics } from '../observability/metrics.js';
-import type { BackupStore } from '../store/store.js';
+import type { NamedStore } from '../store/store.js';
 import { Coalesce } from './coalesce.js';
 import { FanOut, type Destination } from './fan-out.js';
 import { gateSnapshot } from './gate.js';
@@ -15,11 +15,8 @@ import { EtcdIntegrityCheck, StoredDigest } from './integrity.js';
 import type { SnapshotMetadata } from './metadata.js';
 import { ON_DEMAND_BASE, SCHEDULED_BASE, metadataKey, objectKey, snapshotName, validateName, type SnapshotKind } from './names.js';
 
-export interface NamedStore {
-  /** `local:<node>` or `s3`: one inventory record per snapshot and location. */
-  locationId: string;
-  store: BackupStore;
-}
+// NamedStore lives with the stores; re-exported so callers that import it from here still compile.
+export type { NamedStore } from '../store/store.js';
 
 export interface SnapshotRequest {
   kind: SnapshotKind;
