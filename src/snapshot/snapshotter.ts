@@ -174,7 +174,8 @@ export class Snapshotter {
         copies.push({ locationId: destination.locationId, url: store.urlFor(key) });
       } catch (err) {
         await destination.writer.abort(err);
-        await store.delete(key, AbortSignal.timeout(30_000)).catch(() => undefined);
+        // An unverified upload is most likely good: never delete on an unknown result (reconcile reports it).
+        if (!(err instanceof StewardError && err.code === 'S3_COMMIT_UNVERIFIED')) await store.delete(key, AbortSignal.timeout(30_000)).catch(() => undefined);
         failures.push({ locationId: destination.locationId, error: errorText(err) });
         log.error({ location: destination.locationId, err: errorText(err) }, 'committing the snapshot to this location failed');
       }
