@@ -43,7 +43,8 @@ export interface SnapshotterOptions {
   stores: NamedStore[];
   compress: boolean;
   timeoutMs: number;
-  checkHealth: () => Promise<ClusterHealth>;
+  /** Probes every member; the signal cancels the probe (a save that is cancelled stops probing). */
+  checkHealth: (signal?: AbortSignal) => Promise<ClusterHealth>;
   memberClient: (endpoint: string) => Etcd3;
   metrics: StewardMetrics;
   logger: Logger;
@@ -103,16 +104,17 @@ export class Snapshotter {
   private async stream(request: SnapshotRequest, started: number): Promise<SnapshotResult> {
     const { node, compress } = this.options;
     const base = request.base === undefined ? (request.kind === 'scheduled' ? SCHEDULED_BASE : ON_DEMAND_BASE) : validateName(request.base);
-    const health = await this.options.checkHealth();
+    const health = await this.options.checkHealth(request.signal);
     const decision = gateSnapshot(health, node, request.force ?? false);
     if (decision.overridden.length > 0) this.log.warn({ problems: decision.overridden }, 'snapshot forced despite an unhealthy cluster');
+    if (decision.degraded.length > 0) this.log.warn({ degraded: decision.degraded }, 'cluster is degraded (quorum holds): snapshotting anyway, the members down are recorded');
     const created = new Date();
     const name = snapshotName(base, node, created);
     const key = objectKey(name, compress);
     const signal = AbortSignal.any([request.signal, AbortSignal.timeout(this.options.timeoutMs)]);
     const log = this.log.child({ snapshot: name });
     await this.refuseExisting(name, signal);
-    log.info({ source: decision.source.name, kind: request.kind, compress }, 'snapshot started');
+    log.info({ source: decision.source.name, kind: request.kind, compress, ...(decision.degraded.length > 0 ? { degraded: decision.degraded } : {}) }, 'snapshot started');
 
     const destinations: Destination[] = [];
     for (const { locationId, store } of this.options.stores) {
@@ -158,6 +160,7 @@ export class Snapshotter {
       clusterId: /^\d+$/.test(health.clusterId) ? BigInt(health.clusterId).toString(16) : health.clusterId,
       revision: decision.source.revision,
       fencingToken: request.fencingToken,
+      ...(decision.degraded.length > 0 ? { degraded: decision.degraded } : {}),
     };
     const copies: StoredCopy[] = [];
     const failures: SnapshotResult['failures'] = [];
