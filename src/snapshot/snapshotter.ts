@@ -5,7 +5,7 @@ import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import { PreconditionError, StewardError, errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';
-import { openSnapshotStream, snapshotBytes } from '../etcd/snapshot-stream.js';
+import { linearizableRevision, openSnapshotStream, snapshotBytes } from '../etcd/snapshot-stream.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 import type { NamedStore } from '../store/store.js';
 import { Coalesce } from './coalesce.js';
@@ -128,11 +128,15 @@ export class Snapshotter {
     const abortAll = (reason: unknown): Promise<unknown> => Promise.all(destinations.map((d) => d.writer.abort(reason)));
     const integrity = new EtcdIntegrityCheck();
     let etcd: Awaited<ReturnType<typeof openSnapshotStream>> | undefined;
+    let revision = decision.source.revision;
     const stored = compress ? new StoredDigest() : undefined;
     try {
       const fanOut = new FanOut(destinations, log);
       if (fanOut.live.length === 0) throw destinations[0]?.failure ?? new Error('no location to write to');
-      etcd = await openSnapshotStream(this.options.memberClient(decision.source.endpoint), Date.now() + this.options.timeoutMs);
+      const member = this.options.memberClient(decision.source.endpoint);
+      // The snapshot's own revision (at least), read right before the stream on the same member; see linearizableRevision.
+      revision = await linearizableRevision(member, signal);
+      etcd = await openSnapshotStream(member, Date.now() + this.options.timeoutMs);
       // Destroying a grpc-js stream does not end the call: without cancel() the member would keep its read
       // transaction (and this steward its HTTP/2 stream) open until the deadline.
       const call = etcd;
@@ -158,7 +162,7 @@ export class Snapshotter {
       compressed: compress,
       etcdVersion: decision.source.version,
       clusterId: /^\d+$/.test(health.clusterId) ? BigInt(health.clusterId).toString(16) : health.clusterId,
-      revision: decision.source.revision,
+      revision,
       fencingToken: request.fencingToken,
       ...(decision.degraded.length > 0 ? { degraded: decision.degraded } : {}),
     };

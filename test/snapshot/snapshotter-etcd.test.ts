@@ -1,8 +1,10 @@
+import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMemberClient } from '../../src/etcd/client.js';
 import { ClusterProbe } from '../../src/etcd/health.js';
@@ -57,6 +59,47 @@ describe('snapshots of a degraded cluster (3 real etcd members, one killed)', ()
       metrics: new StewardMetrics(),
       logger,
     });
+
+  it('the recorded revision is the snapshot\'s own: writes between the health probe and the stream are in it', async () => {
+    const dir = join(etcd.root, 'snapshots-revision');
+    const writer = new Etcd3({ hosts: etcd.endpoints });
+    let probed = 0;
+    const taker = new Snapshotter({
+      node: 'etcd-1',
+      stores: [{ locationId: 'local:etcd-1', store: new LocalStore(dir) }],
+      compress: false,
+      timeoutMs: 60_000,
+      // The probe, then writes landing after it and before the stream opens.
+      checkHealth: async (signal) => {
+        const health = await probe.probe(signal);
+        probed = Math.max(...health.members.map((m) => m.revision));
+        for (let i = 0; i < 25; i++) await writer.put(`between/${i}`).value('x');
+        return health;
+      },
+      memberClient: (endpoint) => {
+        const client = createMemberClient(endpoint, { callTimeoutMs: 10_000 });
+        clients.push(client);
+        return client;
+      },
+      metrics: new StewardMetrics(),
+      logger: createLogger({ level: 'silent' }),
+    });
+    try {
+      const result = await taker.take({ kind: 'on-demand', fencingToken: '', signal: AbortSignal.timeout(60_000) });
+      const afterWrites = Number((await writer.get('between/24').exec()).header.revision);
+      expect(result.metadata.revision).toBeGreaterThanOrEqual(probed + 25);
+      expect(result.metadata.revision).toBe(afterWrites);
+      // What etcd's own tool reads from the file (bbolt meta page, then the key bucket's last revision).
+      const status = await new Promise<{ revision: number }>((resolve, reject) =>
+        execFile('etcdctl', ['snapshot', 'status', join(dir, result.metadata.name), '-w', 'json'], { env: { ...process.env, ETCDCTL_API: '3' } }, (err, stdout) =>
+          err ? reject(err) : resolve(JSON.parse(stdout) as { revision: number }),
+        ),
+      );
+      expect(result.metadata.revision).toBe(status.revision);
+    } finally {
+      writer.close();
+    }
+  });
 
   it('one of three members down: the scheduled snapshot is taken from a healthy member and records the member down', async () => {
     const killed = etcd.members[2];
