@@ -3,7 +3,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
-import { PreconditionError, StewardError, errorText } from '../errors/index.js';
+import { PreconditionError, StewardError, UnavailableError, errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';
 import { linearizableRevision, openSnapshotStream, snapshotBytes } from '../etcd/snapshot-stream.js';
 import type { StewardMetrics } from '../observability/metrics.js';
@@ -48,8 +48,14 @@ export interface SnapshotterOptions {
   memberClient: (endpoint: string) => Etcd3;
   metrics: StewardMetrics;
   logger: Logger;
+  /** A best-effort (S3) copy that accepts no data for this long is dropped; the local copy goes on. Default 30 s. */
+  remoteIdleTimeoutMs?: number;
+  /** Bound on a best-effort copy's commit (complete, read-back, metadata). Default 5 min. */
+  remoteCommitTimeoutMs?: number;
 }
 
+const DEFAULT_REMOTE_IDLE_MS = 30_000;
+const DEFAULT_REMOTE_COMMIT_MS = 5 * 60_000;
 const PROGRESS_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
@@ -89,15 +95,15 @@ export class Snapshotter {
     }
   }
 
-  /** Names carry whole seconds: a second save within the same second must not overwrite the first. */
+  /**
+   * Names carry whole seconds: a second save within the same second must not overwrite the first. Only the
+   * local stores are asked here, before the stream: the local copy never waits on S3. A best-effort store is
+   * asked beside the stream (see `open`) and only its own copy is refused.
+   */
   private async refuseExisting(name: string, signal: AbortSignal): Promise<void> {
-    for (const { store } of this.options.stores) {
+    for (const { store } of this.options.stores.filter((s) => s.store.kind === 'local')) {
       const existing = await store.head(metadataKey(name), signal).catch(() => undefined);
-      if (existing) {
-        throw new PreconditionError('SNAPSHOT_EXISTS', `a snapshot named ${name} already exists at ${store.location}`, {
-          hint: 'names end in the second they were taken: wait a second, or pass another --name',
-        });
-      }
+      if (existing) throw exists(name, store.location);
     }
   }
 
@@ -116,16 +122,8 @@ export class Snapshotter {
     await this.refuseExisting(name, signal);
     log.info({ source: decision.source.name, kind: request.kind, compress, ...(decision.degraded.length > 0 ? { degraded: decision.degraded } : {}) }, 'snapshot started');
 
-    const destinations: Destination[] = [];
-    for (const { locationId, store } of this.options.stores) {
-      try {
-        destinations.push({ locationId, writer: await store.createWriter(key, signal) });
-      } catch (err) {
-        destinations.push({ locationId, writer: noopWriter, failure: err });
-        log.error({ location: locationId, err: errorText(err) }, 'cannot open this location for the snapshot');
-      }
-    }
-    const abortAll = (reason: unknown): Promise<unknown> => Promise.all(destinations.map((d) => d.writer.abort(reason)));
+    const copies = await this.open(name, key, signal, log);
+    const destinations = copies.map((c) => c.destination);
     const integrity = new EtcdIntegrityCheck();
     let etcd: Awaited<ReturnType<typeof openSnapshotStream>> | undefined;
     let revision = decision.source.revision;
@@ -146,7 +144,7 @@ export class Snapshotter {
       else await pipeline(source, new Coalesce(), integrity, fanOut, { signal });
     } catch (err) {
       etcd?.cancel();
-      await abortAll(err);
+      await Promise.all(copies.map((c) => c.drop(err)));
       throw err;
     }
 
@@ -166,37 +164,127 @@ export class Snapshotter {
       fencingToken: request.fencingToken,
       ...(decision.degraded.length > 0 ? { degraded: decision.degraded } : {}),
     };
-    const copies: StoredCopy[] = [];
-    const failures: SnapshotResult['failures'] = [];
-    for (const destination of destinations) {
-      const store = this.options.stores.find((s) => s.locationId === destination.locationId)?.store;
-      if (destination.failure !== undefined || !store) {
-        failures.push({ locationId: destination.locationId, error: errorText(destination.failure) });
-        continue;
-      }
-      try {
-        const { size } = await destination.writer.commit();
-        if (size !== metadata.size) throw new Error(`stored ${size} bytes, expected ${metadata.size}`);
-        await store.putSmall(metadataKey(name), `${JSON.stringify(metadata, null, 2)}\n`, signal);
-        copies.push({ locationId: destination.locationId, url: store.urlFor(key) });
-      } catch (err) {
-        await destination.writer.abort(err);
-        // An unverified upload is most likely good: never delete on an unknown result (reconcile reports it).
-        if (!(err instanceof StewardError && err.code === 'S3_COMMIT_UNVERIFIED')) await store.delete(key, AbortSignal.timeout(30_000)).catch(() => undefined);
-        failures.push({ locationId: destination.locationId, error: errorText(err) });
-        log.error({ location: destination.locationId, err: errorText(err) }, 'committing the snapshot to this location failed');
-      }
+    // Every copy commits at once; a best-effort copy within its own bound, so it never delays the others.
+    const outcomes = await Promise.all(copies.map((copy) => this.commit(copy, metadata, log)));
+    const result: SnapshotResult = { metadata, copies: [], failures: [] };
+    for (const outcome of outcomes) {
+      if ('url' in outcome) result.copies.push(outcome);
+      else result.failures.push(outcome);
     }
-    if (copies.length === 0) {
-      throw new StewardError('internal', 'SNAPSHOT_FAILED', `snapshot ${name} could not be stored anywhere: ${failures.map((f) => `${f.locationId}: ${f.error}`).join('; ')}`, {
+    if (result.copies.length === 0) {
+      throw new StewardError('internal', 'SNAPSHOT_FAILED', `snapshot ${name} could not be stored anywhere: ${result.failures.map((f) => `${f.locationId}: ${f.error}`).join('; ')}`, {
         hint: 'check the snapshot dir and S3 settings; the cluster itself is unaffected',
       });
     }
     log.info(
-      { size: metadata.size, sha256: metadata.sha256, revision: metadata.revision, ms: Date.now() - started, locations: copies.map((c) => c.url), failed: failures },
+      { size: metadata.size, sha256: metadata.sha256, revision, ms: Date.now() - started, locations: result.copies.map((c) => c.url), failed: result.failures },
       'snapshot stored',
     );
-    return { metadata, copies, failures };
+    return result;
+  }
+
+  /**
+   * One writer per store. A best-effort (S3) copy gets its own signal, which a stall or its commit bound
+   * aborts, and its name check runs beside the stream instead of before it.
+   */
+  private async open(name: string, key: string, signal: AbortSignal, log: Logger): Promise<Copy[]> {
+    const copies: Copy[] = [];
+    for (const named of this.options.stores) {
+      const bestEffort = named.store.kind !== 'local';
+      const own = new AbortController();
+      const copySignal = AbortSignal.any([signal, own.signal]);
+      const destination: Destination = { locationId: named.locationId, writer: noopWriter, ...(bestEffort ? { idleTimeoutMs: this.remoteIdleMs() } : {}) };
+      // A result, never a rejection: a failed check is an unknown answer, and then the upload goes ahead.
+      const existing = bestEffort ? named.store.head(metadataKey(name), copySignal).then((info) => info !== undefined, () => false) : Promise.resolve(false);
+      const drop = async (reason: unknown): Promise<void> => {
+        own.abort(reason);
+        const aborting = destination.writer.abort(reason).catch(() => undefined);
+        // A local temp file is removed before the save reports; a hung S3 cleans up on its own time.
+        if (!bestEffort) await aborting;
+      };
+      copies.push({ named, destination, signal: copySignal, bestEffort, existing, drop });
+      try {
+        destination.writer = await withBound(named.store.createWriter(key, copySignal), bestEffort ? this.remoteCommitMs() : undefined, named.locationId);
+      } catch (err) {
+        destination.failure = err;
+        own.abort(err);
+        log.error({ location: named.locationId, err: errorText(err) }, 'cannot open this location for the snapshot');
+      }
+    }
+    return copies;
+  }
+
+  /** Commits one copy and writes its metadata; a best-effort copy within `remoteCommitMs`. Never throws. */
+  private async commit(copy: Copy, metadata: SnapshotMetadata, log: Logger): Promise<StoredCopy | { locationId: string; error: string }> {
+    const { named, destination } = copy;
+    const { locationId, store } = named;
+    if (destination.failure !== undefined) {
+      await copy.drop(destination.failure);
+      return { locationId, error: errorText(destination.failure) };
+    }
+    const work = (async () => {
+      if (await copy.existing) throw exists(metadata.name, store.location);
+      const { size } = await destination.writer.commit();
+      if (size !== metadata.size) throw new Error(`stored ${size} bytes, expected ${metadata.size}`);
+      await store.putSmall(metadataKey(metadata.name), `${JSON.stringify(metadata, null, 2)}\n`, copy.signal);
+      return { locationId, url: store.urlFor(metadata.key) };
+    })();
+    try {
+      return await withBound(work, copy.bestEffort ? this.remoteCommitMs() : undefined, locationId);
+    } catch (err) {
+      await copy.drop(err);
+      // Never delete on an unknown result: an unverified or unfinished upload may be good, and an existing
+      // object belongs to another snapshot (reconcile reports leftovers).
+      const unknown = err instanceof StewardError && ['S3_COMMIT_UNVERIFIED', 'SNAPSHOT_COPY_TIMEOUT', 'SNAPSHOT_EXISTS'].includes(err.code);
+      if (!unknown) await store.delete(metadata.key, AbortSignal.timeout(copy.bestEffort ? this.remoteCommitMs() : 30_000)).catch(() => undefined);
+      log.error({ location: locationId, err: errorText(err) }, 'committing the snapshot to this location failed');
+      return { locationId, error: errorText(err) };
+    }
+  }
+
+  private remoteIdleMs(): number {
+    return this.options.remoteIdleTimeoutMs ?? DEFAULT_REMOTE_IDLE_MS;
+  }
+
+  private remoteCommitMs(): number {
+    return this.options.remoteCommitTimeoutMs ?? DEFAULT_REMOTE_COMMIT_MS;
+  }
+}
+
+interface Copy {
+  named: NamedStore;
+  destination: Destination;
+  /** The snapshot's signal, and for a best-effort copy its own abort as well. */
+  signal: AbortSignal;
+  bestEffort: boolean;
+  /** A best-effort store's answer to "does this name exist there already?". */
+  existing: Promise<boolean>;
+  /** Aborts this copy (its writer and its requests); awaits the cleanup only for a local copy. */
+  drop: (reason: unknown) => Promise<void>;
+}
+
+function exists(name: string, location: string): PreconditionError {
+  return new PreconditionError('SNAPSHOT_EXISTS', `a snapshot named ${name} already exists at ${location}`, {
+    hint: 'names end in the second they were taken: wait a second, or pass another --name',
+  });
+}
+
+/** `work`, or a SNAPSHOT_COPY_TIMEOUT after `ms` (no bound when undefined). */
+async function withBound<T>(work: Promise<T>, ms: number | undefined, locationId: string): Promise<T> {
+  if (ms === undefined) return work;
+  work.catch(() => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      work,
+      new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new UnavailableError('SNAPSHOT_COPY_TIMEOUT', `the ${locationId} copy did not finish within ${ms} ms; dropped (the other copies are unaffected)`, {
+          hint: 'check the endpoint (etcd_steward_s3_healthy); the next snapshot tries again',
+        })), ms);
+      }),
+    ]);
+  } finally {
+    if (timer) clearTimeout(timer);
   }
 }
 

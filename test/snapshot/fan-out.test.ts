@@ -74,4 +74,19 @@ describe('FanOut', () => {
     await done;
     expect(slow.chunks).toHaveLength(5);
   });
+
+  it('drops a best-effort destination that accepts nothing for its idle timeout; the others finish without it', async () => {
+    const local = new RecordingWriter();
+    const hung = new RecordingWriter({ hold: true });
+    const destinations: Destination[] = [
+      { locationId: 'local:n1', writer: local },
+      { locationId: 's3', writer: hung, idleTimeoutMs: 100 },
+    ];
+    const started = Date.now();
+    await pipeline(Readable.from(chunks(20)), new FanOut(destinations, log));
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(local.chunks).toHaveLength(20);
+    expect(String(destinations[1]?.failure)).toContain('accepted no snapshot data for 100 ms');
+    expect(hung.aborted).toBeDefined();
+  });
 });
