@@ -89,8 +89,14 @@ export class Snapshotter {
       return result;
     } catch (err) {
       const reason = err instanceof StewardError ? err.code.toLowerCase() : 'error';
-      metrics.snapshotFailures.inc({ reason });
-      this.log.error({ err: errorText(err), reason, kind: request.kind }, 'snapshot failed');
+      if (err instanceof StewardError && err.family === 'invalid') {
+        // The operator's input was refused before anything started: not a failure of the backups.
+        metrics.snapshotRejectedRequests.inc({ reason });
+        this.log.warn({ err: errorText(err).slice(0, 300), reason, kind: request.kind }, 'snapshot request rejected');
+      } else {
+        metrics.snapshotFailures.inc({ reason });
+        this.log.error({ err: errorText(err), reason, kind: request.kind }, 'snapshot failed');
+      }
       throw err;
     }
   }
