@@ -29,7 +29,7 @@ export function gateSnapshot(health: ClusterHealth, localMember: string, force: 
   const inQuorum = voters.filter((m) => m.reachable && m.sawLeader);
   const quorum = Math.floor(voters.length / 2) + 1;
   if (inQuorum.length < quorum) {
-    problems.push(`only ${inQuorum.length} of ${voters.length} voting members answer and see a raft leader (quorum needs ${quorum})`);
+    problems.push(`only ${inQuorum.length} of ${voters.length} members are healthy (quorum needs ${quorum} voting members that answer and see a raft leader)`);
   }
   for (const member of health.members) {
     if (member.alarms.length > 0) problems.push(`member ${label(member)} has alarm ${member.alarms.join(',')}`);
@@ -39,7 +39,7 @@ export function gateSnapshot(health: ClusterHealth, localMember: string, force: 
 
   if (problems.length > 0 && !force) {
     const down = degraded.map((d) => `${d.member}: ${d.problem}`);
-    throw new PreconditionError('CLUSTER_UNHEALTHY', `refusing to snapshot: ${[...problems, ...down].join('; ')}`, {
+    throw new PreconditionError('CLUSTER_UNHEALTHY', `refusing to snapshot an unhealthy cluster: ${[...problems, ...down].join('; ')}`, {
       hint: 'a snapshot needs quorum, a raft leader and no alarm (etcd-stewardctl status shows the members); or pass --force to snapshot from a member that still answers',
     });
   }

@@ -60,7 +60,7 @@ describe('snapshot gate verdicts', () => {
   it('refuses without quorum (two of three down), naming quorum and the down members', () => {
     const err = refusal(() => gateSnapshot(cluster(member('a', { isRaftLeader: true }), down('b'), down('c')), 'a', false));
     expect(err.code).toBe('CLUSTER_UNHEALTHY');
-    expect(err.message).toMatch(/only 1 of 3 voting members/);
+    expect(err.message).toMatch(/refusing to snapshot an unhealthy cluster: only 1 of 3 members are healthy \(quorum needs 2/);
     expect(err.message).toContain('b: unreachable');
   });
 
@@ -81,7 +81,7 @@ describe('snapshot gate verdicts', () => {
     const decision = gateSnapshot(cluster(member('a', { isRaftLeader: true }), member('b'), down('c'), learnerDown), 'a', false);
     expect(decision.degraded.map((d) => d.member)).toEqual(['c', 'l']);
     const err = refusal(() => gateSnapshot(cluster(member('a', { isRaftLeader: true }), down('b'), member('l', { learner: true })), 'a', false));
-    expect(err.message).toMatch(/only 1 of 2 voting members/);
+    expect(err.message).toMatch(/only 1 of 2 members are healthy/);
   });
 
   it('--force overrides the cluster checks but still needs a member that sees a leader', () => {
