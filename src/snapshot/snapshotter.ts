@@ -48,14 +48,21 @@ export interface SnapshotterOptions {
   memberClient: (endpoint: string) => Etcd3;
   metrics: StewardMetrics;
   logger: Logger;
-  /** A best-effort (S3) copy that accepts no data for this long is dropped; the local copy goes on. Default 30 s. */
+  /** A best-effort (S3) copy that accepts no data for this long is dropped; the local copy goes on. Default 15 s. */
   remoteIdleTimeoutMs?: number;
-  /** Bound on a best-effort copy's commit (complete, read-back, metadata). Default 5 min. */
+  /** Bound on a best-effort copy's commit (complete, read-back, metadata). Default 30 s plus 30 s per GiB. */
   remoteCommitTimeoutMs?: number;
 }
 
-const DEFAULT_REMOTE_IDLE_MS = 30_000;
-const DEFAULT_REMOTE_COMMIT_MS = 5 * 60_000;
+/**
+ * A healthy S3 takes an 8 MiB part within seconds: 15 s without taking any data is a hang, not a slow link
+ * (a slow but moving upload still paces the stream). The commit (one PUT of at most a part, or Complete, a
+ * read-back and the metadata) gets 30 s, plus 30 s per GiB since S3 takes longer to complete big uploads.
+ */
+const DEFAULT_REMOTE_IDLE_MS = 15_000;
+const DEFAULT_REMOTE_COMMIT_MS = 30_000;
+const COMMIT_MS_PER_GIB = 30_000;
+const GIB = 1024 * 1024 * 1024;
 const PROGRESS_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
@@ -236,7 +243,7 @@ export class Snapshotter {
       return { locationId, url: store.urlFor(metadata.key) };
     })();
     try {
-      return await withBound(work, copy.bestEffort ? this.remoteCommitMs() : undefined, locationId);
+      return await withBound(work, copy.bestEffort ? this.remoteCommitMs(metadata.size) : undefined, locationId);
     } catch (err) {
       await copy.drop(err);
       // Never delete on an unknown result: an unverified or unfinished upload may be good, and an existing
@@ -252,8 +259,8 @@ export class Snapshotter {
     return this.options.remoteIdleTimeoutMs ?? DEFAULT_REMOTE_IDLE_MS;
   }
 
-  private remoteCommitMs(): number {
-    return this.options.remoteCommitTimeoutMs ?? DEFAULT_REMOTE_COMMIT_MS;
+  private remoteCommitMs(size = 0): number {
+    return this.options.remoteCommitTimeoutMs ?? DEFAULT_REMOTE_COMMIT_MS + Math.ceil(size / GIB) * COMMIT_MS_PER_GIB;
   }
 }
 

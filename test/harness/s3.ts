@@ -38,6 +38,11 @@ export class S3Server {
 
   private scheme = 'http';
 
+  /** The s3rver process, for tests that freeze it (SIGSTOP) the way a hung S3 looks to a client. */
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   get endpoint(): string {
     return `${this.scheme}://127.0.0.1:${this.port}`;
   }
