@@ -1,3 +1,4 @@
+import { InterceptingCall, status as grpcStatus, type CallOptions, type Interceptor } from '@grpc/grpc-js';
 import type { Etcd3, IMember } from 'etcd3';
 import { errorText } from '../errors/index.js';
 import { createMemberClient } from './client.js';
@@ -18,6 +19,8 @@ export interface MemberHealth {
   reachable: boolean;
   /** It answered and knows a raft leader: it can serve a consistent snapshot even if alarms make it unhealthy. */
   sawLeader: boolean;
+  /** A learner is not a voter: it neither counts toward quorum nor makes one up. */
+  learner?: boolean;
 }
 
 export interface ClusterHealth {
@@ -40,11 +43,26 @@ export class ClusterProbe {
     private readonly timeoutMs: number,
   ) {}
 
-  async probe(): Promise<ClusterHealth> {
-    const { members, clusterId } = await this.memberList();
-    const alarms = await this.alarms(members);
-    const results = await Promise.all(members.map((member) => this.probeMember(member, alarms.get(member.ID) ?? [])));
-    return { clusterId: clusterId ?? results.find((r) => r.clusterId)?.clusterId ?? '', members: results.map((r) => r.health), checkedAt: new Date() };
+  /**
+   * Probes the cluster once. An abort stops it at once: no further call starts and the calls in flight are
+   * cancelled (a gRPC interceptor cancels them; etcd3 takes no signal), and the probe rejects with the reason.
+   */
+  async probe(signal?: AbortSignal): Promise<ClusterHealth> {
+    signal?.throwIfAborted();
+    // A child per probe: its listeners die with it, so a long-lived caller's signal never collects them.
+    const local = new AbortController();
+    const onAbort = (): void => local.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const options = cancelledBy(local.signal);
+      const { members, clusterId } = await this.memberList(options, local.signal);
+      const alarms = await this.alarms(members, options, local.signal);
+      const results = await Promise.all(members.map((member) => this.probeMember(member, alarms.get(member.ID) ?? [], options)));
+      local.signal.throwIfAborted();
+      return { clusterId: clusterId ?? results.find((r) => r.clusterId)?.clusterId ?? '', members: results.map((r) => r.health), checkedAt: new Date() };
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
   }
 
   close(): void {
@@ -62,10 +80,11 @@ export class ClusterProbe {
   }
 
   /** The member list from the first seed that answers: any single member knows the whole list. */
-  private async memberList(): Promise<{ members: IMember[]; clusterId: string | undefined }> {
+  private async memberList(options: CallOptions, signal: AbortSignal): Promise<{ members: IMember[]; clusterId: string | undefined }> {
     for (const endpoint of this.seedEndpoints) {
+      signal.throwIfAborted();
       try {
-        const response = await this.client(endpoint).cluster.memberList({});
+        const response = await this.client(endpoint).cluster.memberList({}, options);
         return { members: response.members, clusterId: response.header.cluster_id };
       } catch {
         // Try the next seed.
@@ -76,13 +95,14 @@ export class ClusterProbe {
     return { members, clusterId: undefined };
   }
 
-  private async alarms(members: IMember[]): Promise<Map<string, string[]>> {
+  private async alarms(members: IMember[], options: CallOptions, signal: AbortSignal): Promise<Map<string, string[]>> {
     const byMember = new Map<string, string[]>();
     for (const member of members) {
       const endpoint = member.clientURLs[0];
       if (!endpoint) continue;
+      signal.throwIfAborted();
       try {
-        const response = await this.client(endpoint).maintenance.alarm({ action: 'Get', alarm: 'None', memberID: 0 });
+        const response = await this.client(endpoint).maintenance.alarm({ action: 'Get', alarm: 'None', memberID: 0 }, options);
         for (const alarm of response.alarms) {
           const list = byMember.get(alarm.memberID) ?? [];
           list.push(String(alarm.alarm));
@@ -96,7 +116,7 @@ export class ClusterProbe {
     return byMember;
   }
 
-  private async probeMember(member: IMember, alarms: string[]): Promise<{ health: MemberHealth; clusterId?: string }> {
+  private async probeMember(member: IMember, alarms: string[], options: CallOptions): Promise<{ health: MemberHealth; clusterId?: string }> {
     const endpoint = member.clientURLs[0] ?? '';
     const base: MemberHealth = {
       id: member.ID,
@@ -111,10 +131,11 @@ export class ClusterProbe {
       problem: '',
       reachable: false,
       sawLeader: false,
+      learner: member.isLearner,
     };
     if (!endpoint) return { health: { ...base, problem: 'member has not started yet (no client URL published)' } };
     try {
-      const status = await this.client(endpoint).maintenance.status();
+      const status = await this.client(endpoint).maintenance.status(options);
       const memberId = status.header.member_id;
       const health: MemberHealth = {
         ...base,
@@ -138,4 +159,15 @@ export class ClusterProbe {
       return { health: { ...base, problem: `unreachable: ${errorText(err)}` } };
     }
   }
+}
+
+/** Call options whose interceptor cancels the call when `signal` aborts; the deadline still comes from the client's defaults. */
+function cancelledBy(signal: AbortSignal): CallOptions {
+  const interceptor: Interceptor = (options, nextCall) => {
+    const call = new InterceptingCall(nextCall(options));
+    if (signal.aborted) call.cancelWithStatus(grpcStatus.CANCELLED, 'health probe aborted');
+    else signal.addEventListener('abort', () => call.cancelWithStatus(grpcStatus.CANCELLED, 'health probe aborted'), { once: true });
+    return call;
+  };
+  return { interceptors: [interceptor] };
 }

@@ -32,3 +32,21 @@ export async function* snapshotBytes(stream: AsyncIterable<SnapshotMessage>): As
     if (message.blob.length > 0) yield message.blob;
   }
 }
+
+/**
+ * The member's revision by a linearizable read (a Range that goes through raft's ReadIndex), taken right
+ * before the snapshot stream opens on the same member: the snapshot then holds every write up to this
+ * revision. Writes that land between this read and the stream's start are in the snapshot too, so the value
+ * is the snapshot's revision or a little below it, never above it, unlike the health probe's, which is older.
+ */
+export async function linearizableRevision(client: Etcd3, signal: AbortSignal): Promise<number> {
+  signal.throwIfAborted();
+  // A count-only Range of one key: nothing is read but the header.
+  const reading = client.kv.range({ key: Buffer.from('etcd-steward/revision'), count_only: true, serializable: false });
+  const aborted = new Promise<never>((_resolve, reject) => {
+    signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+  });
+  aborted.catch(() => undefined);
+  const response = await Promise.race([reading, aborted]);
+  return Number(response.header.revision);
+}

@@ -41,6 +41,22 @@ export class StewardMetrics {
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
+  readonly snapshotRejectedRequests = new Counter({
+    name: 'etcd_steward_snapshot_rejected_requests_total',
+    help: 'snapshot requests refused for invalid operator input (a bad --name): not failures, so failure alerts ignore typos',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly scheduledSnapshotRetries = new Counter({
+    name: 'etcd_steward_scheduled_snapshot_retries_total',
+    help: 'retries of a claimed scheduled slot whose snapshot failed (retried with backoff until the next slot starts)',
+    registers: [this.registry],
+  });
+  readonly scheduledSlotsMissed = new Counter({
+    name: 'etcd_steward_scheduled_slots_missed_total',
+    help: 'claimed scheduled slots that no retry could complete before the next slot started (alert on any)',
+    registers: [this.registry],
+  });
   readonly snapshots = new Gauge({
     name: 'etcd_steward_snapshots',
     help: 'snapshots in the inventory per location',

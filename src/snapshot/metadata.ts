@@ -15,6 +15,8 @@ export const snapshotMetadataSchema = z.object({
   clusterId: z.string(),
   revision: z.number().int().nonnegative(),
   fencingToken: z.string(),
+  /** Members that were down or unhealthy while the rest kept quorum; absent when every member was healthy. */
+  degraded: z.array(z.object({ member: z.string(), problem: z.string() })).optional(),
 });
 
 export type SnapshotMetadata = z.infer<typeof snapshotMetadataSchema>;

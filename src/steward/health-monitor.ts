@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
+import { errorText } from '../errors/index.js';
 import type { ClusterHealth, ClusterProbe } from '../etcd/health.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 
@@ -31,14 +32,17 @@ export class HealthMonitor {
 
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      await this.check();
+      // An abort (shutdown) cancels the probe in flight; a failed probe is not fatal to the loop.
+      await this.check(signal).catch((err: unknown) => {
+        if (!signal.aborted) this.log.warn({ err: errorText(err) }, 'health probe failed');
+      });
       await sleep(this.options.intervalMs, undefined, { signal }).catch(() => undefined);
     }
   }
 
   /** One probe now; also used by Status so the ctl never sees stale health. */
-  async check(): Promise<ClusterHealth> {
-    const health = await this.probe.probe();
+  async check(signal?: AbortSignal): Promise<ClusterHealth> {
+    const health = await this.probe.probe(signal);
     this.last = health;
     // Members are labelled by name; clearing first drops series of members that left or were never named.
     this.options.metrics.memberHealthy.reset();

@@ -8,7 +8,8 @@ import {
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { InternalError } from '../errors/index.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { InternalError, NotFoundError, UnavailableError } from '../errors/index.js';
 import { isAuthFailure, secretFreeCause, type S3Target } from './s3-errors.js';
 import type { ObjectWriter } from './store.js';
 
@@ -16,6 +17,11 @@ import type { ObjectWriter } from './store.js';
 export type MultipartTarget = Pick<S3Target, 'client' | 'bucket' | 'timeoutMs' | 'refreshCredentials'>;
 
 type State = 'open' | 'committing' | 'committed' | 'aborted';
+
+/** Read-back tries after CompleteMultipartUpload: 0.25 + 0.5 + 1 + 2 s of backoff between five HEADs. */
+const READ_BACK_ATTEMPTS = 5;
+const READ_BACK_FIRST_DELAY_MS = 250;
+const READ_BACK_MAX_DELAY_MS = 2000;
 
 /**
  * A multipart upload fed chunk by chunk, with a fixed pool of `parallel + 1` part buffers that are reused
@@ -89,25 +95,53 @@ export class MultipartWriter implements ObjectWriter {
     }
     this.state = 'committed';
     try {
-      // Read back: the object as stored must be exactly what was sent.
-      const head = await this.send((client) => client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.key }), this.options()));
-      const size = head.ContentLength ?? -1;
+      const size = await this.readBackSize();
       if (size !== this.bytes) {
-        throw new InternalError('S3_SIZE_MISMATCH', `${this.url} holds ${size} bytes after upload, ${this.bytes} were written; removing it`, {
+        // A definite answer that the object is wrong: it must not stay behind looking like a good backup.
+        await this.target.client
+          .send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.key }), { abortSignal: AbortSignal.timeout(this.target.timeoutMs) })
+          .catch(() => undefined);
+        this.state = 'aborted';
+        throw new InternalError('S3_SIZE_MISMATCH', `${this.url} holds ${size} bytes after upload, ${this.bytes} were written; removed it`, {
           hint: 'the S3 endpoint altered the upload (a proxy or an incompatible server?); check it before trusting any snapshot there',
         });
       }
       return { size };
-    } catch (err) {
-      // A failed check must not leave an object behind that looks like a good backup.
-      await this.target.client
-        .send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.key }), { abortSignal: AbortSignal.timeout(this.target.timeoutMs) })
-        .catch(() => undefined);
-      this.state = 'aborted';
-      throw err instanceof InternalError ? err : this.mapError(err);
     } finally {
       this.release();
     }
+  }
+
+  /**
+   * The object's size as S3 stores it, asked until S3 gives an answer. S3 completed the upload, so the object
+   * is most likely good: a failed HEAD says nothing about it, and deleting on such an unknown result would
+   * throw a good backup away. The read-back is retried with backoff (each try bounded by --etcd-s3-timeout);
+   * if S3 never answers, the copy is reported as unverified and left in place (no metadata is written for
+   * it, so it is no snapshot; reconcile reports it).
+   */
+  private async readBackSize(): Promise<number> {
+    let lastError: unknown;
+    for (let attempt = 0; attempt < READ_BACK_ATTEMPTS; attempt++) {
+      if (attempt > 0) {
+        const delay = Math.min(READ_BACK_FIRST_DELAY_MS * 2 ** (attempt - 1), READ_BACK_MAX_DELAY_MS);
+        await sleep(delay * (0.5 + Math.random() / 2), undefined, { signal: this.signal }).catch(() => undefined);
+      }
+      if (this.signal.aborted) break;
+      try {
+        const head = await this.send((client) => client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.key }), this.options()));
+        return head.ContentLength ?? -1;
+      } catch (err) {
+        lastError = this.mapError(err);
+        // Missing right after a completed upload is an answer too (S3 reads are strongly consistent).
+        if (lastError instanceof NotFoundError) {
+          throw new InternalError('S3_OBJECT_MISSING', `${this.url} is missing right after its upload completed`, { cause: secretFreeCause(err) });
+        }
+      }
+    }
+    throw new UnavailableError('S3_COMMIT_UNVERIFIED', `${this.url} was uploaded but S3 did not answer the read-back (${READ_BACK_ATTEMPTS} tries); the object is kept, unverified and without metadata`, {
+      cause: lastError instanceof Error ? lastError : undefined,
+      hint: 'check S3; the next snapshot stores a verified copy, and reconcile reports the leftover object',
+    });
   }
 
   async abort(_reason?: unknown): Promise<void> {

@@ -48,3 +48,9 @@ export interface BackupStore {
   /** Removes an object; missing is not an error. */
   delete(key: string, signal: AbortSignal): Promise<void>;
 }
+
+/** A store under its location ID: `local:<node>` or `s3`, one inventory record per snapshot and location. */
+export interface NamedStore {
+  locationId: string;
+  store: BackupStore;
+}

@@ -38,7 +38,8 @@ describe('snapshots under faults: compression, S3 cut mid-upload, steward killed
       size: 3,
       extraArgs: [
         ...s3.stewardArgs({ endpoint: `127.0.0.1:${proxy.port}` }),
-        '--etcd-s3-timeout=5s',
+        // As deployed: a hung S3 must cost only the S3 copy without waiting for this bound.
+        '--etcd-s3-timeout=5m',
         '--etcd-disable-snapshots=true',
         '--etcd-snapshot-reconcile-interval=1h',
       ],
@@ -96,6 +97,29 @@ describe('snapshots under faults: compression, S3 cut mid-upload, steward killed
     // S3 is back: the next snapshot reaches it again.
     const next = JSON.parse((await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'save'])).stdout) as Saved;
     expect(next.locations).toHaveLength(2);
+  });
+
+  it('s3rver frozen (SIGSTOP): save finishes with the local copy within seconds and reports the S3 failure', async () => {
+    const pid = s3.pid;
+    if (pid === undefined) throw new Error('s3rver has no pid');
+    process.kill(pid, 'SIGSTOP');
+    let result: { code: number; stdout: string; stderr: string };
+    const started = Date.now();
+    try {
+      result = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'save']);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    const ms = Date.now() - started;
+    // The S3 copy is dropped once it takes no data for 15 s; before, the name check alone waited 5 min per try.
+    expect(ms).toBeLessThan(30_000);
+    const output = result.stdout + result.stderr;
+    const name = /(on-demand-node-1-\d+)/.exec(output)?.[1];
+    expect(name, output).toBeDefined();
+    expect(output).toContain(`file://${join(snapshotDir(0), name as string)}`);
+    expect(output).toMatch(/s3: .*(accepted no snapshot data|did not finish within)/);
+    expect(existsSync(join(snapshotDir(0), `${name as string}.metadata.json`))).toBe(true);
+    expect(await bucket.head(`${name as string}.metadata.json`, AbortSignal.timeout(10_000))).toBeUndefined();
   });
 
   it('steward SIGKILLed mid-snapshot: nothing partial is ever listed, and the temp file is removed at restart', async () => {

@@ -4,7 +4,10 @@ import { once } from 'node:events';
 import { freePort } from './ports.js';
 
 /** `extra` is raw XML added to the error body (real S3 adds e.g. the canonical request to SignatureDoesNotMatch); `hang` never answers. */
-type Fault = { kind: 'status'; status: number; code: string; extra?: string } | { kind: 'drop' } | { kind: 'hang' };
+type Fault = ({ kind: 'status'; status: number; code: string; extra?: string } | { kind: 'drop' } | { kind: 'hang' }) & {
+  /** Only requests with this HTTP method take the fault; others pass it by (it waits for one that matches). */
+  method?: string;
+};
 
 /**
  * An HTTP reverse proxy in front of s3rver that behaves like a real S3 would when things go wrong:
@@ -63,7 +66,8 @@ export class S3FaultProxy {
     this.requests += 1;
     const key = /Credential=([^/]+)\//.exec(req.headers.authorization ?? '')?.[1] ?? '';
     this.seenKeys.add(key);
-    const fault = this.faults.shift() ?? (Date.now() < this.failUntil ? ({ kind: 'status', status: 500, code: 'InternalError' } satisfies Fault as Fault) : undefined);
+    const index = this.faults.findIndex((f) => f.method === undefined || f.method === req.method);
+    const fault = (index >= 0 ? this.faults.splice(index, 1)[0] : undefined) ?? (Date.now() < this.failUntil ? ({ kind: 'status', status: 500, code: 'InternalError' } satisfies Fault as Fault) : undefined);
     if (fault?.kind === 'drop') {
       this.rejected += 1;
       req.socket.destroy();

@@ -52,6 +52,11 @@ export class S3Server {
     return this.container ? 'minio' : 's3rver';
   }
 
+  /** The s3rver process, for tests that freeze it (SIGSTOP) the way a hung S3 looks to a client. */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
   get endpoint(): string {
     return `${this.scheme}://127.0.0.1:${this.port}`;
   }
