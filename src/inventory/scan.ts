@@ -2,11 +2,10 @@ import type { Logger } from 'pino';
 import { InvalidArgumentError, NotFoundError, errorText } from '../errors/index.js';
 import { parseMetadata } from '../snapshot/metadata.js';
 import { METADATA_SUFFIX, metadataKey, validateName } from '../snapshot/names.js';
-import type { NamedStore } from '../snapshot/snapshotter.js';
+import { CANARY_KEY_PREFIX } from '../store/canary.js';
+import type { NamedStore } from '../store/store.js';
 import type { InventoryRecord, OrphanRecord } from './inventory.js';
 
-/** The S3 canary's object lives under the backups' prefix too: it is never a snapshot nor an orphan. */
-const CANARY_PREFIX = 'etcd-steward-canary-';
 
 export interface LocationScan {
   records: InventoryRecord[];
@@ -68,7 +67,7 @@ export async function scanStore({ locationId, store }: NamedStore, signal: Abort
 
 /** The snapshot name a data object would belong to, or undefined for anything that is not snapshot data. */
 export function orphanName(key: string): string | undefined {
-  if (key.endsWith(METADATA_SUFFIX) || key.startsWith(CANARY_PREFIX)) return undefined;
+  if (key.endsWith(METADATA_SUFFIX) || key.startsWith(CANARY_KEY_PREFIX)) return undefined;
   const name = key.endsWith('.gz') ? key.slice(0, -3) : key;
   try {
     validateName(name);

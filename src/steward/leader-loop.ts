@@ -17,9 +17,14 @@ export async function runLeaderTerm(snapshots: SnapshotService, term: LeaderTerm
         client,
         cron: config.etcdSnapshotScheduleCron,
         logger,
+        metrics: snapshots.options.metrics,
         run: async (scheduledTerm) => {
           await snapshots.save({ kind: 'scheduled', term: scheduledTerm, signal: scheduledTerm.signal });
-          await snapshots.keeper.applyRetention(config.etcdSnapshotRetention, scheduledTerm.signal, scheduledTerm);
+          // The slot is done once its snapshot is stored: a retention failure must not make the scheduler retry
+          // the slot (a second snapshot); the reconcile loop applies retention again within one interval.
+          await snapshots.keeper.applyRetention(config.etcdSnapshotRetention, scheduledTerm.signal, scheduledTerm).catch((err: unknown) => {
+            if (!scheduledTerm.signal.aborted) log.error({ err: errorText(err) }, 'retention after a scheduled snapshot failed; the reconcile loop tries again');
+          });
         },
       }).runTerm(term);
   const reconciling = (async () => {

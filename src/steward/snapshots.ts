@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
@@ -9,7 +8,9 @@ import { Inventory, type InventoryRecord } from '../inventory/inventory.js';
 import { InventoryKeeper } from '../inventory/keeper.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 import type { PeerPool } from '../rpc/peer-pool.js';
-import { Snapshotter, type NamedStore, type SnapshotResult } from '../snapshot/snapshotter.js';
+import { Snapshotter, type SnapshotResult } from '../snapshot/snapshotter.js';
+import type { NamedStore } from '../store/store.js';
+import { runS3Canary } from '../store/canary.js';
 import { LocalStore } from '../store/local.js';
 import type { S3Store } from '../store/s3.js';
 import { snapshotLocations } from './locations.js';
@@ -19,7 +20,7 @@ export interface SnapshotServiceOptions {
   client: Etcd3;
   /** The one pool of peer clients; its directory says where the other stewards are. */
   peers: PeerPool;
-  checkHealth: () => Promise<ClusterHealth>;
+  checkHealth: (signal?: AbortSignal) => Promise<ClusterHealth>;
   memberClient: (endpoint: string) => Etcd3;
   metrics: StewardMetrics;
   logger: Logger;
@@ -98,36 +99,12 @@ export class SnapshotService {
     if (removed.length > 0) this.log.warn({ files: removed }, 'removed unfinished snapshot files left by an interrupted snapshot');
   }
 
-  /**
-   * Every reconcile interval, on every steward: write, read back and delete a small object under the
-   * backups' prefix, so broken credentials or a vanished bucket raise `etcd_steward_s3_healthy=0` and an
-   * error log long before the next snapshot would have failed.
-   */
+  /** The S3 canary (src/store/canary.ts) on this steward's S3 store; returns at once without S3. */
   async runS3Canary(signal: AbortSignal): Promise<void> {
     const store = this.s3?.store as S3Store | undefined;
     if (!store) return;
-    const key = `etcd-steward-canary-${this.options.config.name.toLowerCase().replace(/[^a-z0-9.-]/g, '-')}`;
-    let healthy: boolean | undefined;
-    while (!signal.aborted) {
-      const body = `canary ${new Date().toISOString()}`;
-      try {
-        const callSignal = AbortSignal.any([signal, AbortSignal.timeout(this.options.config.etcdS3Timeout)]);
-        await store.putSmall(key, body, callSignal);
-        const read = (await store.readSmall(key, callSignal)).toString('utf8');
-        if (read !== body) throw new Error(`read back ${read.length} bytes that differ from the ${body.length} written`);
-        await store.delete(key, callSignal);
-        const expiry = await store.credentialsExpiry().catch(() => undefined);
-        if (expiry) this.options.metrics.s3CredentialsExpiry.set(expiry.getTime() / 1000);
-        if (healthy !== true) this.log.info({ location: store.location }, 'S3 canary succeeded: write, read and delete work');
-        healthy = true;
-      } catch (err) {
-        if (signal.aborted) break;
-        healthy = false;
-        this.log.error({ location: store.location, err: errorText(err) }, 'S3 canary failed: snapshots will not reach S3 until this is fixed (local snapshots go on)');
-      }
-      this.options.metrics.s3Healthy.set(healthy ? 1 : 0);
-      await sleep(this.options.config.etcdSnapshotReconcileInterval, undefined, { signal }).catch(() => undefined);
-    }
+    const { config, metrics, logger } = this.options;
+    await runS3Canary({ store, node: config.name, intervalMs: config.etcdSnapshotReconcileInterval, metrics, logger }, signal);
   }
 
   close(): void {

@@ -95,7 +95,7 @@ export class Steward {
         client: this.client,
         peers: this.peers,
         leader: async () => (this.election.currentTerm ? config.name : this.election.leader()),
-        checkHealth: () => this.health.check(),
+        checkHealth: (signal) => this.health.check(signal),
         memberClient: (endpoint) => this.memberClient(endpoint),
         metrics: this.metrics,
         logger,

@@ -55,9 +55,12 @@ export async function runS3Canary(options: S3CanaryOptions, signal: AbortSignal)
   }
 }
 
+/** Every canary key starts so; scans of the backups' prefix skip it (it is neither a snapshot nor an orphan). */
+export const CANARY_KEY_PREFIX = 'etcd-steward-canary-';
+
 /** `etcd-steward-canary-<node>`, the node name made a valid key. */
 export function canaryKey(node: string): string {
-  return `etcd-steward-canary-${node.toLowerCase().replace(/[^a-z0-9.-]/g, '-')}`;
+  return `${CANARY_KEY_PREFIX}${node.toLowerCase().replace(/[^a-z0-9.-]/g, '-')}`;
 }
 
 async function canaryOnce(store: CanaryStore, key: string, signal: AbortSignal, timeoutMs: number): Promise<void> {
