@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExponentialBackoff, type IBackoff } from 'cockatiel';
 import type { Logger } from 'pino';
 import { InternalError, errorText } from '../errors/index.js';
+import { ensureStateDir, writeFileAtomic } from '../state/atomic.js';
 import { forwardEtcdOutput } from './output.js';
 
 export interface EtcdSupervisorOptions {
@@ -47,7 +48,7 @@ export class EtcdSupervisor {
   }
 
   async run(signal: AbortSignal): Promise<void> {
-    await mkdir(this.options.stateDir, { recursive: true });
+    await ensureStateDir(this.options.stateDir);
     await this.stopStaleEtcd();
     const backoffFactory = new ExponentialBackoff({ initialDelay: 500, maxDelay: this.options.maxBackoffMs });
     let backoff: IBackoff<unknown> | undefined;
@@ -119,9 +120,7 @@ export class EtcdSupervisor {
   }
 
   private async writePidFile(pid: number): Promise<void> {
-    const temp = `${this.pidFile}.tmp`;
-    await writeFile(temp, `${pid}\n`);
-    await rename(temp, this.pidFile);
+    await writeFileAtomic(this.pidFile, `${pid}\n`);
   }
 
   /**

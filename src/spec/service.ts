@@ -1,4 +1,3 @@
-import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
@@ -8,6 +7,7 @@ import { etcdIdHex, type ClusterHealth } from '../etcd/health.js';
 import { askPeers } from '../etcd/peers.js';
 import { InvalidArgumentError, NotFoundError, PreconditionError, errorText } from '../errors/index.js';
 import type { StewardMetrics } from '../observability/metrics.js';
+import { ensureStateDir, writeFileAtomic } from '../state/atomic.js';
 import type { BackupStore } from '../store/store.js';
 import { BootstrapGate, countSnapshots, hasMemberData, hasMemberDataOr, specDrift } from './bootstrap.js';
 import { render, type ControlStore, type SpecDraft } from './control-store.js';
@@ -250,9 +250,8 @@ export class SpecService {
   private async keepCopy(spec: ClusterSpec): Promise<void> {
     const path = join(this.options.config.stateDir, 'last-cluster-spec.json');
     try {
-      await mkdir(this.options.config.stateDir, { recursive: true });
-      await writeFile(`${path}.tmp`, render(spec));
-      await rename(`${path}.tmp`, path);
+      await ensureStateDir(this.options.config.stateDir);
+      await writeFileAtomic(path, render(spec));
     } catch (err) {
       this.log.warn({ err: errorText(err) }, 'cannot keep a copy of the cluster spec in the state dir');
     }
