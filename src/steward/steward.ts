@@ -8,7 +8,7 @@ import { etcdArgs } from '../etcd/args.js';
 import { createClusterClient } from '../etcd/client.js';
 import { ClusterProbe, etcdIdHex } from '../etcd/health.js';
 import { EtcdSupervisor } from '../etcd/supervisor.js';
-import { ObservabilityServer } from '../observability/http.js';
+import { ObservabilityServer, allReady } from '../observability/http.js';
 import { StewardMetrics } from '../observability/metrics.js';
 import { RpcServer } from '../rpc/server.js';
 import type { SpecResponse, StatusResponse } from '../rpc/types.js';
@@ -146,7 +146,10 @@ export class Steward {
     const http = await ObservabilityServer.start({
       ...config.httpListen,
       registry: this.metrics.registry,
-      readiness: { notReadyReason: () => (this.rpc ? this.health.localProblem() : 'gRPC API not serving yet') },
+      readiness: allReady(
+        { notReadyReason: () => (this.supervisor.running ? null : `etcd is not running under this steward (supervisor ${this.supervisor.state})`) },
+        { notReadyReason: () => (this.rpc ? this.health.localProblem() : 'gRPC API not serving yet') },
+      ),
       logger: this.logger,
     });
     this.log.info({ version: STEWARD_VERSION, http: `${http.address.host}:${http.address.port}` }, 'steward starting');
