@@ -170,12 +170,23 @@ export class SpecService {
     return spec;
   }
 
-  /** `spec set FILE`, on the leader only: validated, generation-checked, fenced, and cut short if the term ends. */
-  async set(text: string, signal: AbortSignal): Promise<ClusterSpec> {
+  /**
+   * `spec set FILE`, on the leader only: validated as strictly as the flags, generation-checked (it moves by
+   * exactly one), fenced, and cut short if the term ends. A member that runs now cannot vanish from the spec
+   * unless `force` (the ctl's `spec set --force`, the request's `force` field) says the operator means it.
+   */
+  async set(text: string, signal: AbortSignal, options: { force?: boolean } = {}): Promise<ClusterSpec> {
     const term = this.options.currentTerm();
     if (!term) throw new PreconditionError('NOT_LEADER', 'only the leader writes the cluster spec', { hint: 'run etcd-stewardctl status to find the leader and address it with --endpoint' });
     const { generation, ...rest } = parseSpec(text, 'the spec file');
+    const dropped = await this.runningMembersDropped(rest.members.map((m) => m.name));
+    if (dropped.length > 0 && !options.force) {
+      throw new PreconditionError('RUNNING_MEMBER_DROPPED', `the spec you sent drops member(s) ${dropped.join(', ')}, which run in the cluster now`, {
+        hint: `remove the member from etcd first (etcdctl member remove <id>) so the spec follows the cluster; or, if the spec must stop listing it while it runs, send it again with --force (the running cluster is not changed by the spec)`,
+      });
+    }
     const spec = await this.options.control.write(rest, generation, term, AbortSignal.any([signal, term.signal]));
+    if (dropped.length > 0) this.log.warn({ generation: spec.generation, dropped, force: true }, 'cluster spec replaced with --force although it drops running member(s)');
     this.log.warn({ generation: spec.generation }, 'cluster spec replaced (etcd-stewardctl spec set)');
     await this.check(signal);
     return spec;
@@ -219,6 +230,12 @@ export class SpecService {
     );
   }
 
+  /** Names of members that answer in the cluster now (by the probe) and are not in `keep`. */
+  private async runningMembersDropped(keep: string[]): Promise<string[]> {
+    const health = await this.options.clusterHealth();
+    return health.members.filter((m) => m.reachable && m.name && !keep.includes(m.name)).map((m) => m.name).sort();
+  }
+
   /** Without S3: etcd's record, mirrored into this node's dir; the dir's copy when etcd cannot be asked. */
   private async readMirrored(signal: AbortSignal): Promise<ClusterSpec | undefined> {
     const stored = await this.options.control.read(signal);
@@ -250,6 +267,9 @@ export class SpecService {
   private async keepCopy(spec: ClusterSpec): Promise<void> {
     const path = join(this.options.config.stateDir, 'last-cluster-spec.json');
     try {
+      // The recovery copy is what an operator feeds back in an emergency: only a spec that passes the same
+      // validation as `spec set` ever replaces it.
+      parseSpec(render(spec), 'the spec to keep');
       await ensureStateDir(this.options.config.stateDir);
       await writeFileAtomic(path, render(spec));
     } catch (err) {
