@@ -27,6 +27,12 @@ export function isPeerGrpcAddress(value: string): boolean {
 const member = z.object({
   name: z.string().refine(isMemberName, 'a name of letters, digits, dots, dashes and underscores (at most 63 characters)'),
   peerUrl: z.string().max(2048).refine(isEtcdUrl, 'an http(s)://host:port URL, as --initial-cluster takes it'),
+  /**
+   * The member's steward gRPC address (its --advertise-grpc), recorded by the leader from the stewards'
+   * registrations, so stewards reach each other from the spec (or a kept copy) with etcd down. Absent in
+   * older specs, which stay valid.
+   */
+  grpc: z.string().max(300).refine(isPeerGrpcAddress, 'host:port a peer can dial (not empty, not 0.0.0.0), port 1-65535').optional(),
 });
 
 /** What the cluster is meant to be. Lives in the control store, apart from the backups, and is re-read on a TTL. */

@@ -13,6 +13,7 @@ import { StewardMetrics } from '../observability/metrics.js';
 import { RpcServer } from '../rpc/server.js';
 import type { SpecResponse, StatusResponse } from '../rpc/types.js';
 import { ControlStore } from '../spec/control-store.js';
+import { SpecPeerDirectory } from '../spec/peer-directory.js';
 import { SpecService } from '../spec/service.js';
 import type { ClusterSpec } from '../spec/spec.js';
 import { LocalStore } from '../store/local.js';
@@ -46,6 +47,8 @@ export class Steward {
   private readonly leaderWork = new Set<Promise<void>>();
   private readonly spec: SpecService;
   private readonly control: ControlStore;
+  /** Every member's steward address from the cluster spec, readable with etcd down (for the restore). */
+  readonly peerDirectory: SpecPeerDirectory;
   private readonly controlClose: () => void;
   private rpc: RpcServer | undefined;
   private etcdRestarts = 0;
@@ -102,7 +105,9 @@ export class Steward {
       metrics: this.metrics,
       logger,
       currentTerm: () => this.election.currentTerm,
+      stewardAddresses: () => this.registry.list(),
     });
+    this.peerDirectory = new SpecPeerDirectory({ control: this.control, stateDir: config.stateDir, latest: () => this.spec.latest, logger });
     this.election = new LeaderElection({
       client: this.client,
       node: config.name,

@@ -70,6 +70,17 @@ describe('a cluster spec is validated as strictly as the flags', () => {
     expect(refusal({ ...good, startedMembers: ['node-9'] })).toMatch(/startedMembers/);
   });
 
+  it("keeps each member's steward gRPC address when it is one a peer can dial; older specs without it stay valid", () => {
+    const withGrpc = (grpc: string): unknown => ({ ...good, members: [{ ...good.members[0], grpc }, good.members[1]] });
+    for (const grpc of ['10.0.0.1:7401', 'node-1.cluster.local:7401', '[fd00::1]:7401']) {
+      expect(parseSpec(JSON.stringify(withGrpc(grpc)), 'x').members[0]?.grpc, grpc).toBe(grpc);
+    }
+    for (const grpc of ['javascript:alert(1)', '0.0.0.0:7401', ':7401', '10.0.0.1', '10.0.0.1:0', '10.0.0.1:65536', '10.0.0.1:7401\u0000', 'http://10.0.0.1:7401']) {
+      expect(refusal(withGrpc(grpc)), JSON.stringify(grpc)).toMatch(/members\.0\.grpc/);
+    }
+    expect(parseSpec(JSON.stringify(good), 'x').members[0]).not.toHaveProperty('grpc');
+  });
+
   it('refuses a spec over 1 MiB before parsing it', () => {
     const text = JSON.stringify({ ...good, etcdVersion: 'x'.repeat(MAX_SPEC_BYTES) });
     expect(() => parseSpec(text, 'the spec file')).toThrow(/more than the 1048576 a cluster spec may be/);
