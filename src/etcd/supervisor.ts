@@ -117,7 +117,11 @@ export class EtcdSupervisor {
         }
         this.phase = 'starting';
         const attempt = AbortSignal.any([signal, this.interrupt.signal]);
-        if (this.options.beforeStart && !(await this.options.beforeStart(attempt))) continue;
+        if (this.options.beforeStart && !(await this.options.beforeStart(attempt))) {
+          // Skipped without a pause or a stop behind it: ask again in a moment, never in a tight loop.
+          if (!signal.aborted && !this.paused) await sleep(1000, undefined, { signal: AbortSignal.any([signal, this.interrupt.signal]) }).catch(() => undefined);
+          continue;
+        }
         // Checked with no await between it and the spawn (spawnChild attaches everything before its first
         // await): a pause asked for before this line is always seen, one asked for after finds the child.
         if (signal.aborted || this.paused) continue;

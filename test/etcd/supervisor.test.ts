@@ -139,6 +139,17 @@ describe('EtcdSupervisor (real etcd)', () => {
     }
   });
 
+  it('a process that exits before its pid file is even written is seen, restarted with backoff, and shutdown is prompt', async () => {
+    // etcd itself takes longer to die of a bad flag than the pid file takes to write, so the window the old
+    // supervisor lost exits in is shown with a binary that exits in about a millisecond.
+    const { dataDir, stateDir } = dirsFor();
+    const running = start({ binary: 'false', args: [`--data-dir=${dataDir}`], dataDir, stateDir });
+    await waitUntil('three restarts', () => (running.restarts.length >= 3 ? true : undefined), 15_000, 20);
+    expect(running.lines.filter((l) => l.includes('etcd exited unexpectedly') && l.includes('"code":1')).length).toBeGreaterThanOrEqual(3);
+    expect(await shutdown(running)).toBeLessThan(1000);
+    expect(running.supervisor.state).toBe('stopped');
+  });
+
   it('a pid file that cannot be written stops that etcd, says so, and tries again with backoff; shutdown is prompt', async () => {
     const { dataDir, stateDir } = dirsFor();
     // A directory where the pid file goes: the rename onto it fails for anyone, root included.
