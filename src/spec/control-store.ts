@@ -1,6 +1,9 @@
+import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import type { Fence } from '../election/election.js';
 import { NotFoundError, PreconditionError, StewardError, UnavailableError, errorText } from '../errors/index.js';
+import { ensureStateDir, writeFileAtomic } from '../state/atomic.js';
+import { LocalStore } from '../store/local.js';
 import type { BackupStore } from '../store/store.js';
 import { MAX_GENERATION, parseSpec, type ClusterSpec } from './spec.js';
 
@@ -139,6 +142,12 @@ export class ControlStore {
   /** Keeps a node-local copy equal to etcd's record (the control store without S3 is one dir per node). */
   async mirror(record: ClusterSpec, stored: ClusterSpec | undefined, signal: AbortSignal): Promise<void> {
     if (stored && render(stored) === render(record)) return;
+    // Without S3 the mirror is a state file of this node: written like every other one (src/state).
+    if (this.store instanceof LocalStore) {
+      await ensureStateDir(this.store.dir);
+      await writeFileAtomic(join(this.store.dir, SPEC_KEY), render(record), signal);
+      return;
+    }
     await this.store.putSmall(SPEC_KEY, render(record), signal);
   }
 }

@@ -55,17 +55,18 @@ async function fsyncDir(dir: string): Promise<void> {
 
 /**
  * Creates the state dir owner-only (0700), and tightens one that exists with looser bits (older stewards
- * created it 0755 and their files 0644): the dir and the regular files directly in it.
+ * created it 0755 and their files 0644): the dir, the regular files directly in it (0600) and its subdirs
+ * (0700: the mirrored control store, restore phases, the default snapshot dir).
  */
 export async function ensureStateDir(dir: string): Promise<void> {
   try {
     await mkdir(dir, { recursive: true, mode: STATE_DIR_MODE });
     if (((await stat(dir)).mode & 0o077) !== 0) await chmod(dir, STATE_DIR_MODE);
     for (const entry of await readdir(dir, { withFileTypes: true })) {
-      if (!entry.isFile()) continue;
-      const file = join(dir, entry.name);
-      const mode = (await stat(file).catch(() => undefined))?.mode;
-      if (mode !== undefined && (mode & 0o077) !== 0) await chmod(file, STATE_FILE_MODE).catch(() => undefined);
+      if (!entry.isFile() && !entry.isDirectory()) continue;
+      const path = join(dir, entry.name);
+      const mode = (await stat(path).catch(() => undefined))?.mode;
+      if (mode !== undefined && (mode & 0o077) !== 0) await chmod(path, entry.isDirectory() ? STATE_DIR_MODE : STATE_FILE_MODE).catch(() => undefined);
     }
   } catch (err) {
     throw new InternalError('STATE_DIR_FAILED', `cannot prepare the state dir ${dir}: ${errorText(err)}`, {

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
@@ -32,6 +32,10 @@ describe('without S3: the running cluster is recorded as the spec on every node 
       const copy = JSON.parse(readFileSync(join(node.stateDir, 'control', 'cluster-spec.json'), 'utf8')) as { clusterId: string; members: unknown[] };
       expect(copy.clusterId).toBe(clusterId);
       expect(copy.members).toHaveLength(3);
+      // Owner-only state: the dir 0700, the pid file and the mirrored spec 0600.
+      expect(statSync(node.stateDir).mode & 0o777).toBe(0o700);
+      expect(statSync(join(node.stateDir, 'etcd.pid')).mode & 0o777).toBe(0o600);
+      expect(statSync(join(node.stateDir, 'control', 'cluster-spec.json')).mode & 0o777).toBe(0o600);
     }
   });
 

@@ -62,9 +62,11 @@ describe('state files: one atomic, owner-only write', () => {
     await chmod(old, 0o755);
     await writeFile(join(old, 'last-cluster-spec.json'), '{}');
     await chmod(join(old, 'last-cluster-spec.json'), 0o644);
-    await mkdir(join(old, 'snapshots'));
+    await mkdir(join(old, 'control'), { mode: 0o755 });
+    await chmod(join(old, 'control'), 0o755);
     await ensureStateDir(old);
     expect(await modeOf(old)).toBe(0o700);
+    expect(await modeOf(join(old, 'control'))).toBe(0o700);
     expect(await modeOf(join(old, 'last-cluster-spec.json'))).toBe(0o600);
   });
 
