@@ -58,8 +58,13 @@ export class SpecPeerDirectory {
       });
     }
     if (problems.length > 0) this.log.debug({ problems, generation: newest.generation }, 'peer addresses read from the spec that could be read');
-    return newest.members.flatMap((m) => (m.grpc ? [{ node: m.name, grpc: m.grpc }] : []));
+    return peersFromSpec(newest);
   }
+}
+
+/** Every member of `spec` with a recorded steward address, as `{ node, grpc }`. */
+export function peersFromSpec(spec: ClusterSpec): PeerAddress[] {
+  return spec.members.flatMap((m) => (m.grpc ? [{ node: m.name, grpc: m.grpc }] : []));
 }
 
 async function readCopy(path: string): Promise<ClusterSpec | undefined> {
