@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -83,9 +84,13 @@ export class EtcdSupervisor {
     return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined;
   }
 
-  /** etcd runs under supervision at this moment: the readiness a probe may report. */
+  /**
+   * etcd runs under supervision at this moment: the readiness a probe may report. Asks the kernel too, so an
+   * etcd that just died counts as gone even before its exit has been reaped and reported to this process.
+   */
   get running(): boolean {
-    return this.phase === 'running' && this.pid !== undefined;
+    const pid = this.pid;
+    return this.phase === 'running' && pid !== undefined && processRuns(pid);
   }
 
   /** Why the last start failed to be tracked (e.g. the pid file could not be written); empty otherwise. */
@@ -290,6 +295,20 @@ export class EtcdSupervisor {
     await signalAndWait(pid, 'SIGTERM', this.options.stopGraceMs);
     if (isAlive(pid)) await signalAndWait(pid, 'SIGKILL', 5000);
     await rm(this.pidFile, { force: true });
+  }
+}
+
+const HAS_PROC = existsSync('/proc/self/stat');
+
+/** Alive and not a zombie: /proc where there is one (a zombie still answers kill(0)), else kill(0). */
+function processRuns(pid: number): boolean {
+  if (!HAS_PROC) return isAlive(pid);
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    return isAlive(pid);
   }
 }
 
