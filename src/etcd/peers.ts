@@ -37,7 +37,9 @@ export async function askPeers(config: Pick<Config, 'name' | 'initialCluster' | 
           await response.body?.cancel();
           return undefined;
         }
-        const members = JSON.parse((await response.text()).replace(/"id":\s*(\d+)/g, '"id":"$1"')) as unknown;
+        const body = await readBounded(response, MAX_MEMBERS_BODY_BYTES);
+        if (body === undefined) return undefined;
+        const members = JSON.parse(body.replace(/"id":\s*(\d+)/g, '"id":"$1"')) as unknown;
         return Array.isArray(members) ? { peerUrl: member.peerUrl, members: members as PeerMember[] } : undefined;
       } catch {
         return undefined;
@@ -53,6 +55,36 @@ export async function askPeers(config: Pick<Config, 'name' | 'initialCluster' | 
     thisMemberRan: listings.some((m) => (m.clientURLs?.length ?? 0) > 0),
     thisMemberId: id === undefined ? undefined : BigInt(id).toString(16),
   };
+}
+
+/**
+ * A member list of even a thousand members is far below this; anything larger is not etcd talking, and is
+ * never buffered whole: reading stops (and the connection is dropped) at the limit.
+ */
+export const MAX_MEMBERS_BODY_BYTES = 1024 * 1024;
+
+/** The body as text, or undefined if it is longer than `limit` bytes (announced or actual). */
+export async function readBounded(response: Response, limit: number): Promise<string | undefined> {
+  const announced = Number(response.headers.get('content-length') ?? NaN);
+  if (Number.isFinite(announced) && announced > limit) {
+    await response.body?.cancel();
+    return undefined;
+  }
+  if (!response.body) return '';
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 function normalise(url: string): string {

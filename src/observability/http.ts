@@ -8,6 +8,23 @@ export interface Readiness {
   notReadyReason(): string | null;
 }
 
+/**
+ * Ready only if every check is, asked in order; the first reason wins. Each check reads live state (is etcd
+ * running right now?) before any cached one (the last health probe), so a dead etcd is never reported ready
+ * on the strength of a probe taken while it still ran.
+ */
+export function allReady(...checks: Readiness[]): Readiness {
+  return {
+    notReadyReason: () => {
+      for (const check of checks) {
+        const reason = check.notReadyReason();
+        if (reason !== null) return reason;
+      }
+      return null;
+    },
+  };
+}
+
 /** /metrics, /healthz (the process answers) and /readyz (local member healthy and the API serving). */
 export class ObservabilityServer {
   private constructor(

@@ -1,8 +1,11 @@
+import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import type { Fence } from '../election/election.js';
 import { NotFoundError, PreconditionError, StewardError, UnavailableError, errorText } from '../errors/index.js';
+import { ensureStateDir, writeFileAtomic } from '../state/atomic.js';
+import { LocalStore } from '../store/local.js';
 import type { BackupStore } from '../store/store.js';
-import { parseSpec, type ClusterSpec } from './spec.js';
+import { MAX_GENERATION, parseSpec, type ClusterSpec } from './spec.js';
 
 export const SPEC_KEY = 'cluster-spec.json';
 /** The spec as last written by a leader: the order of writes lives here, since S3 has no compare-and-set. */
@@ -64,7 +67,23 @@ export class ControlStore {
         hint: 'someone changed the spec since you read it: run etcd-stewardctl spec get again, edit that, and set it',
       });
     }
-    const spec: ClusterSpec = { ...next, formatVersion: 1, generation: Math.max(current, basedOn) + 1, updatedAt: new Date().toISOString(), fencingToken: fence.fencingToken };
+    // Only grows by one: a jump (once to 9007199254740990) would skip generations nobody wrote and could
+    // push the next one past what a number holds exactly. Only when nothing is recorded anywhere (the spec
+    // and etcd's record both lost) does the edited generation itself say where to go on from.
+    if (current > 0 && basedOn > current) {
+      throw new PreconditionError('GENERATION_SKIP', `the spec you sent has generation ${basedOn}, but the current one is ${current}: each write moves it by exactly one`, {
+        hint: `send the spec with "generation": ${current} (start from etcd-stewardctl spec get -o json)`,
+      });
+    }
+    const generation = Math.max(current, basedOn) + 1;
+    if (!Number.isSafeInteger(generation) || generation > MAX_GENERATION) {
+      throw new PreconditionError('GENERATION_EXHAUSTED', `the next generation ${generation} would be above the highest a spec may carry (${MAX_GENERATION})`, {
+        hint: 'a generation this high is not from real writes: send the spec with a small generation after removing the stored spec and its etcd record',
+      });
+    }
+    const spec: ClusterSpec = { ...next, formatVersion: 1, generation, updatedAt: new Date().toISOString(), fencingToken: fence.fencingToken };
+    // The whole spec is checked as strictly as any operator input before etcd or a store sees it.
+    parseSpec(JSON.stringify(spec), 'the spec to write');
     const fenced = this.client.if(fence.campaignKey, 'Create', '==', fence.fencingToken);
     const guarded = record === undefined ? fenced.and(SPEC_RECORD_KEY, 'Create', '==', 0) : fenced.and(SPEC_RECORD_KEY, 'Mod', '==', record.modRevision);
     const result = await guarded.then(this.client.put(SPEC_RECORD_KEY).value(JSON.stringify(spec))).commit();
@@ -107,6 +126,7 @@ export class ControlStore {
       throw new PreconditionError('SPEC_EXISTS', `a cluster spec already exists at ${this.location}`, { hint: 'nothing to initialise: the cluster exists; etcd-stewardctl spec get shows it' });
     }
     const first: ClusterSpec = { ...draft, formatVersion: 1, generation: 1, updatedAt: new Date().toISOString(), fencingToken: '' };
+    parseSpec(JSON.stringify(first), 'the first cluster spec');
     try {
       // Two inits racing (two operators, two nodes): the store lets exactly one create the spec.
       await this.store.putSmall(SPEC_KEY, render(first), signal, { createOnly: true });
@@ -122,6 +142,12 @@ export class ControlStore {
   /** Keeps a node-local copy equal to etcd's record (the control store without S3 is one dir per node). */
   async mirror(record: ClusterSpec, stored: ClusterSpec | undefined, signal: AbortSignal): Promise<void> {
     if (stored && render(stored) === render(record)) return;
+    // Without S3 the mirror is a state file of this node: written like every other one (src/state).
+    if (this.store instanceof LocalStore) {
+      await ensureStateDir(this.store.dir);
+      await writeFileAtomic(join(this.store.dir, SPEC_KEY), render(record), signal);
+      return;
+    }
     await this.store.putSmall(SPEC_KEY, render(record), signal);
   }
 }

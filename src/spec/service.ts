@@ -1,4 +1,3 @@
-import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
@@ -8,10 +7,11 @@ import { etcdIdHex, type ClusterHealth } from '../etcd/health.js';
 import { askPeers } from '../etcd/peers.js';
 import { InvalidArgumentError, NotFoundError, PreconditionError, errorText } from '../errors/index.js';
 import type { StewardMetrics } from '../observability/metrics.js';
+import { ensureStateDir, writeFileAtomic } from '../state/atomic.js';
 import type { BackupStore } from '../store/store.js';
 import { BootstrapGate, countSnapshots, hasMemberData, hasMemberDataOr, specDrift } from './bootstrap.js';
 import { render, type ControlStore, type SpecDraft } from './control-store.js';
-import { memberHasRun, parseSpec, type ClusterSpec } from './spec.js';
+import { isPeerGrpcAddress, memberHasRun, parseSpec, type ClusterSpec } from './spec.js';
 
 const FORMING_RECHECK_MS = 5000;
 
@@ -33,6 +33,11 @@ export interface SpecServiceOptions {
   metrics: StewardMetrics;
   logger: Logger;
   currentTerm: () => LeaderTerm | undefined;
+  /**
+   * The stewards' advertised gRPC addresses (today the etcd registry): the leader copies them into the spec's
+   * members so peers can be reached from the spec with etcd down. Without it the spec keeps what it has.
+   */
+  stewardAddresses?: () => Promise<Array<{ node: string; grpc: string }>>;
 }
 
 /**
@@ -45,11 +50,17 @@ export class SpecService {
   private current: SpecState = { healthy: false, generation: 0, problem: 'not read yet' };
   private lastGeneration = 0;
   private lastErrorLoggedAt = 0;
+  private lastSpec: ClusterSpec | undefined;
   readonly gate: BootstrapGate;
 
   constructor(private readonly options: SpecServiceOptions) {
     this.log = options.logger.child({ component: 'spec' });
     this.gate = new BootstrapGate({ ...options, logger: options.logger });
+  }
+
+  /** The last spec a check read and found valid (undefined before the first): the in-memory current spec. */
+  get latest(): ClusterSpec | undefined {
+    return this.lastSpec;
   }
 
   get state(): SpecState {
@@ -122,6 +133,7 @@ export class SpecService {
     }
     if (!this.current.healthy) this.log.info({ generation: spec.generation, location: control.location }, 'cluster spec readable');
     this.current = { healthy: true, generation: spec.generation, problem: '' };
+    this.lastSpec = spec;
     return spec;
   }
 
@@ -170,12 +182,23 @@ export class SpecService {
     return spec;
   }
 
-  /** `spec set FILE`, on the leader only: validated, generation-checked, fenced, and cut short if the term ends. */
-  async set(text: string, signal: AbortSignal): Promise<ClusterSpec> {
+  /**
+   * `spec set FILE`, on the leader only: validated as strictly as the flags, generation-checked (it moves by
+   * exactly one), fenced, and cut short if the term ends. A member that runs now cannot vanish from the spec
+   * unless `force` (the ctl's `spec set --force`, the request's `force` field) says the operator means it.
+   */
+  async set(text: string, signal: AbortSignal, options: { force?: boolean } = {}): Promise<ClusterSpec> {
     const term = this.options.currentTerm();
     if (!term) throw new PreconditionError('NOT_LEADER', 'only the leader writes the cluster spec', { hint: 'run etcd-stewardctl status to find the leader and address it with --endpoint' });
     const { generation, ...rest } = parseSpec(text, 'the spec file');
+    const dropped = await this.runningMembersDropped(rest.members.map((m) => m.name));
+    if (dropped.length > 0 && !options.force) {
+      throw new PreconditionError('RUNNING_MEMBER_DROPPED', `the spec you sent drops member(s) ${dropped.join(', ')}, which run in the cluster now`, {
+        hint: `remove the member from etcd first (etcdctl member remove <id>) so the spec follows the cluster; or, if the spec must stop listing it while it runs, send it again with --force (the running cluster is not changed by the spec)`,
+      });
+    }
     const spec = await this.options.control.write(rest, generation, term, AbortSignal.any([signal, term.signal]));
+    if (dropped.length > 0) this.log.warn({ generation: spec.generation, dropped, force: true }, 'cluster spec replaced with --force although it drops running member(s)');
     this.log.warn({ generation: spec.generation }, 'cluster spec replaced (etcd-stewardctl spec set)');
     await this.check(signal);
     return spec;
@@ -199,8 +222,9 @@ export class SpecService {
     // Healthy means it answered with a raft leader: it has joined the formed cluster.
     const running = health.members.filter((m) => m.healthy && m.name).map((m) => m.name);
     if (!clusterId || running.length === 0) return;
+    const addresses = await this.advertisedAddresses();
     if (!this.options.shared && !record && !spec) {
-      const draft: SpecDraft = { members: config.initialCluster, etcdVersion: health.members[0]?.version ?? '', clusterToken: config.initialClusterToken, clusterId, startedMembers: running.sort(), etcdFlags: {} };
+      const draft: SpecDraft = { members: withGrpc(config.initialCluster, addresses), etcdVersion: health.members[0]?.version ?? '', clusterToken: config.initialClusterToken, clusterId, startedMembers: running.sort(), etcdFlags: {} };
       const adopted = await control.write(draft, 0, term, signal);
       this.log.info({ generation: adopted.generation, clusterId }, 'recorded the running cluster as the cluster spec (no S3: every steward keeps a copy)');
       return;
@@ -208,15 +232,40 @@ export class SpecService {
     // A spec for another cluster is reported by check(); it is never "corrected" from here.
     if (!spec || (spec.clusterId && spec.clusterId !== clusterId)) return;
     const newlyRun = running.filter((name) => spec.members.some((m) => m.name === name) && !memberHasRun(spec, name));
-    if (spec.clusterId && newlyRun.length === 0) return;
+    const members = withGrpc(spec.members, addresses);
+    const addressesChanged = members.some((m, i) => m.grpc !== spec.members[i]?.grpc);
+    if (spec.clusterId && newlyRun.length === 0 && !addressesChanged) return;
     const { generation, updatedAt: _updatedAt, fencingToken: _fencingToken, formatVersion: _formatVersion, ...draft } = spec;
     const startedMembers = [...new Set([...spec.members.map((m) => m.name).filter((name) => memberHasRun(spec, name)), ...newlyRun])].sort();
     const etcdVersion = draft.etcdVersion || (health.members[0]?.version ?? '');
-    const recorded = await control.write({ ...draft, etcdVersion, clusterId, startedMembers }, generation, term, signal);
+    const recorded = await control.write({ ...draft, members, etcdVersion, clusterId, startedMembers }, generation, term, signal);
+    const grpc = Object.fromEntries(members.filter((m) => m.grpc).map((m) => [m.name, m.grpc]));
     this.log.info(
-      { generation: recorded.generation, clusterId, startedMembers, newlyRun },
-      spec.clusterId ? 'recorded members that have now run: an empty data dir of theirs is never bootstrapped again' : 'the cluster has formed: recorded its ID and the members that have run, so an empty data dir of theirs is never bootstrapped again',
+      { generation: recorded.generation, clusterId, startedMembers, newlyRun, grpc },
+      !spec.clusterId
+        ? "the cluster has formed: recorded its ID and the members that have run, so an empty data dir of theirs is never bootstrapped again (and the stewards' gRPC addresses)"
+        : newlyRun.length > 0
+          ? 'recorded members that have now run: an empty data dir of theirs is never bootstrapped again'
+          : "recorded the stewards' gRPC addresses in the spec, so peers reach each other with etcd down",
     );
+  }
+
+  /** The stewards' advertised addresses by node, valid ones only; none if they cannot be read this round. */
+  private async advertisedAddresses(): Promise<Map<string, string>> {
+    if (!this.options.stewardAddresses) return new Map();
+    try {
+      const entries = await this.options.stewardAddresses();
+      return new Map(entries.filter((e) => isPeerGrpcAddress(e.grpc)).map((e) => [e.node, e.grpc]));
+    } catch (err) {
+      this.log.debug({ err: errorText(err) }, "cannot read the stewards' addresses this round");
+      return new Map();
+    }
+  }
+
+  /** Names of members that answer in the cluster now (by the probe) and are not in `keep`. */
+  private async runningMembersDropped(keep: string[]): Promise<string[]> {
+    const health = await this.options.clusterHealth();
+    return health.members.filter((m) => m.reachable && m.name && !keep.includes(m.name)).map((m) => m.name).sort();
   }
 
   /** Without S3: etcd's record, mirrored into this node's dir; the dir's copy when etcd cannot be asked. */
@@ -250,11 +299,21 @@ export class SpecService {
   private async keepCopy(spec: ClusterSpec): Promise<void> {
     const path = join(this.options.config.stateDir, 'last-cluster-spec.json');
     try {
-      await mkdir(this.options.config.stateDir, { recursive: true });
-      await writeFile(`${path}.tmp`, render(spec));
-      await rename(`${path}.tmp`, path);
+      // The recovery copy is what an operator feeds back in an emergency: only a spec that passes the same
+      // validation as `spec set` ever replaces it.
+      parseSpec(render(spec), 'the spec to keep');
+      await ensureStateDir(this.options.config.stateDir);
+      await writeFileAtomic(path, render(spec));
     } catch (err) {
       this.log.warn({ err: errorText(err) }, 'cannot keep a copy of the cluster spec in the state dir');
     }
   }
+}
+
+/** Members with each one's advertised gRPC address where one is known; a member without one keeps what it had. */
+function withGrpc<M extends { name: string; grpc?: string }>(members: M[], addresses: Map<string, string>): M[] {
+  return members.map((m) => {
+    const grpc = addresses.get(m.name);
+    return grpc === undefined || grpc === m.grpc ? m : { ...m, grpc };
+  });
 }

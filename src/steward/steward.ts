@@ -9,11 +9,12 @@ import { etcdArgs } from '../etcd/args.js';
 import { createClusterClient } from '../etcd/client.js';
 import { ClusterProbe, etcdIdHex } from '../etcd/health.js';
 import { EtcdSupervisor } from '../etcd/supervisor.js';
-import { ObservabilityServer } from '../observability/http.js';
+import { ObservabilityServer, allReady } from '../observability/http.js';
 import { StewardMetrics } from '../observability/metrics.js';
 import { RpcServer } from '../rpc/server.js';
 import type { SpecResponse, StatusResponse } from '../rpc/types.js';
 import { ControlStore } from '../spec/control-store.js';
+import { SpecPeerDirectory } from '../spec/peer-directory.js';
 import { SpecService } from '../spec/service.js';
 import type { ClusterSpec } from '../spec/spec.js';
 import { LocalStore } from '../store/local.js';
@@ -54,6 +55,8 @@ export class Steward {
   private readonly leaderWork = new Set<Promise<void>>();
   private readonly spec: SpecService;
   private readonly control: ControlStore;
+  /** Every member's steward address from the cluster spec, readable with etcd down (for the restore). */
+  readonly peerDirectory: SpecPeerDirectory;
   private readonly controlClose: () => void;
   private rpc: RpcServer | undefined;
   private etcdRestarts = 0;
@@ -115,7 +118,9 @@ export class Steward {
       metrics: this.metrics,
       logger,
       currentTerm: () => this.election.currentTerm,
+      stewardAddresses: () => this.registry.list(),
     });
+    this.peerDirectory = new SpecPeerDirectory({ control: this.control, stateDir: config.stateDir, latest: () => this.spec.latest, logger });
     this.election = new LeaderElection({
       client: this.client,
       node: config.name,
@@ -158,7 +163,10 @@ export class Steward {
     const http = await ObservabilityServer.start({
       ...config.httpListen,
       registry: this.metrics.registry,
-      readiness: { notReadyReason: () => (this.rpc ? this.health.localProblem() : 'gRPC API not serving yet') },
+      readiness: allReady(
+        { notReadyReason: () => (this.supervisor.running ? null : `etcd is not running under this steward (supervisor ${this.supervisor.state})`) },
+        { notReadyReason: () => (this.rpc ? this.health.localProblem() : 'gRPC API not serving yet') },
+      ),
       logger: this.logger,
     });
     this.log.info({ version: STEWARD_VERSION, http: `${http.address.host}:${http.address.port}` }, 'steward starting');
