@@ -124,7 +124,8 @@ function program(): Command {
     .command('set')
     .argument('<file>', 'JSON spec, e.g. edited output of spec get -o json')
     .description('replace the cluster spec (on the leader; validated; must be based on the current generation)')
-    .action(async (file: string, _options: unknown, command: Command) => {
+    .option('--force', 'accept a spec that drops a member that runs now (read the refusal first: that member stops being part of the cluster spec)', false)
+    .action(async (file: string, options: { force: boolean }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       let text: string;
       try {
@@ -134,7 +135,7 @@ function program(): Command {
       }
       checkSpecJson(text);
       await withClient(global, async (client) => {
-        const response = await client.specSet(text, callSignal());
+        const response = await client.specSet(text, callSignal(), options.force);
         print(global.output, JSON.parse(response.specJson) as unknown, () => `cluster spec set: generation ${response.generation} at ${response.location}`);
       });
     });

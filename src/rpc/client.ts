@@ -86,8 +86,8 @@ export class StewardClient extends BaseClient {
     return this.unary<SpecResponse>('specGet', {}, signal);
   }
 
-  specSet(specJson: string, signal?: AbortSignal): Promise<SpecResponse> {
-    return this.unary<SpecResponse>('specSet', { specJson }, signal);
+  specSet(specJson: string, signal?: AbortSignal, force = false): Promise<SpecResponse> {
+    return this.unary<SpecResponse>('specSet', { specJson, force }, signal);
   }
 
   init(confirm: boolean, signal?: AbortSignal): Promise<SpecResponse> {

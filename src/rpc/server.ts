@@ -87,7 +87,7 @@ function ctlImplementation(handlers: StewardCtlHandlers, options: AdapterOptions
       (request) => checkInteger(request.retention, '--snapshot-retention', 0, LIMITS.retentionMax),
     ),
     SpecGet: unary('SpecGet', options, (_request: object, ctx) => handlers.specGet(ctx)),
-    SpecSet: unary('SpecSet', options, (request: { specJson: string }, ctx) => handlers.specSet(request.specJson, ctx), (request) => checkSpecJson(request.specJson)),
+    SpecSet: unary('SpecSet', options, (request: { specJson: string; force: boolean }, ctx) => handlers.specSet(request.specJson, ctx, { force: request.force }), (request) => checkSpecJson(request.specJson)),
     Init: unary('Init', options, (request: { confirm: boolean }, ctx) => handlers.init(request.confirm, ctx)),
   };
 }

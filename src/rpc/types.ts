@@ -59,7 +59,7 @@ export interface StewardCtlHandlers {
   delete(names: string[], ctx: CallContext): Promise<DeleteResponse__Output>;
   prune(retention: number, ctx: CallContext): Promise<PruneResponse__Output>;
   specGet(ctx: CallContext): Promise<SpecResponse__Output>;
-  specSet(specJson: string, ctx: CallContext): Promise<SpecResponse__Output>;
+  specSet(specJson: string, ctx: CallContext, options: { force: boolean }): Promise<SpecResponse__Output>;
   init(confirm: boolean, ctx: CallContext): Promise<SpecResponse__Output>;
 }
 

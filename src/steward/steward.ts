@@ -26,6 +26,7 @@ import { SnapshotService } from './snapshots.js';
 import { SnapshotHandlers } from './snapshot-handlers.js';
 import { runLeaderTerm } from './leader-loop.js';
 import { StewardRegistry } from '../rpc/registry.js';
+import { LayeredPeerDirectory } from '../rpc/layered-directory.js';
 import { PeerPool } from '../rpc/peer-pool.js';
 import type { PeerIdentity } from '../rpc/types.js';
 import { createMemberClient } from '../etcd/client.js';
@@ -91,7 +92,11 @@ export class Steward {
     this.registry = new StewardRegistry(this.client);
     // Who this steward is in the peer headers: its name and the etcd cluster ID of the last probe.
     this.identity = { node: config.name, clusterId: () => etcdIdHex(this.health.lastHealth?.clusterId ?? '') };
-    this.peers = new PeerPool(this.registry, { ...this.identity, fencingToken: () => this.election.currentTerm?.fencingToken ?? '' });
+    this.control = new ControlStore(controlStore, this.client);
+    this.peerDirectory = new SpecPeerDirectory({ control: this.control, stateDir: config.stateDir, latest: () => this.spec.latest, logger });
+    // The spec's addresses work with etcd down; the registry in etcd only fills gaps an older spec leaves.
+    const directory = new LayeredPeerDirectory(this.peerDirectory, this.registry, logger);
+    this.peers = new PeerPool(directory, { ...this.identity, fencingToken: () => this.election.currentTerm?.fencingToken ?? '' });
     this.snapshots = new SnapshotService(
       {
         config,
@@ -107,7 +112,6 @@ export class Steward {
       s3Store,
     );
     this.snapshotHandlers = new SnapshotHandlers(this.snapshots);
-    this.control = new ControlStore(controlStore, this.client);
     this.controlClose = () => (controlStore as Partial<Pick<S3Store, 'close'>>).close?.();
     this.spec = new SpecService({
       config,
@@ -120,7 +124,6 @@ export class Steward {
       currentTerm: () => this.election.currentTerm,
       stewardAddresses: () => this.registry.list(),
     });
-    this.peerDirectory = new SpecPeerDirectory({ control: this.control, stateDir: config.stateDir, latest: () => this.spec.latest, logger });
     this.election = new LeaderElection({
       client: this.client,
       node: config.name,
@@ -191,7 +194,7 @@ export class Steward {
           delete: (names, ctx) => this.snapshotHandlers.delete(names, ctx),
           prune: (retention, ctx) => this.snapshotHandlers.prune(retention, ctx),
           specGet: async (ctx) => specResponse(await this.spec.get(callSignal(ctx.signal)), this.control.location),
-          specSet: async (json, ctx) => specResponse(await this.spec.set(json, callSignal(ctx.signal)), this.control.location),
+          specSet: async (json, ctx, { force }) => specResponse(await this.spec.set(json, callSignal(ctx.signal), { force }), this.control.location),
           init: async (confirm, ctx) => specResponse(await this.spec.init(confirm, callSignal(ctx.signal)), this.control.location),
         },
         peer: this.snapshotHandlers.peer,

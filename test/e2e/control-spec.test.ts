@@ -176,6 +176,35 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     expect(invalid.stderr).toMatch(/members/);
   });
 
+  it('spec set refuses to drop a running member unless --force, and --force reaches the leader', async () => {
+    const { leader } = await cluster.waitForStableLeader(15_000);
+    const { writeFile } = await import('node:fs/promises');
+    // The leader's view (etcd's record, which the control store copies): what a write is checked against.
+    const read = async (): Promise<Record<string, unknown> & { generation: number; members: Array<{ name: string }>; startedMembers?: string[] }> => {
+      const got = await cluster.ctl(['--endpoint', cluster.node(leader).grpc, '-o', 'json', 'spec', 'get']);
+      if (got.code !== 0) throw new Error(got.stderr);
+      return JSON.parse(got.stdout) as never;
+    };
+    const current = await read();
+    const file = join(cluster.root, 'drop-member.json');
+    const without = { members: current.members.filter((m) => m.name !== 'node-3'), startedMembers: current.startedMembers?.filter((n) => n !== 'node-3') };
+    await writeFile(file, JSON.stringify({ ...current, ...without }));
+    const refused = await cluster.ctl(['--endpoint', cluster.node(leader).grpc, 'spec', 'set', file]);
+    expect(refused.code).toBe(4);
+    expect(refused.stderr).toMatch(/^error\[RUNNING_MEMBER_DROPPED\].*node-3/);
+    expect((await read()).generation).toBe(current.generation);
+    const forced = await cluster.ctl(['--endpoint', cluster.node(leader).grpc, 'spec', 'set', '--force', file]);
+    expect(forced.stderr).toBe("");
+    expect(forced.code).toBe(0);
+    const dropped = await read();
+    expect(dropped.members.map((m) => m.name)).toEqual(['node-1', 'node-2']);
+    // Put the member back for the tests that follow (a write is based on the generation it read; adding needs no force).
+    await writeFile(file, JSON.stringify({ ...dropped, members: current.members, startedMembers: current.startedMembers }));
+    const restored = await cluster.ctl(['--endpoint', cluster.node(leader).grpc, 'spec', 'set', file]);
+    expect(restored.stderr).toBe('');
+    expect((await read()).members).toEqual(current.members);
+  });
+
   it('a member whose data dir is wiped under a running steward is held back, init is refused, and member replacement brings it back', async () => {
     const { leader, statuses } = await cluster.waitForStableLeader(15_000);
     const victim = (leader + 1) % 3;

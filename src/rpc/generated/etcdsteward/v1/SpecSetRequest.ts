@@ -4,8 +4,10 @@
 
 export interface SpecSetRequest {
   'specJson'?: (string);
+  'force'?: (boolean);
 }
 
 export interface SpecSetRequest__Output {
   'specJson': (string);
+  'force': (boolean);
 }
