@@ -201,10 +201,19 @@ export class Steward {
         identity: this.identity,
         logger: this.logger,
       });
-      const probing = this.health.run(probingStop.signal);
-      const registering = this.register(probingStop.signal);
-      const canary = this.snapshots.runS3Canary(probingStop.signal);
-      const specWatch = this.spec.run(probingStop.signal);
+      // Each loop gets its handler the moment it starts: one that throws early (while the election below is
+      // still running) must not become an unhandled rejection, nor die silently. A loop that fails is a bug:
+      // the steward says so and shuts down, and the kubelet starts it afresh.
+      const background = (name: string, loop: Promise<void>): Promise<void> =>
+        loop.catch((err: unknown) => {
+          if (fatal === undefined) fatal = err;
+          this.log.fatal({ err: errorText(err), loop: name }, 'a background loop failed; shutting down so the steward is restarted');
+          leadershipStop.abort();
+        });
+      const probing = background('health', this.health.run(probingStop.signal));
+      const registering = background('registry', this.register(probingStop.signal));
+      const canary = background('s3-canary', this.snapshots.runS3Canary(probingStop.signal));
+      const specWatch = background('spec', this.spec.run(probingStop.signal));
       await this.election.run(leadershipStop.signal);
       await Promise.all(this.leaderWork);
       this.log.info('shutting down: leadership released');
