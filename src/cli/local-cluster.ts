@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { PreconditionError, StewardError, exitCodeFor } from '../errors/index.js';
 import { StewardClient } from '../rpc/client.js';
-import { hasMemberData } from '../spec/bootstrap.js';
+import { hasMemberData } from '../control/bootstrap.js';
 import { STEWARD_NODE_FLAGS } from './node-flags.js';
 import { ChildRestarter } from './child-restarter.js';
 import { rootSignalFromProcess } from './signals.js';

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { STEWARD_NODE_FLAGS } from '../../src/cli/node-flags.js';
-import { hasMemberData } from '../../src/spec/bootstrap.js';
+import { hasMemberData } from '../../src/control/bootstrap.js';
 import { StewardClient } from '../../src/rpc/client.js';
 import type { StatusResponse } from '../../src/rpc/types.js';
 import { freePort } from './ports.js';

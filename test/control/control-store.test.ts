@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NotFoundError, StewardError } from '../../src/errors/index.js';
 import { LocalStore } from '../../src/store/local.js';
-import { ControlStore, SPEC_KEY, SPEC_RECORD_KEY, type SpecDraft } from '../../src/spec/control-store.js';
+import { ControlStore, SPEC_KEY, SPEC_RECORD_KEY, type SpecDraft } from '../../src/control/control-store.js';
 import { S3Store } from '../../src/store/s3.js';
 import type { BackupStore } from '../../src/store/store.js';
 import { EtcdCluster } from '../harness/etcd-cluster.js';

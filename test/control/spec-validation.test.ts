@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { StewardError } from '../../src/errors/index.js';
-import { MAX_GENERATION, MAX_SPEC_BYTES, parseSpec } from '../../src/spec/spec.js';
+import { MAX_GENERATION, MAX_SPEC_BYTES, parseSpec } from '../../src/control/spec.js';
 
 const good = {
   formatVersion: 1,

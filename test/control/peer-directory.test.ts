@@ -4,9 +4,9 @@ import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ControlStore, SPEC_KEY, render } from '../../src/spec/control-store.js';
-import { SpecPeerDirectory } from '../../src/spec/peer-directory.js';
-import type { ClusterSpec } from '../../src/spec/spec.js';
+import { ControlStore, SPEC_KEY, render } from '../../src/control/control-store.js';
+import { SpecPeerDirectory } from '../../src/control/peer-directory.js';
+import type { ClusterSpec } from '../../src/control/spec.js';
 import { LocalStore } from '../../src/store/local.js';
 
 const spec = (generation: number, port: number): ClusterSpec => ({

@@ -9,9 +9,9 @@ import type { LeaderTerm } from '../../src/election/election.js';
 import { ClusterProbe } from '../../src/etcd/health.js';
 import { StewardError } from '../../src/errors/index.js';
 import { StewardMetrics } from '../../src/observability/metrics.js';
-import { ControlStore, SPEC_KEY, SPEC_RECORD_KEY, render } from '../../src/spec/control-store.js';
-import { SpecService } from '../../src/spec/service.js';
-import type { ClusterSpec } from '../../src/spec/spec.js';
+import { ControlStore, SPEC_KEY, SPEC_RECORD_KEY, render } from '../../src/control/control-store.js';
+import { SpecService } from '../../src/control/service.js';
+import type { ClusterSpec } from '../../src/control/spec.js';
 import { LocalStore } from '../../src/store/local.js';
 import { EtcdCluster } from '../harness/etcd-cluster.js';
 
