@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3 } from '../etcd/client.js';
 import type { Fence } from '../election/election.js';
 import { NotFoundError, PreconditionError, StewardError, UnavailableError, errorText } from '../errors/index.js';
 import { ensureStateDir, writeFileAtomic } from '../state/atomic.js';

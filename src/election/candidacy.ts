@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { Etcd3, Lease, Namespace } from 'etcd3';
+import type { Etcd3, Lease, Namespace } from '../etcd/client.js';
 
 /**
  * One bid for leadership, the algorithm of etcd's Go `concurrency.Election`: put `<prefix><leaseId>` under

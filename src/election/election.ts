@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExponentialBackoff, type IBackoff } from 'cockatiel';
-import type { Etcd3 } from 'etcd3';
+import { leaseSecondsLeft, type Etcd3 } from '../etcd/client.js';
 import type { Logger } from 'pino';
 import { errorText } from '../errors/index.js';
 import { Candidacy } from './candidacy.js';
@@ -91,8 +91,7 @@ export class LeaderElection {
     const node = kv.value.toString();
     // A key without a lease cannot expire; none of ours is like that, but never call it stale.
     if (!kv.lease || kv.lease === '0') return { leader: node };
-    const lease = await client.leaseClient.leaseTimeToLive({ ID: kv.lease });
-    const remaining = Number(lease.TTL);
+    const remaining = await leaseSecondsLeft(client, kv.lease);
     // Our own name on the oldest key while we hold no term: a key from before this process restarted.
     const ownOldKey = node === this.options.node;
     if (remaining > 0 && !ownOldKey && !leaseLooksAbandoned(remaining, ttlSeconds)) return { leader: node };

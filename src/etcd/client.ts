@@ -1,6 +1,19 @@
 import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, noop } from 'cockatiel';
 import { Etcd3, isRecoverableError, type IOptions } from 'etcd3';
 
+/**
+ * The one door to etcd3 (microsoft/etcd3 1.1.2, unmaintained): the rest of src/ takes its types from here and
+ * never imports 'etcd3' itself (lint enforces it), so every workaround for its traps (PITFALLS.md) lives in
+ * src/etcd/: stale deadlines, the watch backoff timer, random host choice, the snapshot call's lost metadata.
+ */
+export type { Etcd3, IMember, Lease, Namespace } from 'etcd3';
+
+/** Seconds left on a lease (0 or less once it expired); etcd3 wraps this call in no builder. */
+export async function leaseSecondsLeft(client: Etcd3, leaseId: string): Promise<number> {
+  const response = await client.leaseClient.leaseTimeToLive({ ID: leaseId });
+  return Number(response.TTL);
+}
+
 export interface EtcdClientOptions {
   /** Deadline for every unary call; streams (watch, keepalive, snapshot) set their own. */
   callTimeoutMs?: number;

@@ -1,4 +1,4 @@
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3 } from '../etcd/client.js';
 import { z } from 'zod';
 import type { Fence } from '../election/election.js';
 import { PreconditionError } from '../errors/index.js';

@@ -1,4 +1,4 @@
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3 } from '../etcd/client.js';
 import { z } from 'zod';
 import { parseJson } from '../inventory/inventory.js';
 import type { PeerAddress, PeerDirectory } from './peer-pool.js';

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Cron } from 'croner';
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3 } from '../etcd/client.js';
 import type { Logger } from 'pino';
 import type { LeaderTerm } from '../election/election.js';
 import { errorText } from '../errors/index.js';

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3 } from '../etcd/client.js';
 import type { Logger } from 'pino';
 import { PreconditionError, StewardError, UnavailableError, errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';

@@ -1,4 +1,4 @@
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3 } from '../etcd/client.js';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import type { LeaderTerm } from '../election/election.js';

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3 } from '../etcd/client.js';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import { LeaderElection, type LeaderView } from '../election/election.js';
