@@ -41,7 +41,15 @@ build: npm-deps proto-types
 typecheck: npm-deps
 	npx tsc -p test/tsconfig.json
 
-test: deps build typecheck
+# Lint guards classes of bugs (floating promises, etcd3 imported outside src/etcd); prettier owns layout.
+lint: npm-deps proto-types
+	npx eslint src test
+	npx prettier --check src test eslint.config.js vitest.config.ts vitest.bench.config.ts
+
+format: npm-deps
+	npx prettier --write src test eslint.config.js vitest.config.ts vitest.bench.config.ts
+
+test: deps build typecheck lint
 	npx vitest run
 
 run: deps build

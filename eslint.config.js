@@ -22,6 +22,11 @@ export default tseslint.config(
     // etcd3's traps are worked around in src/etcd/ only; everything else takes its types from src/etcd/client.ts.
     files: ['src/**/*.ts'],
     ignores: ['src/etcd/**'],
-    rules: { 'no-restricted-imports': ['error', { paths: [{ name: 'etcd3', message: "import etcd3's types from src/etcd/client.ts: its workarounds live in src/etcd/" }] }] },
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        { paths: [{ name: 'etcd3', message: "import etcd3's types from src/etcd/client.ts: its workarounds live in src/etcd/" }] },
+      ],
+    },
   },
 );

@@ -53,13 +53,19 @@ function program(): Command {
       if (options.name !== undefined) validateName(checkName(options.name, '--name'));
       await withClient(global, async (client) => {
         const progress = global.output === 'text' ? new ByteProgress(process.stderr) : undefined;
-        const info = await client.save({ name: options.name ?? '', force: options.force }, (bytes) => progress?.update(bytes), callSignal()).finally(() => progress?.done());
+        const info = await client
+          .save({ name: options.name ?? '', force: options.force }, (bytes) => progress?.update(bytes), callSignal())
+          .finally(() => progress?.done());
         print(global.output, saveJson(info), () => saveText(info));
         // Stored somewhere but not everywhere asked for (S3 down): what was stored where is printed above.
         if (info.failures.length > 0) {
-          throw new InternalError('SAVE_INCOMPLETE', `snapshot ${info.name} was stored at ${info.locations.length} location(s) but failed at ${info.failures.length}: ${info.failures.join('; ')}`, {
-            hint: 'the copies listed as stored are complete; fix the failed location (see etcd-stewardctl status and the steward log) and save again',
-          });
+          throw new InternalError(
+            'SAVE_INCOMPLETE',
+            `snapshot ${info.name} was stored at ${info.locations.length} location(s) but failed at ${info.failures.length}: ${info.failures.join('; ')}`,
+            {
+              hint: 'the copies listed as stored are complete; fix the failed location (see etcd-stewardctl status and the steward log) and save again',
+            },
+          );
         }
       });
     });
@@ -74,7 +80,12 @@ function program(): Command {
       await withClient(global, async (client) => {
         const { snapshots, orphans } = await client.list(options.all, callSignal());
         if (!options.all) print(global.output, snapshots.map(recordJson), () => recordsText(snapshots));
-        else print(global.output, { snapshots: snapshots.map(recordJson), orphans: orphans.map(orphanJson) }, () => `${recordsText(snapshots)}\n\n${orphansText(orphans)}`);
+        else
+          print(
+            global.output,
+            { snapshots: snapshots.map(recordJson), orphans: orphans.map(orphanJson) },
+            () => `${recordsText(snapshots)}\n\n${orphansText(orphans)}`,
+          );
       });
     });
 
@@ -96,15 +107,19 @@ function program(): Command {
   root
     .command('prune')
     .description('apply retention now: keep the newest N scheduled and the newest N on-demand snapshots per location')
-    .option('--snapshot-retention <n>', 'snapshots to keep per location (default: the steward\'s --etcd-snapshot-retention)')
+    .option('--snapshot-retention <n>', "snapshots to keep per location (default: the steward's --etcd-snapshot-retention)")
     .action(async (options: { snapshotRetention?: string }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       // 0 on the wire means "the steward's configured retention", so an operator's value starts at 1.
-      const retention = options.snapshotRetention === undefined ? 0 : parseDecimalInteger(options.snapshotRetention, '--snapshot-retention', 1, LIMITS.retentionMax);
+      const retention =
+        options.snapshotRetention === undefined ? 0 : parseDecimalInteger(options.snapshotRetention, '--snapshot-retention', 1, LIMITS.retentionMax);
       await withClient(global, async (client) => {
         const { deleted, orphansRemoved, failed } = await client.prune(retention, callSignal());
         print(global.output, deleted.map(recordJson), () =>
-          [deleted.length ? `pruned:\n${recordsText(deleted)}` : 'nothing to prune', ...orphansRemoved.map((o) => `removed orphaned data object ${o.location}`)].join('\n'),
+          [
+            deleted.length ? `pruned:\n${recordsText(deleted)}` : 'nothing to prune',
+            ...orphansRemoved.map((o) => `removed orphaned data object ${o.location}`),
+          ].join('\n'),
         );
         if (failed.length > 0) throw partial('PARTIAL_PRUNE', 'prune', deleted.length + orphansRemoved.length, failed);
       });
@@ -117,7 +132,11 @@ function program(): Command {
       const global = command.optsWithGlobals<GlobalOptions>();
       await withClient(global, async (client) => {
         const response = await client.specGet(callSignal());
-        print(global.output, JSON.parse(response.specJson) as unknown, () => `# ${response.location} (generation ${response.generation})\n${response.specJson.trimEnd()}`);
+        print(
+          global.output,
+          JSON.parse(response.specJson) as unknown,
+          () => `# ${response.location} (generation ${response.generation})\n${response.specJson.trimEnd()}`,
+        );
       });
     });
   spec
@@ -148,7 +167,11 @@ function program(): Command {
       const global = command.optsWithGlobals<GlobalOptions>();
       await withClient(global, async (client) => {
         const response = await client.init(options.yes, callSignal());
-        print(global.output, JSON.parse(response.specJson) as unknown, () => `initialised a new cluster spec (generation ${response.generation}) at ${response.location}`);
+        print(
+          global.output,
+          JSON.parse(response.specJson) as unknown,
+          () => `initialised a new cluster spec (generation ${response.generation}) at ${response.location}`,
+        );
       });
     });
   return root;
@@ -169,9 +192,13 @@ async function withClient(global: GlobalOptions, fn: (client: StewardClient) => 
 /** A delete or prune that removed some copies but not all: exit 1, with every copy still stored named on stderr. */
 function partial(code: string, verb: string, removed: number, failed: DeleteFailure[]): InternalError {
   process.stderr.write(`${failuresText(failed)}\n`);
-  return new InternalError(code, `${verb} removed ${removed} cop${removed === 1 ? 'y' : 'ies'} but could not remove ${failed.length}; their records stay in the inventory`, {
-    hint: 'fix what the NOT removed lines say (a node down, a wrong --advertise-grpc) and run it again',
-  });
+  return new InternalError(
+    code,
+    `${verb} removed ${removed} cop${removed === 1 ? 'y' : 'ies'} but could not remove ${failed.length}; their records stay in the inventory`,
+    {
+      hint: 'fix what the NOT removed lines say (a node down, a wrong --advertise-grpc) and run it again',
+    },
+  );
 }
 
 function print(output: Output, json: unknown, text: () => string): void {

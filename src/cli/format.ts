@@ -3,7 +3,11 @@ import type { DeleteFailure, OrphanObject, SnapshotInfo, SnapshotRecord, StatusR
 /** Left-aligned columns with two spaces between; no library needed for a table this plain. */
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
   return [line(header), ...rows.map(line)].join('\n');
 }
 
@@ -77,7 +81,10 @@ export function saveJson(info: SnapshotInfo): object {
 }
 
 export function saveText(info: SnapshotInfo): string {
-  const lines = [`snapshot ${info.name}: ${humanBytes(info.size)}, sha256 ${info.sha256}, revision ${info.revision}`, ...info.locations.map((l) => `  stored at ${l}`)];
+  const lines = [
+    `snapshot ${info.name}: ${humanBytes(info.size)}, sha256 ${info.sha256}, revision ${info.revision}`,
+    ...info.locations.map((l) => `  stored at ${l}`),
+  ];
   for (const failure of info.failures) lines.push(`  FAILED at ${failure}`);
   return lines.join('\n');
 }

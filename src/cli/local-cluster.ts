@@ -248,11 +248,19 @@ async function main(): Promise<number> {
   if (!existsSync(credentials)) writeFileSync(credentials, 'etcd-s3-access-key: S3RVER\netcd-s3-secret-key: S3RVER\n', { mode: 0o600 });
   const s3 = { port: options.s3Port, bucket: options.bucket, credentials };
   const s3rverBin = resolveS3rver();
-  restarters.push(new ChildRestarter({ name: 's3', start: () => startS3(options, dir, logs, s3rverBin), logFile: join(logs, 's3.log'), stopGraceMs: 5000, report }));
+  restarters.push(
+    new ChildRestarter({ name: 's3', start: () => startS3(options, dir, logs, s3rverBin), logFile: join(logs, 's3.log'), stopGraceMs: 5000, report }),
+  );
   for (const member of nodes) {
     restarters.push(
       // A steward gives itself 28 s to shut down; the grace period is a little longer so it never needs SIGKILL.
-      new ChildRestarter({ name: member.name, start: () => startSteward(member, nodes, logs, s3), logFile: join(logs, `${member.name}.log`), stopGraceMs: 35_000, report }),
+      new ChildRestarter({
+        name: member.name,
+        start: () => startSteward(member, nodes, logs, s3),
+        logFile: join(logs, `${member.name}.log`),
+        stopGraceMs: 35_000,
+        report,
+      }),
     );
   }
   const failed = new AbortController();
@@ -314,4 +322,3 @@ main().then(
     }
   },
 );
-

@@ -25,7 +25,10 @@ async function main(): Promise<number> {
   const signal = rootSignalFromProcess((received) => {
     logger.info({ component: 'steward', signal: received }, 'shutdown requested');
     setTimeout(() => {
-      logger.error({ component: 'steward', activeResources: process.getActiveResourcesInfo() }, `shutdown did not finish within ${SHUTDOWN_DEADLINE_MS}ms; exiting`);
+      logger.error(
+        { component: 'steward', activeResources: process.getActiveResourcesInfo() },
+        `shutdown did not finish within ${SHUTDOWN_DEADLINE_MS}ms; exiting`,
+      );
       process.exit(1);
     }, SHUTDOWN_DEADLINE_MS).unref();
   });

@@ -16,7 +16,7 @@ const SETTING_KEYS = Object.keys(SETTINGS) as SettingKey[];
 /** The daemon's command line: one option per setting, plus --config. Help lists every default and env name. */
 export function daemonCommand(version: string): Command {
   const command = new Command('etcd-steward')
-    .description('Supervises this node\'s etcd member, elects a leader among the stewards and serves the ctl API.')
+    .description("Supervises this node's etcd member, elects a leader among the stewards and serves the ctl API.")
     .version(version)
     .helpOption('-h, --help', 'show this help')
     .exitOverride()
@@ -85,7 +85,9 @@ async function readConfigFile(path: string): Promise<Record<string, RawValue>> {
   const values: Record<string, RawValue> = {};
   for (const [name, value] of Object.entries(parsed)) {
     if (!known.has(name)) {
-      throw new ConfigError(`--config: unknown setting '${name}' in ${path}`, { hint: 'keys are the flag names without dashes in front; run etcd-steward --help' });
+      throw new ConfigError(`--config: unknown setting '${name}' in ${path}`, {
+        hint: 'keys are the flag names without dashes in front; run etcd-steward --help',
+      });
     }
     if (!isRawValue(value)) throw new ConfigError(`${name} in ${path}: expected a string, number, boolean or list of strings`);
     values[name] = value;
@@ -127,8 +129,7 @@ function validate(raw: Map<SettingKey, { value: RawValue; source: Source }>, con
   };
   for (const [key, { value, source }] of raw) set(key, parseOne(key, value, source, configFile));
 
-  const derive = <K extends SettingKey>(key: K, value: () => RawValue): Config[K] =>
-    out[key] ?? parseOne(key, value(), 'derived', configFile);
+  const derive = <K extends SettingKey>(key: K, value: () => RawValue): Config[K] => out[key] ?? parseOne(key, value(), 'derived', configFile);
   const config: Partial<Config> = { ...out };
   config.name = derive('name', () => hostname());
   config.advertiseClientUrls = derive('advertiseClientUrls', () => out.listenClientUrls as string[]);
@@ -162,7 +163,9 @@ function checkConsistency(config: Config): void {
     throw new ConfigError(`--etcd-s3-proxy: ${JSON.stringify(config.etcdS3Proxy)} is not allowed: expected http(s)://host:port`);
   }
   if (config.etcdS3AccessKey && !config.etcdS3SecretKey) {
-    throw new ConfigError('--etcd-s3-secret-key: empty is not allowed with --etcd-s3-access-key', { hint: 'give both keys, or neither to use --etcd-s3-config-file or the default credential chain' });
+    throw new ConfigError('--etcd-s3-secret-key: empty is not allowed with --etcd-s3-access-key', {
+      hint: 'give both keys, or neither to use --etcd-s3-config-file or the default credential chain',
+    });
   }
   if (config.etcdS3Folder.startsWith('/') || config.etcdS3Folder.includes('..')) {
     throw new ConfigError(`--etcd-s3-folder: ${JSON.stringify(config.etcdS3Folder)} is not allowed: expected a key prefix without a leading slash or '..'`);
@@ -187,7 +190,9 @@ function checkControlPrefix(config: Config): void {
   if (backups === '' || control === backups || control.startsWith(`${backups}/`)) {
     throw new ConfigError(
       `--control-s3-folder: ${JSON.stringify(control)} is not allowed: it is ${backups === '' ? 'inside the backups, which are at the bucket root' : `inside the backups' prefix ${JSON.stringify(backups)}`}`,
-      { hint: 'a lifecycle rule on the backups would delete the cluster spec: give --etcd-s3-folder a folder, or put the spec elsewhere with --control-s3-folder / --control-s3-bucket' },
+      {
+        hint: 'a lifecycle rule on the backups would delete the cluster spec: give --etcd-s3-folder a folder, or put the spec elsewhere with --control-s3-folder / --control-s3-bucket',
+      },
     );
   }
 }

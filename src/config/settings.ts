@@ -119,14 +119,24 @@ export const SETTINGS = {
   etcdS3EndpointCa: setting('etcd-s3-endpoint-ca', optionalText('a PEM file path'), 'CA certificate(s) for a private S3 endpoint', { default: '' }),
   etcdS3SkipSslVerify: setting('etcd-s3-skip-ssl-verify', boolean(), 'accept any S3 certificate (lab use only)', { default: 'false' }),
   etcdS3Proxy: setting('etcd-s3-proxy', optionalText('http(s)://host:port'), 'forward proxy for S3 traffic', { default: '' }),
-  etcdS3BucketLookupType: setting('etcd-s3-bucket-lookup-type', oneOf(['auto', 'path', 'dns'] as const), 'path-style or virtual-host addressing (auto: path for custom endpoints)', {
-    default: 'auto',
-  }),
+  etcdS3BucketLookupType: setting(
+    'etcd-s3-bucket-lookup-type',
+    oneOf(['auto', 'path', 'dns'] as const),
+    'path-style or virtual-host addressing (auto: path for custom endpoints)',
+    {
+      default: 'auto',
+    },
+  ),
   etcdS3Insecure: setting('etcd-s3-insecure', boolean(), 'use http instead of https for S3', { default: 'false' }),
   etcdS3Timeout: setting('etcd-s3-timeout', duration({ minMs: 1000, maxMs: 24 * 3_600_000 }), 'timeout of one S3 request', { default: '5m' }),
-  controlS3Folder: setting('control-s3-folder', optionalText('a key prefix without leading slash'), 'where the cluster spec lives in S3, never inside the backups\' prefix', {
-    derived: '<etcd-s3-folder>-control',
-  }),
+  controlS3Folder: setting(
+    'control-s3-folder',
+    optionalText('a key prefix without leading slash'),
+    "where the cluster spec lives in S3, never inside the backups' prefix",
+    {
+      derived: '<etcd-s3-folder>-control',
+    },
+  ),
   controlS3Bucket: setting('control-s3-bucket', optionalText('a bucket name'), 'bucket of the cluster spec', { derived: '--etcd-s3-bucket' }),
   controlSpecTtl: setting('control-spec-ttl', duration({ minMs: 1000, maxMs: 24 * 3_600_000 }), 'how often the cluster spec is re-read', {
     default: '60s',

@@ -40,7 +40,14 @@ export function duration(options: { minMs: number; maxMs?: number }): ValueKind<
 
 export function integer(min: number, max: number): ValueKind<number> {
   const schema = z
-    .union([z.number(), z.string().trim().regex(/^-?\d+$/).transform(Number)])
+    .union([
+      z.number(),
+      z
+        .string()
+        .trim()
+        .regex(/^-?\d+$/)
+        .transform(Number),
+    ])
     .pipe(z.number().int().min(min).max(max));
   return { schema, allowed: `a whole number from ${min} to ${max}` };
 }

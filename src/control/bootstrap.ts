@@ -50,8 +50,14 @@ export async function countSnapshots(stores: BackupStore[], signal: AbortSignal)
 
 /** Where this node's flags and the spec disagree on what the cluster is; undefined if they agree. */
 export function specDrift(config: Pick<Config, 'initialCluster' | 'initialClusterToken'>, spec: ClusterSpec): string | undefined {
-  const mine = config.initialCluster.map((m) => `${m.name}=${m.peerUrl}`).sort().join(',');
-  const theirs = spec.members.map((m) => `${m.name}=${m.peerUrl}`).sort().join(',');
+  const mine = config.initialCluster
+    .map((m) => `${m.name}=${m.peerUrl}`)
+    .sort()
+    .join(',');
+  const theirs = spec.members
+    .map((m) => `${m.name}=${m.peerUrl}`)
+    .sort()
+    .join(',');
   const problems: string[] = [];
   if (mine !== theirs) problems.push(`--initial-cluster ${mine} vs spec ${theirs}`);
   if (config.initialClusterToken !== spec.clusterToken) problems.push(`--initial-cluster-token ${config.initialClusterToken} vs spec ${spec.clusterToken}`);
@@ -110,10 +116,22 @@ export function decideBootstrap(facts: BootstrapFacts, context: GateContext): Ve
   if (facts.restore === undefined) return { need: 'restore' };
   if (facts.hasData === undefined) return { need: 'hasData' };
   if (facts.restore instanceof Error) {
-    return { allowed: false, kind: 'restore-phase-unreadable', level: 'error', reason: `not starting etcd: the restore phase record cannot be read, so a restore may be half done: ${errorText(facts.restore)}`, fix: hintOf(facts.restore, `inspect ${join(config.stateDir, 'restore')}`) };
+    return {
+      allowed: false,
+      kind: 'restore-phase-unreadable',
+      level: 'error',
+      reason: `not starting etcd: the restore phase record cannot be read, so a restore may be half done: ${errorText(facts.restore)}`,
+      fix: hintOf(facts.restore, `inspect ${join(config.stateDir, 'restore')}`),
+    };
   }
   if (facts.hasData instanceof Error) {
-    return { allowed: false, kind: 'data-dir-unreadable', level: 'error', reason: `not starting etcd: ${errorText(facts.hasData)}`, fix: hintOf(facts.hasData, 'fix --data-dir') };
+    return {
+      allowed: false,
+      kind: 'data-dir-unreadable',
+      level: 'error',
+      reason: `not starting etcd: ${errorText(facts.hasData)}`,
+      fix: hintOf(facts.hasData, 'fix --data-dir'),
+    };
   }
   const restore = facts.restore ?? undefined;
   if (facts.hasData) return { allowed: true, kind: 'resume', why: '' };
@@ -128,7 +146,8 @@ export function decideBootstrap(facts: BootstrapFacts, context: GateContext): Ve
       fix: 'the restore resumes or rolls back and then starts etcd; if it was abandoned, move the old data dir back into place — never start this member on an empty data dir',
     };
   }
-  if (config.initialClusterState === 'existing') return { allowed: true, kind: 'join-existing', why: '--initial-cluster-state=existing: joining the members that hold the data' };
+  if (config.initialClusterState === 'existing')
+    return { allowed: true, kind: 'join-existing', why: '--initial-cluster-state=existing: joining the members that hold the data' };
   if (facts.peers === undefined) return { need: 'peers' };
   const peers = facts.peers;
   const peerUrl = config.initialCluster.find((m) => m.name === config.name)?.peerUrl ?? config.initialAdvertisePeerUrls[0] ?? '<its peer URL>';
@@ -137,32 +156,64 @@ export function decideBootstrap(facts: BootstrapFacts, context: GateContext): Ve
   const lost = `refusing to start etcd: the data dir ${config.dataDir} is empty, but this member has run before; it lost its data and must not start a new cluster`;
   // The running members know best, and answer even when every local record is gone with the disk.
   if (peers.thisMemberRan) {
-    return { allowed: false, kind: 'lost-member', level: 'error', reason: `${lost} (the members at ${peers.answered.join(', ')} list it as started)`, fix: replace(peers.thisMemberId) };
+    return {
+      allowed: false,
+      kind: 'lost-member',
+      level: 'error',
+      reason: `${lost} (the members at ${peers.answered.join(', ')} list it as started)`,
+      fix: replace(peers.thisMemberId),
+    };
   }
   if (facts.spec === undefined) return { need: 'spec' };
   if (facts.spec instanceof Error) {
     const err = facts.spec;
-    const fix = err instanceof InvalidArgumentError
-      ? `the spec file is damaged: replace ${controlLocation} with a valid copy (e.g. ${join(config.stateDir, 'last-cluster-spec.json')} from any node)`
-      : `fix access to ${shared ? 'the control store (--control-s3-*, credentials)' : `the state dir ${config.stateDir}`}; this is checked again every few seconds`;
-    return { allowed: false, kind: 'spec-unreadable', level: 'error', reason: `cannot read the cluster spec at ${controlLocation}, so etcd is not bootstrapped on the empty data dir: ${errorText(err)}`, fix };
+    const fix =
+      err instanceof InvalidArgumentError
+        ? `the spec file is damaged: replace ${controlLocation} with a valid copy (e.g. ${join(config.stateDir, 'last-cluster-spec.json')} from any node)`
+        : `fix access to ${shared ? 'the control store (--control-s3-*, credentials)' : `the state dir ${config.stateDir}`}; this is checked again every few seconds`;
+    return {
+      allowed: false,
+      kind: 'spec-unreadable',
+      level: 'error',
+      reason: `cannot read the cluster spec at ${controlLocation}, so etcd is not bootstrapped on the empty data dir: ${errorText(err)}`,
+      fix,
+    };
   }
   const spec = facts.spec ?? undefined;
   // With no leader running, `spec set` cannot be used: the spec object itself is what an operator can fix.
   const editSpec = `fix ${controlLocation} directly (no leader runs to accept 'etcd-stewardctl spec set')`;
   if (spec) {
     const drift = specDrift(config, spec);
-    if (drift) return { allowed: false, kind: 'spec-drift', level: 'error', reason: `refusing to bootstrap etcd: this node's flags do not match the cluster spec (${drift})`, fix: `fix the flags, or ${editSpec}` };
+    if (drift)
+      return {
+        allowed: false,
+        kind: 'spec-drift',
+        level: 'error',
+        reason: `refusing to bootstrap etcd: this node's flags do not match the cluster spec (${drift})`,
+        fix: `fix the flags, or ${editSpec}`,
+      };
   }
   if (spec?.clusterId) {
     if (memberHasRun(spec, config.name)) {
-      const fix = peers.answered.length > 0
-        ? replace(peers.thisMemberId)
-        : 'start the members that hold the data first, then replace this one from them; if every member lost its data, restore the cluster from a snapshot on every member (etcdutl/etcdctl snapshot restore)';
-      return { allowed: false, kind: 'lost-member', level: 'error', reason: `${lost} (the cluster spec records it as started in cluster ${spec.clusterId})`, fix };
+      const fix =
+        peers.answered.length > 0
+          ? replace(peers.thisMemberId)
+          : 'start the members that hold the data first, then replace this one from them; if every member lost its data, restore the cluster from a snapshot on every member (etcdutl/etcdctl snapshot restore)';
+      return {
+        allowed: false,
+        kind: 'lost-member',
+        level: 'error',
+        reason: `${lost} (the cluster spec records it as started in cluster ${spec.clusterId})`,
+        fix,
+      };
     }
     // Formed without this member: it may join the members that run, never start a cluster of its own.
-    if (peers.answered.length > 0) return { allowed: true, kind: 'join-formed', why: `cluster ${spec.clusterId} formed while this member never started; the members at ${peers.answered.join(', ')} run: joining them` };
+    if (peers.answered.length > 0)
+      return {
+        allowed: true,
+        kind: 'join-formed',
+        why: `cluster ${spec.clusterId} formed while this member never started; the members at ${peers.answered.join(', ')} run: joining them`,
+      };
     return {
       allowed: false,
       kind: 'no-member-answers',
@@ -172,10 +223,17 @@ export function decideBootstrap(facts: BootstrapFacts, context: GateContext): Ve
     };
   }
   // A member that starts late joins a cluster still forming: the others run and list it as never started.
-  if (spec && peers.answered.length > 0) return { allowed: true, kind: 'join-forming', why: `the members at ${peers.answered.join(', ')} run and list this member as never started: joining them` };
+  if (spec && peers.answered.length > 0)
+    return { allowed: true, kind: 'join-forming', why: `the members at ${peers.answered.join(', ')} run and list this member as never started: joining them` };
   if (facts.snapshots === undefined) return { need: 'snapshots' };
   if (facts.snapshots instanceof Error) {
-    return { allowed: false, kind: 'snapshots-unlisted', level: 'error', reason: `cannot list the snapshots, so etcd is not bootstrapped on the empty data dir: ${errorText(facts.snapshots)}`, fix: 'fix access to the snapshot stores; this is checked again every few seconds' };
+    return {
+      allowed: false,
+      kind: 'snapshots-unlisted',
+      level: 'error',
+      reason: `cannot list the snapshots, so etcd is not bootstrapped on the empty data dir: ${errorText(facts.snapshots)}`,
+      fix: 'fix access to the snapshot stores; this is checked again every few seconds',
+    };
   }
   if (facts.snapshots > 0) {
     return {
@@ -188,9 +246,21 @@ export function decideBootstrap(facts: BootstrapFacts, context: GateContext): Ve
   }
   // Without S3 the spec lives in each node's own dir, so there is nothing shared for init to create first.
   if (!spec && shared) {
-    return { allowed: false, kind: 'waiting-for-init', level: 'warn', reason: `no cluster spec yet at ${controlLocation} and this data dir is empty: waiting for 'etcd-stewardctl init --yes' to create a new cluster`, fix: "run 'etcd-stewardctl init --yes' once for a brand-new cluster" };
+    return {
+      allowed: false,
+      kind: 'waiting-for-init',
+      level: 'warn',
+      reason: `no cluster spec yet at ${controlLocation} and this data dir is empty: waiting for 'etcd-stewardctl init --yes' to create a new cluster`,
+      fix: "run 'etcd-stewardctl init --yes' once for a brand-new cluster",
+    };
   }
-  return { allowed: true, kind: 'bootstrap', why: spec ? `cluster spec generation ${spec.generation} matches this node and no snapshot exists: a cluster that has not formed yet` : 'no snapshot exists and no member lists this one as started' };
+  return {
+    allowed: true,
+    kind: 'bootstrap',
+    why: spec
+      ? `cluster spec generation ${spec.generation} matches this node and no snapshot exists: a cluster that has not formed yet`
+      : 'no snapshot exists and no member lists this one as started',
+  };
 }
 
 function hintOf(err: Error, fallback: string): string {
@@ -247,7 +317,10 @@ export class BootstrapGate {
       }
       this.refusal = `${verdict.reason} — ${verdict.fix}`;
       if (verdict.reason !== lastLogged || Date.now() - lastLoggedAt >= this.options.config.controlSpecTtl) {
-        this.log[verdict.level]({ location: this.options.control.location, dataDir: this.options.config.dataDir, verdict: verdict.kind, fix: verdict.fix }, verdict.reason);
+        this.log[verdict.level](
+          { location: this.options.control.location, dataDir: this.options.config.dataDir, verdict: verdict.kind, fix: verdict.fix },
+          verdict.reason,
+        );
         lastLogged = verdict.reason;
         lastLoggedAt = Date.now();
       }

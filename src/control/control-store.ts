@@ -71,9 +71,13 @@ export class ControlStore {
     // push the next one past what a number holds exactly. Only when nothing is recorded anywhere (the spec
     // and etcd's record both lost) does the edited generation itself say where to go on from.
     if (current > 0 && basedOn > current) {
-      throw new PreconditionError('GENERATION_SKIP', `the spec you sent has generation ${basedOn}, but the current one is ${current}: each write moves it by exactly one`, {
-        hint: `send the spec with "generation": ${current} (start from etcd-stewardctl spec get -o json)`,
-      });
+      throw new PreconditionError(
+        'GENERATION_SKIP',
+        `the spec you sent has generation ${basedOn}, but the current one is ${current}: each write moves it by exactly one`,
+        {
+          hint: `send the spec with "generation": ${current} (start from etcd-stewardctl spec get -o json)`,
+        },
+      );
     }
     const generation = Math.max(current, basedOn) + 1;
     if (!Number.isSafeInteger(generation) || generation > MAX_GENERATION) {
@@ -96,10 +100,14 @@ export class ControlStore {
       await this.copyRecord(signal);
     } catch (err) {
       // The write itself stands (etcd has it); only the copy is behind. Say so, or a retry of the same file reads as stale.
-      throw new UnavailableError('SPEC_COPY_PENDING', `generation ${spec.generation} is recorded in etcd, but copying it to ${this.location} failed: ${errorText(err)}`, {
-        cause: err,
-        hint: `fix access to the control store; the leader finishes the copy within one --control-spec-ttl while an older spec is there, and if none is, run spec set again with "generation": ${spec.generation}`,
-      });
+      throw new UnavailableError(
+        'SPEC_COPY_PENDING',
+        `generation ${spec.generation} is recorded in etcd, but copying it to ${this.location} failed: ${errorText(err)}`,
+        {
+          cause: err,
+          hint: `fix access to the control store; the leader finishes the copy within one --control-spec-ttl while an older spec is there, and if none is, run spec set again with "generation": ${spec.generation}`,
+        },
+      );
     }
     return spec;
   }
@@ -116,14 +124,19 @@ export class ControlStore {
       if (after?.modRevision === record.modRevision) return record.spec;
       record = after;
     }
-    if (record) throw new PreconditionError('SPEC_CONTENDED', 'the spec kept changing while it was being copied to the control store', { hint: 'retry once the other writer is done' });
+    if (record)
+      throw new PreconditionError('SPEC_CONTENDED', 'the spec kept changing while it was being copied to the control store', {
+        hint: 'retry once the other writer is done',
+      });
     return undefined;
   }
 
   /** Writes the first spec of a brand-new cluster; the caller has checked there is no data and no running etcd. */
   async initialise(draft: SpecDraft, signal: AbortSignal): Promise<ClusterSpec> {
     if (await this.read(signal)) {
-      throw new PreconditionError('SPEC_EXISTS', `a cluster spec already exists at ${this.location}`, { hint: 'nothing to initialise: the cluster exists; etcd-stewardctl spec get shows it' });
+      throw new PreconditionError('SPEC_EXISTS', `a cluster spec already exists at ${this.location}`, {
+        hint: 'nothing to initialise: the cluster exists; etcd-stewardctl spec get shows it',
+      });
     }
     const first: ClusterSpec = { ...draft, formatVersion: 1, generation: 1, updatedAt: new Date().toISOString(), fencingToken: '' };
     parseSpec(JSON.stringify(first), 'the first cluster spec');
@@ -132,7 +145,9 @@ export class ControlStore {
       await this.store.putSmall(SPEC_KEY, render(first), signal, { createOnly: true });
     } catch (err) {
       if (err instanceof StewardError && err.code === 'OBJECT_EXISTS') {
-        throw new PreconditionError('SPEC_EXISTS', `a cluster spec was created at ${this.location} while this init ran`, { hint: 'the cluster exists: etcd-stewardctl spec get shows it' });
+        throw new PreconditionError('SPEC_EXISTS', `a cluster spec was created at ${this.location} while this init ran`, {
+          hint: 'the cluster exists: etcd-stewardctl spec get shows it',
+        });
       }
       throw err;
     }

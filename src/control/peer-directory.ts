@@ -53,9 +53,13 @@ export class SpecPeerDirectory {
     if (copy) candidates.push(copy);
     const newest = candidates.reduce<ClusterSpec | undefined>((best, spec) => (!best || spec.generation > best.generation ? spec : best), undefined);
     if (!newest) {
-      throw new UnavailableError('PEERS_UNKNOWN', `no cluster spec can be read to find the other stewards${problems.length > 0 ? ` (${problems.join('; ')})` : ''}`, {
-        hint: `put a valid spec back at ${this.options.control.location}, or a kept last-cluster-spec.json from another node into ${this.options.stateDir}`,
-      });
+      throw new UnavailableError(
+        'PEERS_UNKNOWN',
+        `no cluster spec can be read to find the other stewards${problems.length > 0 ? ` (${problems.join('; ')})` : ''}`,
+        {
+          hint: `put a valid spec back at ${this.options.control.location}, or a kept last-cluster-spec.json from another node into ${this.options.stateDir}`,
+        },
+      );
     }
     if (problems.length > 0) this.log.debug({ problems, generation: newest.generation }, 'peer addresses read from the spec that could be read');
     return peersFromSpec(newest);

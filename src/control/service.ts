@@ -76,12 +76,17 @@ export class SpecService {
       const health = (): Promise<ClusterHealth> => (probed ??= this.options.clusterHealth());
       const spec = await this.check(signal, health);
       const term = this.options.currentTerm();
-      if (term && !signal.aborted) await this.leaderDuties(spec, term, AbortSignal.any([signal, term.signal]), health).catch((err: unknown) => {
-        if (!signal.aborted && !term.signal.aborted) this.log.warn({ err: errorText(err) }, 'leader spec upkeep failed; trying again next TTL');
-      });
+      if (term && !signal.aborted)
+        await this.leaderDuties(spec, term, AbortSignal.any([signal, term.signal]), health).catch((err: unknown) => {
+          if (!signal.aborted && !term.signal.aborted) this.log.warn({ err: errorText(err) }, 'leader spec upkeep failed; trying again next TTL');
+        });
       // Until the formed cluster is recorded, look more often: that record is what protects an empty data dir.
-      const forming = spec ? spec.members.some((m) => !memberHasRun(spec, m.name)) : !this.options.shared || !hasMemberDataOr(this.options.config.dataDir, true);
-      await sleep(forming ? Math.min(FORMING_RECHECK_MS, this.options.config.controlSpecTtl) : this.options.config.controlSpecTtl, undefined, { signal }).catch(() => undefined);
+      const forming = spec
+        ? spec.members.some((m) => !memberHasRun(spec, m.name))
+        : !this.options.shared || !hasMemberDataOr(this.options.config.dataDir, true);
+      await sleep(forming ? Math.min(FORMING_RECHECK_MS, this.options.config.controlSpecTtl) : this.options.config.controlSpecTtl, undefined, { signal }).catch(
+        () => undefined,
+      );
     }
   }
 
@@ -92,9 +97,12 @@ export class SpecService {
     try {
       spec = this.options.shared ? await control.read(signal) : await this.readMirrored(signal);
     } catch (err) {
-      const fix = err instanceof InvalidArgumentError
-        ? `the spec is damaged: put a valid one back with 'etcd-stewardctl spec set ${join(config.stateDir, 'last-cluster-spec.json')}'`
-        : this.options.shared ? 'check the control store settings (--control-s3-*) and credentials' : `check the state dir ${config.stateDir} and that etcd answers`;
+      const fix =
+        err instanceof InvalidArgumentError
+          ? `the spec is damaged: put a valid one back with 'etcd-stewardctl spec set ${join(config.stateDir, 'last-cluster-spec.json')}'`
+          : this.options.shared
+            ? 'check the control store settings (--control-s3-*) and credentials'
+            : `check the state dir ${config.stateDir} and that etcd answers`;
       this.unhealthy(`the cluster spec at ${control.location} cannot be read: ${errorText(err)}`, fix);
       return undefined;
     }
@@ -107,7 +115,10 @@ export class SpecService {
       return undefined;
     }
     if (!spec && !hasMemberDataOr(config.dataDir, true)) {
-      this.unhealthy(`no cluster spec yet at ${control.location}, and this node's data dir is empty`, "etcd starts once one exists: 'etcd-stewardctl init --yes' creates a new cluster (refused if any data or snapshot exists)");
+      this.unhealthy(
+        `no cluster spec yet at ${control.location}, and this node's data dir is empty`,
+        "etcd starts once one exists: 'etcd-stewardctl init --yes' creates a new cluster (refused if any data or snapshot exists)",
+      );
       return undefined;
     }
     if (!spec) {
@@ -119,7 +130,10 @@ export class SpecService {
     }
     const mismatch = await this.clusterMismatch(spec, clusterHealth);
     if (mismatch) {
-      this.unhealthy(mismatch, 'this etcd is not the cluster the spec describes: check --control-s3-* point at this cluster\'s spec, or fix the spec with etcd-stewardctl spec set');
+      this.unhealthy(
+        mismatch,
+        "this etcd is not the cluster the spec describes: check --control-s3-* point at this cluster's spec, or fix the spec with etcd-stewardctl spec set",
+      );
       return spec;
     }
     this.options.metrics.controlSpecHealthy.set(1);
@@ -146,9 +160,14 @@ export class SpecService {
   async init(confirmed: boolean, signal: AbortSignal): Promise<ClusterSpec> {
     const { config, control } = this.options;
     if (!confirmed) {
-      throw new PreconditionError('UNCONFIRMED', 'init creates a brand-new, empty cluster and was not confirmed', { hint: 'pass --yes if that is what you want' });
+      throw new PreconditionError('UNCONFIRMED', 'init creates a brand-new, empty cluster and was not confirmed', {
+        hint: 'pass --yes if that is what you want',
+      });
     }
-    if (await control.read(signal)) throw new PreconditionError('SPEC_EXISTS', `a cluster spec already exists at ${control.location}`, { hint: 'the cluster exists: etcd-stewardctl spec get shows it' });
+    if (await control.read(signal))
+      throw new PreconditionError('SPEC_EXISTS', `a cluster spec already exists at ${control.location}`, {
+        hint: 'the cluster exists: etcd-stewardctl spec get shows it',
+      });
     if (hasMemberData(config.dataDir)) {
       throw new PreconditionError('HAS_DATA', `this node's data dir ${config.dataDir} holds an etcd member`, {
         hint: 'init is only for a brand-new cluster; to recreate a lost spec use etcd-stewardctl spec set FILE',
@@ -163,14 +182,19 @@ export class SpecService {
       });
     }
     const snapshots = await countSnapshots(this.options.backupStores, signal).catch((err: unknown) => {
-      throw new PreconditionError('CANNOT_CHECK_SNAPSHOTS', `cannot tell whether snapshots exist: ${errorText(err)}`, { hint: 'fix access to the snapshot stores first; init never runs blind' });
+      throw new PreconditionError('CANNOT_CHECK_SNAPSHOTS', `cannot tell whether snapshots exist: ${errorText(err)}`, {
+        hint: 'fix access to the snapshot stores first; init never runs blind',
+      });
     });
     if (snapshots > 0) {
       throw new PreconditionError('SNAPSHOTS_EXIST', `${snapshots} snapshot(s) exist for this cluster`, {
         hint: 'a cluster with backups is not new: restore its spec (spec set) or a snapshot instead of init',
       });
     }
-    const spec = await control.initialise({ members: config.initialCluster, etcdVersion: '', clusterToken: config.initialClusterToken, clusterId: '', etcdFlags: {} }, signal);
+    const spec = await control.initialise(
+      { members: config.initialCluster, etcdVersion: '', clusterToken: config.initialClusterToken, clusterId: '', etcdFlags: {} },
+      signal,
+    );
     this.log.warn({ location: control.location }, 'initialised a new cluster spec (etcd-stewardctl init --yes)');
     await this.check(signal);
     return spec;
@@ -189,7 +213,10 @@ export class SpecService {
    */
   async set(text: string, signal: AbortSignal, options: { force?: boolean } = {}): Promise<ClusterSpec> {
     const term = this.options.currentTerm();
-    if (!term) throw new PreconditionError('NOT_LEADER', 'only the leader writes the cluster spec', { hint: 'run etcd-stewardctl status to find the leader and address it with --endpoint' });
+    if (!term)
+      throw new PreconditionError('NOT_LEADER', 'only the leader writes the cluster spec', {
+        hint: 'run etcd-stewardctl status to find the leader and address it with --endpoint',
+      });
     const { generation, ...rest } = parseSpec(text, 'the spec file');
     const dropped = await this.runningMembersDropped(rest.members.map((m) => m.name));
     if (dropped.length > 0 && !options.force) {
@@ -198,7 +225,8 @@ export class SpecService {
       });
     }
     const spec = await this.options.control.write(rest, generation, term, AbortSignal.any([signal, term.signal]));
-    if (dropped.length > 0) this.log.warn({ generation: spec.generation, dropped, force: true }, 'cluster spec replaced with --force although it drops running member(s)');
+    if (dropped.length > 0)
+      this.log.warn({ generation: spec.generation, dropped, force: true }, 'cluster spec replaced with --force although it drops running member(s)');
     this.log.warn({ generation: spec.generation }, 'cluster spec replaced (etcd-stewardctl spec set)');
     await this.check(signal);
     return spec;
@@ -224,7 +252,14 @@ export class SpecService {
     if (!clusterId || running.length === 0) return;
     const addresses = await this.advertisedAddresses();
     if (!this.options.shared && !record && !spec) {
-      const draft: SpecDraft = { members: withGrpc(config.initialCluster, addresses), etcdVersion: health.members[0]?.version ?? '', clusterToken: config.initialClusterToken, clusterId, startedMembers: running.sort(), etcdFlags: {} };
+      const draft: SpecDraft = {
+        members: withGrpc(config.initialCluster, addresses),
+        etcdVersion: health.members[0]?.version ?? '',
+        clusterToken: config.initialClusterToken,
+        clusterId,
+        startedMembers: running.sort(),
+        etcdFlags: {},
+      };
       const adopted = await control.write(draft, 0, term, signal);
       this.log.info({ generation: adopted.generation, clusterId }, 'recorded the running cluster as the cluster spec (no S3: every steward keeps a copy)');
       return;
@@ -265,7 +300,10 @@ export class SpecService {
   /** Names of members that answer in the cluster now (by the probe) and are not in `keep`. */
   private async runningMembersDropped(keep: string[]): Promise<string[]> {
     const health = await this.options.clusterHealth();
-    return health.members.filter((m) => m.reachable && m.name && !keep.includes(m.name)).map((m) => m.name).sort();
+    return health.members
+      .filter((m) => m.reachable && m.name && !keep.includes(m.name))
+      .map((m) => m.name)
+      .sort();
   }
 
   /** Without S3: etcd's record, mirrored into this node's dir; the dir's copy when etcd cannot be asked. */

@@ -62,7 +62,10 @@ export const clusterSpecSchema = z
      * The etcd cluster ID (hex) once every member has run: from then on an empty data dir is a member that
      * lost its data, never a reason to bootstrap. '' until the leader records it.
      */
-    clusterId: z.string().regex(/^[0-9a-f]{0,16}$/, 'hex, at most 16 digits').default(''),
+    clusterId: z
+      .string()
+      .regex(/^[0-9a-f]{0,16}$/, 'hex, at most 16 digits')
+      .default(''),
     /**
      * Members known to have run (joined with quorum), recorded by the leader from the cluster's first
      * formation on: an empty data dir of one of them is lost data; any other member may still join. Absent
@@ -74,7 +77,10 @@ export const clusterSpecSchema = z
       .record(z.string().regex(/^[a-z][a-z0-9-]{0,63}$/, 'a flag name without dashes'), z.string().max(4096).refine(isPlainText, 'no control characters'))
       .refine((flags) => Object.keys(flags).length <= 100, 'at most 100 flags')
       .default({}),
-    updatedAt: z.string().max(64).refine((value) => value === '' || !Number.isNaN(Date.parse(value)), 'an ISO 8601 time'),
+    updatedAt: z
+      .string()
+      .max(64)
+      .refine((value) => value === '' || !Number.isNaN(Date.parse(value)), 'an ISO 8601 time'),
     /** The leader that wrote it ('' for init): a record of who changed the spec. */
     fencingToken: z.string().regex(/^\d{0,20}$/, 'a decimal revision or empty'),
   })
@@ -94,13 +100,17 @@ export function memberHasRun(spec: ClusterSpec, member: string): boolean {
 /** Parses operator input (`spec set FILE`) or a stored object; every problem named, none guessed at. */
 export function parseSpec(text: string, where: string): ClusterSpec {
   if (Buffer.byteLength(text) > MAX_SPEC_BYTES) {
-    throw new InvalidArgumentError(`${where} is ${Buffer.byteLength(text)} bytes, more than the ${MAX_SPEC_BYTES} a cluster spec may be`, { hint: 'start from the output of etcd-stewardctl spec get -o json' });
+    throw new InvalidArgumentError(`${where} is ${Buffer.byteLength(text)} bytes, more than the ${MAX_SPEC_BYTES} a cluster spec may be`, {
+      hint: 'start from the output of etcd-stewardctl spec get -o json',
+    });
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new InvalidArgumentError(`${where} is not valid JSON: ${(err as Error).message.slice(0, 200)}`, { hint: 'start from the output of etcd-stewardctl spec get -o json' });
+    throw new InvalidArgumentError(`${where} is not valid JSON: ${(err as Error).message.slice(0, 200)}`, {
+      hint: 'start from the output of etcd-stewardctl spec get -o json',
+    });
   }
   const result = clusterSpecSchema.safeParse(json);
   if (!result.success) {

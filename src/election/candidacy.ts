@@ -89,7 +89,12 @@ export class Candidacy extends EventEmitter {
   }
 
   private async waitForDelete(key: string, revision: string, signal: AbortSignal): Promise<void> {
-    const watcher = await this.namespace.watch().key(key).startRevision((BigInt(revision) + 1n).toString()).only('delete').create();
+    const watcher = await this.namespace
+      .watch()
+      .key(key)
+      .startRevision((BigInt(revision) + 1n).toString())
+      .only('delete')
+      .create();
     let onAbort: (() => void) | undefined;
     let onLost: ((err: unknown) => void) | undefined;
     // Every listener is attached before anything else is awaited: an error or a lost lease in between is never missed.

@@ -1,14 +1,5 @@
 import { Metadata, status as GrpcStatus, type ServiceError, type StatusObject } from '@grpc/grpc-js';
-import {
-  CancelledError,
-  DeadlineError,
-  InternalError,
-  StewardError,
-  UnavailableError,
-  errorText,
-  prefixOf,
-  type ErrorFamily,
-} from './errors.js';
+import { CancelledError, DeadlineError, InternalError, StewardError, UnavailableError, errorText, prefixOf, type ErrorFamily } from './errors.js';
 
 /** The one table that ties an error family to a gRPC status and a ctl exit code. */
 const FAMILY: Record<ErrorFamily, { grpc: GrpcStatus; exit: number }> = {
@@ -42,7 +33,8 @@ export function asStewardError(err: unknown): StewardError {
   if (err instanceof StewardError) return err;
   if (err instanceof Error || (typeof err === 'object' && err !== null && 'name' in err)) {
     const name = (err as { name: unknown }).name;
-    if (name === 'TimeoutError') return new DeadlineError(`timed out: ${errorText(err)}`, { cause: err, hint: 'try again; if it keeps timing out, check the cluster and S3 health' });
+    if (name === 'TimeoutError')
+      return new DeadlineError(`timed out: ${errorText(err)}`, { cause: err, hint: 'try again; if it keeps timing out, check the cluster and S3 health' });
     if (name === 'AbortError') return new CancelledError(`cancelled: ${errorText(err)}`, { cause: err });
   }
   return new InternalError('INTERNAL', `unexpected error: ${errorText(err)}`, { cause: err });
@@ -105,7 +97,11 @@ export function fromGrpcError(err: ServiceError, endpoint: string): StewardError
     }
   }
   const family = familyOfStatus(err.code);
-  return new StewardError(family, code, message, { cause: err, retryable: family === 'unavailable' || family === 'deadline', ...(hint === undefined ? {} : { hint }) });
+  return new StewardError(family, code, message, {
+    cause: err,
+    retryable: family === 'unavailable' || family === 'deadline',
+    ...(hint === undefined ? {} : { hint }),
+  });
 }
 
 function familyOfStatus(code: GrpcStatus): ErrorFamily {

@@ -25,7 +25,11 @@ export interface PeerView {
  * first so the steward can hold back with a clear message instead of letting etcd crash-loop. A member that
  * does not answer (down, or peer TLS we cannot speak) says nothing.
  */
-export async function askPeers(config: Pick<Config, 'name' | 'initialCluster' | 'initialAdvertisePeerUrls'>, timeoutMs: number, signal: AbortSignal): Promise<PeerView> {
+export async function askPeers(
+  config: Pick<Config, 'name' | 'initialCluster' | 'initialAdvertisePeerUrls'>,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<PeerView> {
   const mine = new Set(config.initialAdvertisePeerUrls.map(normalise));
   for (const member of config.initialCluster) if (member.name === config.name) mine.add(normalise(member.peerUrl));
   const others = config.initialCluster.filter((member) => member.name !== config.name && !mine.has(normalise(member.peerUrl)));

@@ -19,8 +19,7 @@ export async function openSnapshotStream(client: Etcd3, deadline: number): Promi
   // The pool is private in etcd3's typings; etcd3 1.1.2 is pinned and unmaintained, so it will not move.
   const pool = (client.maintenance as unknown as { client: Pool }).client;
   return pool.withConnection('Maintenance', ({ client: grpcClient, metadata }) => {
-    const call = (grpcClient as unknown as Record<string, (req: object, md: Metadata, opts: object) => ClientReadableStream<SnapshotMessage>>)
-      .snapshot;
+    const call = (grpcClient as unknown as Record<string, (req: object, md: Metadata, opts: object) => ClientReadableStream<SnapshotMessage>>).snapshot;
     if (!call) throw new Error('etcd3 Maintenance client has no snapshot method');
     return call.call(grpcClient, {}, metadata, { deadline });
   });

@@ -124,7 +124,8 @@ export class EtcdSupervisor {
         const attempt = AbortSignal.any([signal, this.interrupt.signal]);
         if (this.options.beforeStart && !(await this.options.beforeStart(attempt))) {
           // Skipped without a pause or a stop behind it: ask again in a moment, never in a tight loop.
-          if (!signal.aborted && !this.paused) await sleep(1000, undefined, { signal: AbortSignal.any([signal, this.interrupt.signal]) }).catch(() => undefined);
+          if (!signal.aborted && !this.paused)
+            await sleep(1000, undefined, { signal: AbortSignal.any([signal, this.interrupt.signal]) }).catch(() => undefined);
           continue;
         }
         // Checked with no await between it and the spawn (spawnChild attaches everything before its first
@@ -138,7 +139,9 @@ export class EtcdSupervisor {
         const { code, signal: exitSignal } = await tracked.exited;
         this.current = undefined;
         this.options.onRunningChange?.(false);
-        await rm(this.pidFile, { force: true }).catch((err: unknown) => this.log.warn({ err: errorText(err), pidFile: this.pidFile }, 'cannot remove the pid file'));
+        await rm(this.pidFile, { force: true }).catch((err: unknown) =>
+          this.log.warn({ err: errorText(err), pidFile: this.pidFile }, 'cannot remove the pid file'),
+        );
         tracked.markHandled();
         if (signal.aborted) {
           this.log.info({ code, signal: exitSignal }, 'etcd stopped');
@@ -237,7 +240,10 @@ export class EtcdSupervisor {
       // Node leaves pid unset when the spawn failed and reports why with 'error' on a later tick; there is
       // no process, so there is no exit to miss while waiting for the reason.
       const [err] = (await once(child, 'error')) as [Error];
-      throw new InternalError('ETCD_SPAWN_FAILED', `cannot start ${this.options.binary}: ${errorText(err)}`, { hint: 'install etcd or point --etcd-binary at it', cause: err });
+      throw new InternalError('ETCD_SPAWN_FAILED', `cannot start ${this.options.binary}: ${errorText(err)}`, {
+        hint: 'install etcd or point --etcd-binary at it',
+        cause: err,
+      });
     }
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));

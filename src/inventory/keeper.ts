@@ -98,7 +98,10 @@ export class InventoryKeeper {
         await inventory.setOrphans(location.locationId, locationOrphans, fence);
         orphans += locationOrphans.length;
         if (locationOrphans.length > 0) {
-          this.log.warn({ location: location.locationId, orphans: locationOrphans.length, sample: locationOrphans.slice(0, 3).map((o) => o.key) }, 'reconcile: data objects without metadata (orphans); prune removes them');
+          this.log.warn(
+            { location: location.locationId, orphans: locationOrphans.length, sample: locationOrphans.slice(0, 3).map((o) => o.key) },
+            'reconcile: data objects without metadata (orphans); prune removes them',
+          );
         }
       }
       await this.updateCounts();
@@ -217,7 +220,10 @@ export class InventoryKeeper {
         } catch (err) {
           signal.throwIfAborted();
           outcome.failed.push({ record, error: errorText(err) });
-          this.log.error({ snapshot: record.name, location: record.locationId, err: errorText(err) }, 'cannot delete this copy of the snapshot; its record stays');
+          this.log.error(
+            { snapshot: record.name, location: record.locationId, err: errorText(err) },
+            'cannot delete this copy of the snapshot; its record stays',
+          );
         }
       }
       await this.updateCounts();

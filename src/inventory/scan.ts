@@ -6,7 +6,6 @@ import { CANARY_KEY_PREFIX } from '../store/canary.js';
 import type { NamedStore } from '../store/store.js';
 import type { InventoryRecord, OrphanRecord } from './inventory.js';
 
-
 export interface LocationScan {
   records: InventoryRecord[];
   /** Data objects without metadata: snapshots whose metadata was deleted, or one being written right now. */
@@ -40,7 +39,10 @@ export async function scanStore({ locationId, store }: NamedStore, signal: Abort
     }
     const size = sizes.get(metadata.key);
     if (size !== metadata.size) {
-      log.warn({ location: locationId, snapshot: metadata.name, expected: metadata.size, found: size ?? 'missing' }, 'snapshot object missing or of the wrong size; not listing it');
+      log.warn(
+        { location: locationId, snapshot: metadata.name, expected: metadata.size, found: size ?? 'missing' },
+        'snapshot object missing or of the wrong size; not listing it',
+      );
       continue;
     }
     records.push({

@@ -1,10 +1,4 @@
-import type {
-  Metadata,
-  sendUnaryData,
-  ServerReadableStream,
-  ServerUnaryCall,
-  ServerWritableStream,
-} from '@grpc/grpc-js';
+import type { Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { CancelledError, DeadlineError, abortedError, asStewardError, prefixOf, toGrpcStatus, type StewardError } from '../errors/index.js';
 import { checkRequestHeader, replyHeader } from './peer-header.js';
@@ -36,15 +30,16 @@ export function callContext(call: AnyCall, shutdown: AbortSignal): { ctx: CallCo
   // grpc-js reports a passed deadline as 'cancelled' too: tell the two apart by the clock.
   const onCancel = (): void =>
     controller.abort(Date.now() >= deadlineMs - 20 ? new DeadlineError('the call passed its deadline') : new CancelledError('the client cancelled the call'));
-  const onShutdown = (): void => controller.abort(new CancelledError('the steward is shutting down', { code: 'STEWARD_SHUTTING_DOWN', hint: 'retry against another steward or once it is back' }));
+  const onShutdown = (): void =>
+    controller.abort(
+      new CancelledError('the steward is shutting down', { code: 'STEWARD_SHUTTING_DOWN', hint: 'retry against another steward or once it is back' }),
+    );
   call.on('cancelled', onCancel);
   shutdown.addEventListener('abort', onShutdown, { once: true });
   if (shutdown.aborted) onShutdown();
   // grpc-js ends a call whose deadline passed, but the handler would run on: fire its signal too.
   const ms = deadlineMs - Date.now();
-  const timer = Number.isFinite(ms)
-    ? setTimeout(() => controller.abort(new DeadlineError('the call passed its deadline')), Math.max(0, ms))
-    : undefined;
+  const timer = Number.isFinite(ms) ? setTimeout(() => controller.abort(new DeadlineError('the call passed its deadline')), Math.max(0, ms)) : undefined;
   timer?.unref();
   return {
     ctx: { signal: controller.signal, metadata: call.metadata },

@@ -63,14 +63,18 @@ export function checkNames(names: string[], what: string): string[] {
 export function checkSpecJson(json: string): string {
   const bytes = Buffer.byteLength(json, 'utf8');
   if (bytes > LIMITS.specJsonBytes) {
-    throw new InvalidArgumentError(`spec: ${bytes} bytes is too large (at most ${LIMITS.specJsonBytes})`, { hint: 'a cluster spec is a few KiB: check the file you passed' });
+    throw new InvalidArgumentError(`spec: ${bytes} bytes is too large (at most ${LIMITS.specJsonBytes})`, {
+      hint: 'a cluster spec is a few KiB: check the file you passed',
+    });
   }
   return json;
 }
 
 export function checkHeaderField(value: string, what: string): string {
   if (Buffer.byteLength(value, 'utf8') > LIMITS.headerFieldBytes) {
-    throw new InvalidArgumentError(`peer header ${what}: longer than ${LIMITS.headerFieldBytes} bytes`, { hint: 'the caller is not a steward of this version' });
+    throw new InvalidArgumentError(`peer header ${what}: longer than ${LIMITS.headerFieldBytes} bytes`, {
+      hint: 'the caller is not a steward of this version',
+    });
   }
   return value;
 }

@@ -114,7 +114,12 @@ export class StewardClient extends BaseClient {
       call.on('end', () => {
         if (failed) return;
         if (result) resolve(result);
-        else reject(new InternalError('SAVE_NO_RESULT', `the steward at ${this.endpoint} ended the save without a result`, { hint: 'run etcd-stewardctl ls to see whether the snapshot was stored, and the steward log for why' }));
+        else
+          reject(
+            new InternalError('SAVE_NO_RESULT', `the steward at ${this.endpoint} ended the save without a result`, {
+              hint: 'run etcd-stewardctl ls to see whether the snapshot was stored, and the steward log for why',
+            }),
+          );
       });
     }).finally(() => signal?.removeEventListener('abort', onAbort));
   }
@@ -153,9 +158,16 @@ export class PeerClient extends BaseClient {
     signal.throwIfAborted();
     let call: ClientWritableStream<ReceiveSnapshotChunkInput> | undefined;
     const reply = new Promise<ReceiveSnapshotResponse>((resolve, reject) => {
-      call = (this.client as unknown as {
-        receiveSnapshot(options: object, cb: (err: ServiceError | null, res?: ReceiveSnapshotResponse) => void): ClientWritableStream<ReceiveSnapshotChunkInput>;
-      }).receiveSnapshot({}, (err, res) => (err ? reject(signal.aborted ? abortedError(signal, err) : fromGrpcError(err, this.endpoint)) : resolve(res as ReceiveSnapshotResponse)));
+      call = (
+        this.client as unknown as {
+          receiveSnapshot(
+            options: object,
+            cb: (err: ServiceError | null, res?: ReceiveSnapshotResponse) => void,
+          ): ClientWritableStream<ReceiveSnapshotChunkInput>;
+        }
+      ).receiveSnapshot({}, (err, res) =>
+        err ? reject(signal.aborted ? abortedError(signal, err) : fromGrpcError(err, this.endpoint)) : resolve(res as ReceiveSnapshotResponse),
+      );
     });
     const stream = call as ClientWritableStream<ReceiveSnapshotChunkInput>;
     const onAbort = (): void => stream.cancel();

@@ -36,15 +36,23 @@ export function replyHeader(self: PeerIdentity): PeerReplyHeader {
  */
 export function checkReplyHeader(reply: PeerReplyHeader | null | undefined, expected: { node: string; grpc: string; clusterId: string }): void {
   if (!reply || reply.node !== expected.node) {
-    throw new UnavailableError('WRONG_PEER', `cannot reach steward ${expected.node}: its address ${expected.grpc} answered as ${reply?.node || 'an unnamed steward'}`, {
-      hint: `fix --advertise-grpc on ${expected.node} so it names that node's own gRPC address`,
-      retryable: false,
-    });
+    throw new UnavailableError(
+      'WRONG_PEER',
+      `cannot reach steward ${expected.node}: its address ${expected.grpc} answered as ${reply?.node || 'an unnamed steward'}`,
+      {
+        hint: `fix --advertise-grpc on ${expected.node} so it names that node's own gRPC address`,
+        retryable: false,
+      },
+    );
   }
   if (reply.clusterId && expected.clusterId && reply.clusterId !== expected.clusterId) {
-    throw new UnavailableError('WRONG_CLUSTER', `cannot reach steward ${expected.node}: ${expected.grpc} answered from etcd cluster ${reply.clusterId}, not ${expected.clusterId}`, {
-      hint: 'two clusters share steward addresses; check --advertise-grpc and the registry',
-      retryable: false,
-    });
+    throw new UnavailableError(
+      'WRONG_CLUSTER',
+      `cannot reach steward ${expected.node}: ${expected.grpc} answered from etcd cluster ${reply.clusterId}, not ${expected.clusterId}`,
+      {
+        hint: 'two clusters share steward addresses; check --advertise-grpc and the registry',
+        retryable: false,
+      },
+    );
   }
 }

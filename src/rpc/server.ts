@@ -79,7 +79,12 @@ function ctlImplementation(handlers: StewardCtlHandlers, options: AdapterOptions
       (request) => checkName(request.name, '--name'),
     ),
     List: unary('List', options, (request: { all: boolean }, ctx) => handlers.list(request, ctx)),
-    Delete: unary('Delete', options, (request: { names: string[] }, ctx) => handlers.delete(request.names, ctx), (request) => checkNames(request.names, 'delete')),
+    Delete: unary(
+      'Delete',
+      options,
+      (request: { names: string[] }, ctx) => handlers.delete(request.names, ctx),
+      (request) => checkNames(request.names, 'delete'),
+    ),
     Prune: unary(
       'Prune',
       options,
@@ -87,7 +92,12 @@ function ctlImplementation(handlers: StewardCtlHandlers, options: AdapterOptions
       (request) => checkInteger(request.retention, '--snapshot-retention', 0, LIMITS.retentionMax),
     ),
     SpecGet: unary('SpecGet', options, (_request: object, ctx) => handlers.specGet(ctx)),
-    SpecSet: unary('SpecSet', options, (request: { specJson: string; force: boolean }, ctx) => handlers.specSet(request.specJson, ctx, { force: request.force }), (request) => checkSpecJson(request.specJson)),
+    SpecSet: unary(
+      'SpecSet',
+      options,
+      (request: { specJson: string; force: boolean }, ctx) => handlers.specSet(request.specJson, ctx, { force: request.force }),
+      (request) => checkSpecJson(request.specJson),
+    ),
     Init: unary('Init', options, (request: { confirm: boolean }, ctx) => handlers.init(request.confirm, ctx)),
   };
 }

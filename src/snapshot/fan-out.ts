@@ -59,9 +59,11 @@ export class FanOut extends Writable {
         writing,
         new Promise<never>((_resolve, reject) => {
           timer = setTimeout(() => {
-            reject(new UnavailableError('SNAPSHOT_COPY_STALLED', `${destination.locationId} accepted no snapshot data for ${idleTimeoutMs} ms; dropping this copy`, {
-              hint: 'the endpoint hangs or is far too slow; the other copies go on',
-            }));
+            reject(
+              new UnavailableError('SNAPSHOT_COPY_STALLED', `${destination.locationId} accepted no snapshot data for ${idleTimeoutMs} ms; dropping this copy`, {
+                hint: 'the endpoint hangs or is far too slow; the other copies go on',
+              }),
+            );
           }, idleTimeoutMs);
         }),
       ]);

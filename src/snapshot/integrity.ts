@@ -46,9 +46,13 @@ export class EtcdIntegrityCheck extends Transform {
     const expected = this.hash.copy().digest();
     if (!expected.equals(this.tail)) {
       callback(
-        new InternalError('SNAPSHOT_CORRUPT', `etcd snapshot failed its integrity check: trailing SHA-256 does not match the ${this.bytes - TRAILER} bytes before it`, {
-          hint: 'the stream was cut short or corrupted; take the snapshot again',
-        }),
+        new InternalError(
+          'SNAPSHOT_CORRUPT',
+          `etcd snapshot failed its integrity check: trailing SHA-256 does not match the ${this.bytes - TRAILER} bytes before it`,
+          {
+            hint: 'the stream was cut short or corrupted; take the snapshot again',
+          },
+        ),
       );
       return;
     }

@@ -99,7 +99,7 @@ export class SnapshotScheduler {
     }
     if (claim === undefined) return;
     const policy = this.options.retry ?? DEFAULT_RETRY;
-    for (let failures = 0; !term.signal.aborted; ) {
+    for (let failures = 0; !term.signal.aborted;) {
       try {
         await this.options.run(term, slot);
       } catch (err) {
@@ -108,16 +108,24 @@ export class SnapshotScheduler {
         const decision = retryDecision(failures, Date.now(), nextSlot, policy, Math.random());
         if (!decision.retry) {
           this.options.metrics?.scheduledSlotsMissed.inc();
-          this.log.error({ slot: at, attempts: failures, err: errorText(err) }, 'scheduled snapshot failed and the next slot starts before another try: this slot has no snapshot');
+          this.log.error(
+            { slot: at, attempts: failures, err: errorText(err) },
+            'scheduled snapshot failed and the next slot starts before another try: this slot has no snapshot',
+          );
           return;
         }
         this.options.metrics?.scheduledSnapshotRetries.inc();
-        this.log.warn({ slot: at, attempt: failures, retryInMs: decision.delayMs, err: errorText(err) }, 'scheduled snapshot failed; retrying within this slot');
+        this.log.warn(
+          { slot: at, attempt: failures, retryInMs: decision.delayMs, err: errorText(err) },
+          'scheduled snapshot failed; retrying within this slot',
+        );
         await sleep(decision.delayMs, undefined, { signal: term.signal }).catch(() => undefined);
         continue;
       }
       // Stored: mark it done even if the term ended meanwhile, or the next leader would take the slot again.
-      await this.markDone(claim, slot).catch((err: unknown) => this.log.warn({ slot: at, err: errorText(err) }, 'cannot mark the scheduled slot done; the next leader may take it again'));
+      await this.markDone(claim, slot).catch((err: unknown) =>
+        this.log.warn({ slot: at, err: errorText(err) }, 'cannot mark the scheduled slot done; the next leader may take it again'),
+      );
       return;
     }
   }
@@ -186,6 +194,9 @@ export class SnapshotScheduler {
    */
   private async markDone(claim: string, slot: Date): Promise<void> {
     const { client } = this.options;
-    await client.if(CLAIMED_KEY, 'Value', '==', claim).then(client.put(DONE_KEY).value(encodeSlot(slot))).commit();
+    await client
+      .if(CLAIMED_KEY, 'Value', '==', claim)
+      .then(client.put(DONE_KEY).value(encodeSlot(slot)))
+      .commit();
   }
 }

@@ -126,14 +126,18 @@ export class Snapshotter {
     const health = await this.options.checkHealth(request.signal);
     const decision = gateSnapshot(health, node, request.force ?? false);
     if (decision.overridden.length > 0) this.log.warn({ problems: decision.overridden }, 'snapshot forced despite an unhealthy cluster');
-    if (decision.degraded.length > 0) this.log.warn({ degraded: decision.degraded }, 'cluster is degraded (quorum holds): snapshotting anyway, the members down are recorded');
+    if (decision.degraded.length > 0)
+      this.log.warn({ degraded: decision.degraded }, 'cluster is degraded (quorum holds): snapshotting anyway, the members down are recorded');
     const created = new Date();
     const name = snapshotName(base, node, created);
     const key = objectKey(name, compress);
     const signal = AbortSignal.any([request.signal, AbortSignal.timeout(this.options.timeoutMs)]);
     const log = this.log.child({ snapshot: name });
     await this.refuseExisting(name, signal);
-    log.info({ source: decision.source.name, kind: request.kind, compress, ...(decision.degraded.length > 0 ? { degraded: decision.degraded } : {}) }, 'snapshot started');
+    log.info(
+      { source: decision.source.name, kind: request.kind, compress, ...(decision.degraded.length > 0 ? { degraded: decision.degraded } : {}) },
+      'snapshot started',
+    );
 
     const copies = await this.open(name, key, signal, log);
     const destinations = copies.map((c) => c.destination);
@@ -185,9 +189,14 @@ export class Snapshotter {
       else result.failures.push(outcome);
     }
     if (result.copies.length === 0) {
-      throw new StewardError('internal', 'SNAPSHOT_FAILED', `snapshot ${name} could not be stored anywhere: ${result.failures.map((f) => `${f.locationId}: ${f.error}`).join('; ')}`, {
-        hint: 'check the snapshot dir and S3 settings; the cluster itself is unaffected',
-      });
+      throw new StewardError(
+        'internal',
+        'SNAPSHOT_FAILED',
+        `snapshot ${name} could not be stored anywhere: ${result.failures.map((f) => `${f.locationId}: ${f.error}`).join('; ')}`,
+        {
+          hint: 'check the snapshot dir and S3 settings; the cluster itself is unaffected',
+        },
+      );
     }
     log.info(
       { size: metadata.size, sha256: metadata.sha256, revision, ms: Date.now() - started, locations: result.copies.map((c) => c.url), failed: result.failures },
@@ -208,7 +217,12 @@ export class Snapshotter {
       const copySignal = AbortSignal.any([signal, own.signal]);
       const destination: Destination = { locationId: named.locationId, writer: noopWriter, ...(bestEffort ? { idleTimeoutMs: this.remoteIdleMs() } : {}) };
       // A result, never a rejection: a failed check is an unknown answer, and then the upload goes ahead.
-      const existing = bestEffort ? named.store.head(metadataKey(name), copySignal).then((info) => info !== undefined, () => false) : Promise.resolve(false);
+      const existing = bestEffort
+        ? named.store.head(metadataKey(name), copySignal).then(
+            (info) => info !== undefined,
+            () => false,
+          )
+        : Promise.resolve(false);
       const drop = async (reason: unknown): Promise<void> => {
         own.abort(reason);
         const aborting = destination.writer.abort(reason).catch(() => undefined);
@@ -291,9 +305,19 @@ async function withBound<T>(work: Promise<T>, ms: number | undefined, locationId
     return await Promise.race([
       work,
       new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new UnavailableError('SNAPSHOT_COPY_TIMEOUT', `the ${locationId} copy did not finish within ${ms} ms; dropped (the other copies are unaffected)`, {
-          hint: 'check the endpoint (etcd_steward_s3_healthy); the next snapshot tries again',
-        })), ms);
+        timer = setTimeout(
+          () =>
+            reject(
+              new UnavailableError(
+                'SNAPSHOT_COPY_TIMEOUT',
+                `the ${locationId} copy did not finish within ${ms} ms; dropped (the other copies are unaffected)`,
+                {
+                  hint: 'check the endpoint (etcd_steward_s3_healthy); the next snapshot tries again',
+                },
+              ),
+            ),
+          ms,
+        );
       }),
     ]);
   } finally {

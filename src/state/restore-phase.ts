@@ -41,18 +41,27 @@ export async function readRestorePhase(stateDir: string): Promise<RestorePhaseRe
     text = await readFile(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new UnavailableError('RESTORE_PHASE_UNREADABLE', `cannot read ${path}: ${errorText(err)}`, { hint: `fix the permissions or the volume of the state dir ${stateDir}`, cause: err });
+    throw new UnavailableError('RESTORE_PHASE_UNREADABLE', `cannot read ${path}: ${errorText(err)}`, {
+      hint: `fix the permissions or the volume of the state dir ${stateDir}`,
+      cause: err,
+    });
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new UnavailableError('RESTORE_PHASE_UNREADABLE', `${path} is not valid JSON: ${errorText(err)}`, { hint: `inspect ${path}: it records a restore that may be half done`, retryable: false });
+    throw new UnavailableError('RESTORE_PHASE_UNREADABLE', `${path} is not valid JSON: ${errorText(err)}`, {
+      hint: `inspect ${path}: it records a restore that may be half done`,
+      retryable: false,
+    });
   }
   const parsed = restorePhaseSchema.safeParse(json);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`).join('; ');
-    throw new UnavailableError('RESTORE_PHASE_UNREADABLE', `${path} is not a valid restore phase record: ${problems}`, { hint: `inspect ${path}: it records a restore that may be half done`, retryable: false });
+    throw new UnavailableError('RESTORE_PHASE_UNREADABLE', `${path} is not a valid restore phase record: ${problems}`, {
+      hint: `inspect ${path}: it records a restore that may be half done`,
+      retryable: false,
+    });
   }
   return parsed.data;
 }

@@ -23,7 +23,8 @@ export async function runLeaderTerm(snapshots: SnapshotService, term: LeaderTerm
           // The slot is done once its snapshot is stored: a retention failure must not make the scheduler retry
           // the slot (a second snapshot); the reconcile loop applies retention again within one interval.
           await snapshots.keeper.applyRetention(config.etcdSnapshotRetention, scheduledTerm.signal, scheduledTerm).catch((err: unknown) => {
-            if (!scheduledTerm.signal.aborted) log.error({ err: errorText(err) }, 'retention after a scheduled snapshot failed; the reconcile loop tries again');
+            if (!scheduledTerm.signal.aborted)
+              log.error({ err: errorText(err) }, 'retention after a scheduled snapshot failed; the reconcile loop tries again');
           });
         },
       }).runTerm(term);

@@ -57,11 +57,19 @@ export class SnapshotHandlers {
   }
 
   delete(names: string[], ctx: CallContext): Promise<DeleteResponse> {
-    return this.onLeader(ctx, (term, signal) => this.deleteHere(names, term, signal), (leader, signal) => leader.forwardDelete(names, signal));
+    return this.onLeader(
+      ctx,
+      (term, signal) => this.deleteHere(names, term, signal),
+      (leader, signal) => leader.forwardDelete(names, signal),
+    );
   }
 
   prune(retention: number, ctx: CallContext): Promise<PruneResponse> {
-    return this.onLeader(ctx, (term, signal) => this.pruneHere(retention, term, signal), (leader, signal) => leader.forwardPrune(retention, signal));
+    return this.onLeader(
+      ctx,
+      (term, signal) => this.pruneHere(retention, term, signal),
+      (leader, signal) => leader.forwardPrune(retention, signal),
+    );
   }
 
   readonly peer: StewardPeerHandlers = {
@@ -88,7 +96,11 @@ export class SnapshotHandlers {
   }
 
   /** Runs `here` under this steward's term if it leads, else forwards the call to the leader. */
-  private async onLeader<T>(ctx: CallContext, here: (term: LeaderTerm, signal: AbortSignal) => Promise<T>, forward: (leader: Peer, signal: AbortSignal) => Promise<T>): Promise<T> {
+  private async onLeader<T>(
+    ctx: CallContext,
+    here: (term: LeaderTerm, signal: AbortSignal) => Promise<T>,
+    forward: (leader: Peer, signal: AbortSignal) => Promise<T>,
+  ): Promise<T> {
     const term = this.snapshots.options.currentTerm();
     if (term) return here(term, AbortSignal.any([ctx.signal, term.signal]));
     const leader = await this.snapshots.options.leader();
@@ -113,10 +125,16 @@ export class SnapshotHandlers {
 }
 
 function notLeader(self: string, leader: string | undefined): PreconditionError {
-  return new PreconditionError('NOT_LEADER', `steward ${self} is not the leader${leader ? `; the leader is ${leader}` : ' and no leader is elected now'}: deletes and prunes run on the leader only`, {
-    hint: leader ? `run it again (it is forwarded to ${leader}) or address ${leader} directly` : 'wait for a leader (etcd-stewardctl status) and run it again',
-    retryable: true,
-  });
+  return new PreconditionError(
+    'NOT_LEADER',
+    `steward ${self} is not the leader${leader ? `; the leader is ${leader}` : ' and no leader is elected now'}: deletes and prunes run on the leader only`,
+    {
+      hint: leader
+        ? `run it again (it is forwarded to ${leader}) or address ${leader} directly`
+        : 'wait for a leader (etcd-stewardctl status) and run it again',
+      retryable: true,
+    },
+  );
 }
 
 function withTimeout(signal: AbortSignal): AbortSignal {
@@ -133,5 +151,16 @@ function orphanFailures(outcome: OrphanOutcome): DeleteFailure[] {
 
 /** An orphan in the shape of a snapshot record, for the failure list: its key is all the name it has. */
 function orphanAsRecord(orphan: OrphanRecord): InventoryRecord & { kind: InventoryRecord['kind'] } {
-  return { name: orphan.key, node: '', locationId: orphan.locationId, location: orphan.location, key: orphan.key, size: orphan.size, sha256: '', created: orphan.modified, kind: 'on-demand', compressed: false };
+  return {
+    name: orphan.key,
+    node: '',
+    locationId: orphan.locationId,
+    location: orphan.location,
+    key: orphan.key,
+    size: orphan.size,
+    sha256: '',
+    created: orphan.modified,
+    kind: 'on-demand',
+    compressed: false,
+  };
 }

@@ -154,7 +154,9 @@ export class Steward {
   static async create(config: Config, logger: Logger): Promise<Steward> {
     const metrics = new StewardMetrics();
     const s3 = await loadS3Store(config, metrics, { bucket: config.etcdS3Bucket, folder: config.etcdS3Folder });
-    const control = (await loadS3Store(config, metrics, { bucket: config.controlS3Bucket, folder: config.controlS3Folder })) ?? new LocalStore(join(config.stateDir, 'control'));
+    const control =
+      (await loadS3Store(config, metrics, { bucket: config.controlS3Bucket, folder: config.controlS3Folder })) ??
+      new LocalStore(join(config.stateDir, 'control'));
     return new Steward(config, logger, metrics, s3, control);
   }
 

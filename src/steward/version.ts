@@ -1,6 +1,4 @@
 import { readFileSync } from 'node:fs';
 
 /** The package version, read once from package.json two levels above both src/steward and dist/steward. */
-export const STEWARD_VERSION: string = (
-  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
-).version;
+export const STEWARD_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;

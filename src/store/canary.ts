@@ -48,7 +48,10 @@ export async function runS3Canary(options: S3CanaryOptions, signal: AbortSignal)
     } catch (err) {
       if (signal.aborted) break;
       healthy = false;
-      log.error({ location: store.location, err: errorText(err), timeoutMs }, 'S3 canary failed: snapshots will not reach S3 until this is fixed (local snapshots go on)');
+      log.error(
+        { location: store.location, err: errorText(err), timeoutMs },
+        'S3 canary failed: snapshots will not reach S3 until this is fixed (local snapshots go on)',
+      );
     }
     metrics.s3Healthy.set(healthy ? 1 : 0);
     await sleep(options.intervalMs, undefined, { signal }).catch(() => undefined);

@@ -17,7 +17,11 @@ export async function loadS3Store(config: Config, metrics: StewardMetrics, where
     }
   }
   const explicitKeys = config.etcdS3AccessKey
-    ? { accessKey: config.etcdS3AccessKey, secretKey: config.etcdS3SecretKey, ...(config.etcdS3SessionToken ? { sessionToken: config.etcdS3SessionToken } : {}) }
+    ? {
+        accessKey: config.etcdS3AccessKey,
+        secretKey: config.etcdS3SecretKey,
+        ...(config.etcdS3SessionToken ? { sessionToken: config.etcdS3SessionToken } : {}),
+      }
     : {};
   return new S3Store({
     endpoint: config.etcdS3Endpoint,

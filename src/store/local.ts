@@ -330,10 +330,16 @@ function errnoOf(err: unknown): string | undefined {
 function fsError(what: string, dir: string, err: unknown): StewardError {
   const errno = errnoOf(err);
   if (errno === 'ENOSPC' || errno === 'EDQUOT') {
-    return new InternalError('LOCAL_NO_SPACE', `${what}: ${errorText(err)}`, { cause: err, hint: `free space on the volume holding ${dir} or keep fewer snapshots` });
+    return new InternalError('LOCAL_NO_SPACE', `${what}: ${errorText(err)}`, {
+      cause: err,
+      hint: `free space on the volume holding ${dir} or keep fewer snapshots`,
+    });
   }
   if (errno === 'EACCES' || errno === 'EPERM' || errno === 'EROFS') {
-    return new InternalError('LOCAL_ACCESS_DENIED', `${what}: ${errorText(err)}`, { cause: err, hint: `make ${dir} writable by the user etcd-steward runs as` });
+    return new InternalError('LOCAL_ACCESS_DENIED', `${what}: ${errorText(err)}`, {
+      cause: err,
+      hint: `make ${dir} writable by the user etcd-steward runs as`,
+    });
   }
   return new InternalError('LOCAL_IO_ERROR', `${what}: ${errorText(err)}`, { cause: err, hint: `check the volume holding ${dir}` });
 }

@@ -84,7 +84,11 @@ export function createS3Client(options: S3StoreOptions): S3Client {
 }
 
 function agents(options: S3StoreOptions): { httpAgent: HttpAgent; httpsAgent: HttpsAgent } {
-  const tls = { keepAlive: true, ...(options.caPem ? { ca: [...rootCertificates, options.caPem] } : {}), ...(options.skipTlsVerify ? { rejectUnauthorized: false } : {}) };
+  const tls = {
+    keepAlive: true,
+    ...(options.caPem ? { ca: [...rootCertificates, options.caPem] } : {}),
+    ...(options.skipTlsVerify ? { rejectUnauthorized: false } : {}),
+  };
   if (options.proxy) {
     return { httpAgent: new HttpProxyAgent(options.proxy, { keepAlive: true }), httpsAgent: new HttpsProxyAgent(options.proxy, tls) };
   }

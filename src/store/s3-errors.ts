@@ -13,8 +13,28 @@ export interface S3Target {
   readonly refreshCredentials: (failed: S3Client) => Promise<void>;
 }
 
-const ACCESS_DENIED = new Set(['AccessDenied', 'InvalidAccessKeyId', 'ExpiredToken', 'InvalidToken', 'TokenRefreshRequired', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'CredentialsProviderError']);
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ECONNABORTED', 'EPROTO']);
+const ACCESS_DENIED = new Set([
+  'AccessDenied',
+  'InvalidAccessKeyId',
+  'ExpiredToken',
+  'InvalidToken',
+  'TokenRefreshRequired',
+  'SignatureDoesNotMatch',
+  'AllAccessDisabled',
+  'CredentialsProviderError',
+]);
+const UNREACHABLE = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EPIPE',
+  'ECONNABORTED',
+  'EPROTO',
+]);
 
 /** The one place an SDK or socket failure becomes a typed error. Messages name the S3 error and status, never credentials. */
 export function toStoreError(err: unknown, op: string, url: string, target: S3Target, signal: AbortSignal): unknown {
@@ -72,7 +92,10 @@ export function toStoreError(err: unknown, op: string, url: string, target: S3Ta
     });
   }
   if ((status !== undefined && status >= 500) || name === 'SlowDown') {
-    return new UnavailableError('S3_SERVER_ERROR', message, { cause: err, hint: `the S3 service at ${target.endpoint} failed; the operation is retried later, check the service if it persists` });
+    return new UnavailableError('S3_SERVER_ERROR', message, {
+      cause: err,
+      hint: `the S3 service at ${target.endpoint} failed; the operation is retried later, check the service if it persists`,
+    });
   }
   return new InternalError('S3_REQUEST_FAILED', message, { cause: err, hint: `check the S3 service at ${target.endpoint} and the bucket's configuration` });
 }

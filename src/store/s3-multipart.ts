@@ -82,13 +82,20 @@ export class MultipartWriter implements ObjectWriter {
     try {
       if (this.partNumber === 0) {
         const body = this.current ? this.current.subarray(0, this.filled) : Buffer.alloc(0);
-        await this.send((client) => client.send(new PutObjectCommand({ Bucket: this.target.bucket, Key: this.key, Body: body, ContentLength: body.length }), this.options()));
+        await this.send((client) =>
+          client.send(new PutObjectCommand({ Bucket: this.target.bucket, Key: this.key, Body: body, ContentLength: body.length }), this.options()),
+        );
       } else {
         if (this.filled > 0) this.sendPart();
         await this.drain();
         const parts = [...this.parts].sort((a, b) => a.PartNumber - b.PartNumber);
         const UploadId = await (this.uploadId as Promise<string>);
-        await this.send((client) => client.send(new CompleteMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.key, UploadId, MultipartUpload: { Parts: parts } }), this.options()));
+        await this.send((client) =>
+          client.send(
+            new CompleteMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.key, UploadId, MultipartUpload: { Parts: parts } }),
+            this.options(),
+          ),
+        );
       }
     } catch (err) {
       throw await this.fail(err);
@@ -138,10 +145,14 @@ export class MultipartWriter implements ObjectWriter {
         }
       }
     }
-    throw new UnavailableError('S3_COMMIT_UNVERIFIED', `${this.url} was uploaded but S3 did not answer the read-back (${READ_BACK_ATTEMPTS} tries); the object is kept, unverified and without metadata`, {
-      cause: lastError instanceof Error ? lastError : undefined,
-      hint: 'check S3; the next snapshot stores a verified copy, and reconcile reports the leftover object',
-    });
+    throw new UnavailableError(
+      'S3_COMMIT_UNVERIFIED',
+      `${this.url} was uploaded but S3 did not answer the read-back (${READ_BACK_ATTEMPTS} tries); the object is kept, unverified and without metadata`,
+      {
+        cause: lastError instanceof Error ? lastError : undefined,
+        hint: 'check S3; the next snapshot stores a verified copy, and reconcile reports the leftover object',
+      },
+    );
   }
 
   async abort(_reason?: unknown): Promise<void> {
@@ -176,7 +187,10 @@ export class MultipartWriter implements ObjectWriter {
       try {
         const UploadId = await this.startUpload();
         const out = await this.send((client) =>
-          client.send(new UploadPartCommand({ Bucket: this.target.bucket, Key: this.key, UploadId, PartNumber, Body: buffer.subarray(0, length), ContentLength: length }), this.options()),
+          client.send(
+            new UploadPartCommand({ Bucket: this.target.bucket, Key: this.key, UploadId, PartNumber, Body: buffer.subarray(0, length), ContentLength: length }),
+            this.options(),
+          ),
         );
         this.parts.push({ PartNumber, ETag: out.ETag ?? '' });
       } catch (err) {
@@ -191,10 +205,12 @@ export class MultipartWriter implements ObjectWriter {
   }
 
   private startUpload(): Promise<string> {
-    this.uploadId ??= this.send((client) => client.send(new CreateMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.key }), this.options())).then((out) => {
-      if (!out.UploadId) throw new InternalError('S3_NO_UPLOAD_ID', `S3 started no multipart upload for ${this.url}`);
-      return out.UploadId;
-    });
+    this.uploadId ??= this.send((client) => client.send(new CreateMultipartUploadCommand({ Bucket: this.target.bucket, Key: this.key }), this.options())).then(
+      (out) => {
+        if (!out.UploadId) throw new InternalError('S3_NO_UPLOAD_ID', `S3 started no multipart upload for ${this.url}`);
+        return out.UploadId;
+      },
+    );
     return this.uploadId;
   }
 
@@ -239,7 +255,11 @@ export class MultipartWriter implements ObjectWriter {
   }
 
   private async fail(err: unknown): Promise<unknown> {
-    const error = this.signal.aborted ? this.signal.reason : this.state === 'aborted' ? new InternalError('STORE_WRITER_CLOSED', `the upload of ${this.url} was aborted`, { cause: secretFreeCause(err) }) : this.mapError(err);
+    const error = this.signal.aborted
+      ? this.signal.reason
+      : this.state === 'aborted'
+        ? new InternalError('STORE_WRITER_CLOSED', `the upload of ${this.url} was aborted`, { cause: secretFreeCause(err) })
+        : this.mapError(err);
     await this.abort(error);
     return error;
   }

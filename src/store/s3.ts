@@ -17,7 +17,6 @@ const DEFAULT_QUEUE_SIZE = 2;
 /** S3 refuses smaller parts (except the last). */
 const MIN_PART_SIZE = 5 * MIB;
 
-
 /** Snapshots under `s3://<bucket>/<folder>/`; keys are plain names (`checkKey`), listed one level deep. */
 export class S3Store implements BackupStore {
   readonly kind = 's3' as const;
@@ -156,7 +155,9 @@ export class S3Store implements BackupStore {
   async head(key: string, signal: AbortSignal): Promise<ObjectInfo | undefined> {
     checkKey(key);
     try {
-      const out = await this.call('head', key, signal, (Bucket, Key, bounded) => this.target.client.send(new HeadObjectCommand({ Bucket, Key }), { abortSignal: bounded }));
+      const out = await this.call('head', key, signal, (Bucket, Key, bounded) =>
+        this.target.client.send(new HeadObjectCommand({ Bucket, Key }), { abortSignal: bounded }),
+      );
       return { key, size: out.ContentLength ?? 0, lastModified: out.LastModified ?? new Date(0) };
     } catch (err) {
       // HEAD has no body, so a missing bucket is also a bare 404 here; list() tells the two apart.
@@ -172,7 +173,9 @@ export class S3Store implements BackupStore {
     do {
       const page = await this.call('list', undefined, signal, (Bucket, _key, bounded) =>
         // The delimiter keeps the listing one level deep, like a directory.
-        this.target.client.send(new ListObjectsV2Command({ Bucket, Prefix: folderPrefix + prefix, Delimiter: '/', ContinuationToken: token }), { abortSignal: bounded }),
+        this.target.client.send(new ListObjectsV2Command({ Bucket, Prefix: folderPrefix + prefix, Delimiter: '/', ContinuationToken: token }), {
+          abortSignal: bounded,
+        }),
       );
       for (const object of page.Contents ?? []) {
         if (!object.Key?.startsWith(folderPrefix)) continue;
@@ -186,7 +189,9 @@ export class S3Store implements BackupStore {
   async delete(key: string, signal: AbortSignal): Promise<void> {
     checkKey(key);
     try {
-      await this.call('delete', key, signal, (Bucket, Key, bounded) => this.target.client.send(new DeleteObjectCommand({ Bucket, Key }), { abortSignal: bounded }));
+      await this.call('delete', key, signal, (Bucket, Key, bounded) =>
+        this.target.client.send(new DeleteObjectCommand({ Bucket, Key }), { abortSignal: bounded }),
+      );
     } catch (err) {
       if (!(err instanceof NotFoundError)) throw err;
     }

@@ -72,7 +72,11 @@ describe('idle cost of make run', () => {
     const etcds = all.filter((p) => stewards.some((s) => s.pid === p.ppid) && p.args[0]?.endsWith('etcd'));
     const name = (p: { args: string[] }): string => p.args.find((a) => a.startsWith('--name='))?.slice('--name='.length) ?? '?';
     const targets = [...stewards.map((p) => ({ label: `steward ${name(p)}`, pid: p.pid })), ...etcds.map((p) => ({ label: `etcd ${name(p)}`, pid: p.pid }))];
-    const costs = await measureIdle(targets.map((t) => t.pid), WINDOW_S * 1000, 100);
+    const costs = await measureIdle(
+      targets.map((t) => t.pid),
+      WINDOW_S * 1000,
+      100,
+    );
     console.log(`idle make run over ${WINDOW_S} s (after ${SETTLE_MS / 1000} s to settle):`);
     console.log('process          cpu %   rss MB   new TCP connections');
     costs.forEach((cost, i) => {

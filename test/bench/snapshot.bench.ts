@@ -46,7 +46,9 @@ function run(command: string, args: string[]): Promise<void> {
 }
 
 function peakRssMb(pid: number): number {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmHWM:'));
+  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('VmHWM:'));
   return Number(line?.split(/\s+/)[1] ?? NaN) / 1024;
 }
 
@@ -111,7 +113,10 @@ describe('snapshot benchmark', () => {
       }
     };
 
-    for (const [label, targetMb] of [['small', SMALL_MB], ['large', DB_MB]] as const) {
+    for (const [label, targetMb] of [
+      ['small', SMALL_MB],
+      ['large', DB_MB],
+    ] as const) {
       const have = (await dbBytes()) / 1024 / 1024;
       if (have < targetMb) await fillEtcd([endpoint], Math.ceil(targetMb - have), `/bench-${label}/`);
       const sizeMb = (await dbBytes()) / 1024 / 1024;
@@ -149,7 +154,8 @@ describe('snapshot benchmark', () => {
         report(`steward peak RSS after ${variant} runs: ${peakRssMb(pid).toFixed(0)} MB`);
       }
       const m = Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)])) as Record<string, number>;
-      const row = (what: string, seconds: number): string => `${what.padEnd(52)} ${seconds.toFixed(2).padStart(7)} s ${(fileMb / seconds).toFixed(0).padStart(6)} MB/s`;
+      const row = (what: string, seconds: number): string =>
+        `${what.padEnd(52)} ${seconds.toFixed(2).padStart(7)} s ${(fileMb / seconds).toFixed(0).padStart(6)} MB/s`;
       report(row('etcdctl snapshot save', m.etcdctl as number));
       report(row('steward save, local dir (sha256 + integrity)', m.local as number));
       report(`  ratio steward/etcdctl: ${((m.local as number) / (m.etcdctl as number)).toFixed(2)} (target <= 1.25)`);

@@ -9,7 +9,9 @@ describe('etcd-stewardctl without a steward', () => {
     const result = await runCtl(['--endpoint', `127.0.0.1:${port}`, 'status']);
     expect(result.code).toBe(5);
     expect(result.stdout).toBe('');
-    expect(result.stderr).toMatch(new RegExp(`^error\\[STEWARD_UNREACHABLE\\]: cannot reach the steward at 127.0.0.1:${port} .* — check that etcd-steward is running there`));
+    expect(result.stderr).toMatch(
+      new RegExp(`^error\\[STEWARD_UNREACHABLE\\]: cannot reach the steward at 127.0.0.1:${port} .* — check that etcd-steward is running there`),
+    );
   });
 
   it('reads the endpoint from ETCD_STEWARD_ENDPOINT', async () => {

@@ -51,7 +51,7 @@ describe('what the shipped code loads', () => {
     expect(files.length).toBeGreaterThan(20);
   });
 
-  it('loads optional dependencies (the embedded default\'s S3 server) only from make run\'s entry point', () => {
+  it("loads optional dependencies (the embedded default's S3 server) only from make run's entry point", () => {
     const users = files.filter((file) => loadedPackages(readFileSync(file, 'utf8')).some((name) => optional.has(name))).map((f) => relative(REPO_ROOT, f));
     expect(users).toEqual(['src/cli/local-cluster.ts']);
     expect(optional.has('s3rver')).toBe(true);

@@ -85,12 +85,21 @@ describe('configuration', () => {
       [['--http-listen', 'localhost:port'], /^error\[INVALID_CONFIG\]: --http-listen: "localhost:port" is not allowed: expected host:port/],
       [['--grpc-listen', '127.0.0.1:0'], /^error\[INVALID_CONFIG\]: --grpc-listen: "127.0.0.1:0" is not allowed/],
       [['--grpc-listen', '0.0.0.0:7401'], /^error\[INVALID_CONFIG\]: --grpc-listen: 0.0.0.0 is not a loopback address/],
-      [['--etcd-snapshot-schedule-cron', 'every day'], /^error\[INVALID_CONFIG\]: --etcd-snapshot-schedule-cron: "every day" is not allowed: expected a cron expression/],
+      [
+        ['--etcd-snapshot-schedule-cron', 'every day'],
+        /^error\[INVALID_CONFIG\]: --etcd-snapshot-schedule-cron: "every day" is not allowed: expected a cron expression/,
+      ],
       [['--etcd-snapshot-retention', '0'], /^error\[INVALID_CONFIG\]: --etcd-snapshot-retention: "0" is not allowed: expected a whole number from 1/],
       [['--etcd-snapshot-retention=-2'], /^error\[INVALID_CONFIG\]: --etcd-snapshot-retention: "-2" is not allowed/],
       [['--etcd-s3=true'], /^error\[INVALID_CONFIG\]: --etcd-s3-bucket: empty is not allowed when --etcd-s3 is true/],
-      [['--etcd-s3=true', '--etcd-s3-bucket=b', '--etcd-s3-folder=backups', '--control-s3-folder=backups/control'], /^error\[INVALID_CONFIG\]: --control-s3-folder: "backups\/control" is not allowed: it is inside the backups' prefix/],
-      [['--etcd-s3=true', '--etcd-s3-bucket=b', '--etcd-s3-folder=backups', '--control-s3-folder=backups'], /^error\[INVALID_CONFIG\]: --control-s3-folder: "backups" is not allowed/],
+      [
+        ['--etcd-s3=true', '--etcd-s3-bucket=b', '--etcd-s3-folder=backups', '--control-s3-folder=backups/control'],
+        /^error\[INVALID_CONFIG\]: --control-s3-folder: "backups\/control" is not allowed: it is inside the backups' prefix/,
+      ],
+      [
+        ['--etcd-s3=true', '--etcd-s3-bucket=b', '--etcd-s3-folder=backups', '--control-s3-folder=backups'],
+        /^error\[INVALID_CONFIG\]: --control-s3-folder: "backups" is not allowed/,
+      ],
       [['--etcd-s3=true', '--etcd-s3-bucket=b'], /^error\[INVALID_CONFIG\]: --control-s3-folder: .* inside the backups, which are at the bucket root/],
       [['--etcd-s3=true', '--etcd-s3-bucket=b', '--etcd-s3-folder=x', '--etcd-s3-proxy=not a url'], /^error\[INVALID_CONFIG\]: --etcd-s3-proxy: /],
     ];

@@ -115,7 +115,10 @@ describe('bootstrap gate verdicts (pure)', () => {
     expect(damaged).toMatchObject({ allowed: false, kind: 'spec-unreadable' });
     if (damaged.allowed) throw new Error('allowed');
     expect(damaged.fix).toContain('the spec file is damaged');
-    expect(decide({ restore: null, hasData: false, peers: noPeers, spec: spec({ clusterToken: 'other' }) })).toMatchObject({ allowed: false, kind: 'spec-drift' });
+    expect(decide({ restore: null, hasData: false, peers: noPeers, spec: spec({ clusterToken: 'other' }) })).toMatchObject({
+      allowed: false,
+      kind: 'spec-drift',
+    });
     const recorded = decide({ restore: null, hasData: false, peers: noPeers, spec: spec({ clusterId: 'c1', startedMembers: ['node-1', 'node-2'] }) });
     expect(recorded).toMatchObject({ allowed: false, kind: 'lost-member' });
     const formedWithout = spec({ clusterId: 'c1', startedMembers: ['node-1'] });
@@ -145,16 +148,25 @@ describe('BootstrapGate reads the persisted restore phase from the state dir', (
 
   it('an empty data dir during a restore gets restore-in-progress, without asking any peer (they are unreachable here)', async () => {
     const stateDir = join(root, 'state');
-    const config = await loadConfig([
-      '--name=node-1',
-      `--data-dir=${join(root, 'data')}`,
-      `--state-dir=${stateDir}`,
-      '--initial-cluster=node-1=http://127.0.0.1:2380,node-2=http://127.0.0.1:1',
-    ], '0.0.0');
+    const config = await loadConfig(
+      [
+        '--name=node-1',
+        `--data-dir=${join(root, 'data')}`,
+        `--state-dir=${stateDir}`,
+        '--initial-cluster=node-1=http://127.0.0.1:2380,node-2=http://127.0.0.1:1',
+      ],
+      '0.0.0',
+    );
     await writeRestorePhase(stateDir, restoring('Restore'));
     const client = new Etcd3({ hosts: 'http://127.0.0.1:1' });
     try {
-      const gate = new BootstrapGate({ config, control: new ControlStore(new LocalStore(join(stateDir, 'control')), client), shared: false, backupStores: [], logger: pino({ level: 'silent' }) });
+      const gate = new BootstrapGate({
+        config,
+        control: new ControlStore(new LocalStore(join(stateDir, 'control')), client),
+        shared: false,
+        backupStores: [],
+        logger: pino({ level: 'silent' }),
+      });
       const started = Date.now();
       const verdict = await gate.verdict(AbortSignal.timeout(10_000));
       expect(verdict).toMatchObject({ allowed: false, kind: 'restore-in-progress' });

@@ -12,7 +12,13 @@ import type { BackupStore } from '../../src/store/store.js';
 import { EtcdCluster } from '../harness/etcd-cluster.js';
 import { S3Server } from '../harness/s3.js';
 
-const DRAFT: SpecDraft = { members: [{ name: 'node-1', peerUrl: 'http://127.0.0.1:2380' }], etcdVersion: '3.4.23', clusterToken: 'test', clusterId: '', etcdFlags: {} };
+const DRAFT: SpecDraft = {
+  members: [{ name: 'node-1', peerUrl: 'http://127.0.0.1:2380' }],
+  etcdVersion: '3.4.23',
+  clusterToken: 'test',
+  clusterId: '',
+  etcdFlags: {},
+};
 const signal = (): AbortSignal => AbortSignal.timeout(10_000);
 
 async function waitFor(check: () => Promise<boolean>): Promise<void> {
@@ -23,7 +29,7 @@ async function waitFor(check: () => Promise<boolean>): Promise<void> {
   throw new Error('condition not met within 5 s');
 }
 
-describe('ControlStore: etcd orders and fences spec writes, the control store gets etcd\'s newest record (real etcd, real s3rver)', () => {
+describe("ControlStore: etcd orders and fences spec writes, the control store gets etcd's newest record (real etcd, real s3rver)", () => {
   let etcd: EtcdCluster;
   let s3: S3Server;
   let client: Etcd3;
@@ -53,9 +59,10 @@ describe('ControlStore: etcd orders and fences spec writes, the control store ge
     await Promise.all([etcd?.stop(), s3?.stop()]);
   });
 
-  const stored = async (): Promise<{ generation: number; clusterId: string }> => JSON.parse((await s3Store.readSmall(SPEC_KEY, signal())).toString()) as { generation: number; clusterId: string };
+  const stored = async (): Promise<{ generation: number; clusterId: string }> =>
+    JSON.parse((await s3Store.readSmall(SPEC_KEY, signal())).toString()) as { generation: number; clusterId: string };
 
-  it('a write lands in etcd and in S3 with the next generation and the leader\'s token', async () => {
+  it("a write lands in etcd and in S3 with the next generation and the leader's token", async () => {
     await control.initialise(DRAFT, signal());
     const written = await control.write({ ...DRAFT, clusterId: 'abc123' }, 1, fence, signal());
     expect(written).toMatchObject({ generation: 2, clusterId: 'abc123', fencingToken: fence.fencingToken });
@@ -74,7 +81,7 @@ describe('ControlStore: etcd orders and fences spec writes, the control store ge
     expect((await stored()).generation).toBe(1);
   });
 
-  it('a stale generation is refused, counting etcd\'s record even when S3 lags behind it', async () => {
+  it("a stale generation is refused, counting etcd's record even when S3 lags behind it", async () => {
     await control.initialise(DRAFT, signal());
     await control.write(DRAFT, 1, fence, signal());
     // A leader died after etcd took generation 3 but before S3 got it.
@@ -147,7 +154,9 @@ describe('ControlStore: etcd orders and fences spec writes, the control store ge
     });
     const err = await new ControlStore(failing, client).write(DRAFT, 1, fence, signal()).catch((e: unknown) => e);
     expect((err as StewardError).code).toBe('SPEC_COPY_PENDING');
-    expect((err as StewardError).describe()).toMatch(/generation 2 is recorded in etcd, but copying it to s3:\/\/control\/control-\d+\/cluster-spec\.json failed: PutObject refused by the test/);
+    expect((err as StewardError).describe()).toMatch(
+      /generation 2 is recorded in etcd, but copying it to s3:\/\/control\/control-\d+\/cluster-spec\.json failed: PutObject refused by the test/,
+    );
     expect((await control.readRecord())?.spec.generation).toBe(2);
     // The leader's upkeep finishes it once the store works again.
     expect((await control.copyRecord(signal()))?.generation).toBe(2);

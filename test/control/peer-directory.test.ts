@@ -72,6 +72,9 @@ describe('SpecPeerDirectory: peers from the spec, with etcd down', () => {
     await writeFile(join(stateDir, 'last-cluster-spec.json'), render(spec(2, 7404)));
     expect((await directory.list(AbortSignal.timeout(5000)))[1]).toEqual({ node: 'node-2', grpc: '127.0.0.2:7404' });
     await rm(join(stateDir, 'last-cluster-spec.json'));
-    await expect(directory.list(AbortSignal.timeout(5000))).rejects.toMatchObject({ code: 'PEERS_UNKNOWN', message: expect.stringMatching(/not a valid cluster spec/) as unknown });
+    await expect(directory.list(AbortSignal.timeout(5000))).rejects.toMatchObject({
+      code: 'PEERS_UNKNOWN',
+      message: expect.stringMatching(/not a valid cluster spec/) as unknown,
+    });
   });
 });

@@ -45,7 +45,15 @@ describe('spec set and the recovery copy refuse what the flags would refuse (rea
     term = { campaignKey, fencingToken: put.header.revision, signal: new AbortController().signal, startedAt: new Date() };
     const running = etcd.members[0];
     if (!running) throw new Error('no member');
-    const config = await loadConfig(['--name=etcd-1', `--state-dir=${stateDir}`, `--data-dir=${join(root, `data-${run}`)}`, `--initial-cluster=etcd-1=${running.peerUrl},node-2=http://127.0.0.1:1`], '0.0.0');
+    const config = await loadConfig(
+      [
+        '--name=etcd-1',
+        `--state-dir=${stateDir}`,
+        `--data-dir=${join(root, `data-${run}`)}`,
+        `--initial-cluster=etcd-1=${running.peerUrl},node-2=http://127.0.0.1:1`,
+      ],
+      '0.0.0',
+    );
     service = new SpecService({
       config,
       control,
@@ -66,7 +74,13 @@ describe('spec set and the recovery copy refuse what the flags would refuse (rea
   });
 
   const current = async (): Promise<ClusterSpec> => JSON.parse((await store.readSmall(SPEC_KEY, signal())).toString()) as ClusterSpec;
-  const codeOf = async (promise: Promise<unknown>): Promise<string> => ((await promise.then(() => undefined, (e: unknown) => e)) as StewardError | undefined)?.code ?? 'accepted';
+  const codeOf = async (promise: Promise<unknown>): Promise<string> =>
+    (
+      (await promise.then(
+        () => undefined,
+        (e: unknown) => e,
+      )) as StewardError | undefined
+    )?.code ?? 'accepted';
 
   it('the generation moves by exactly one: 9007199254740990 and a jump are refused and change nothing', async () => {
     const spec = await current();

@@ -68,10 +68,14 @@ describe('three stewards on a real etcd cluster', () => {
     expect(oldPid).toBeDefined();
     const before = await metric(cluster, victim, 'etcd_steward_etcd_restarts_total');
     process.kill(oldPid as number, 'SIGKILL');
-    const newPid = await waitUntil('a new etcd pid', () => {
-      const pid = cluster.etcdPid(victim);
-      return pid !== undefined && pid !== oldPid ? pid : undefined;
-    }, 15_000);
+    const newPid = await waitUntil(
+      'a new etcd pid',
+      () => {
+        const pid = cluster.etcdPid(victim);
+        return pid !== undefined && pid !== oldPid ? pid : undefined;
+      },
+      15_000,
+    );
     expect(isAlive(newPid)).toBe(true);
     await cluster.waitForStableLeader(20_000);
     expect(await metric(cluster, victim, 'etcd_steward_etcd_restarts_total')).toBe(before + 1);
@@ -84,13 +88,18 @@ describe('three stewards on a real etcd cluster', () => {
     const survivors = cluster.nodes.map((n) => n.index).filter((i) => i !== leader);
     const killedAt = Date.now();
     cluster.signal(leader, 'SIGKILL');
-    const newLeader = await waitUntil('a new leader', async () => {
-      for (const i of survivors) {
-        const status = await cluster.status(i).catch(() => undefined);
-        if (status?.isLeader) return status.node;
-      }
-      return undefined;
-    }, (TTL_SECONDS + 10) * 1000, 100);
+    const newLeader = await waitUntil(
+      'a new leader',
+      async () => {
+        for (const i of survivors) {
+          const status = await cluster.status(i).catch(() => undefined);
+          if (status?.isLeader) return status.node;
+        }
+        return undefined;
+      },
+      (TTL_SECONDS + 10) * 1000,
+      100,
+    );
     const failoverMs = Date.now() - killedAt;
     console.log(`failover: new leader ${newLeader} ${failoverMs} ms after SIGKILL of ${cluster.node(leader).name} (election TTL ${TTL_SECONDS}s)`);
     expect(newLeader).not.toBe(cluster.node(leader).name);

@@ -24,10 +24,15 @@ describe('without S3: the running cluster is recorded as the spec on every node 
   it('every steward ends up with a healthy spec naming the cluster ID, kept in its own state dir', async () => {
     const { statuses } = await cluster.waitForStableLeader(30_000);
     const clusterId = statuses[0]?.clusterId;
-    await waitUntil('every steward to report the recorded spec', async () => {
-      for (const node of cluster.nodes) if (!(await cluster.status(node.index)).specHealthy) return undefined;
-      return true;
-    }, 20_000, 250);
+    await waitUntil(
+      'every steward to report the recorded spec',
+      async () => {
+        for (const node of cluster.nodes) if (!(await cluster.status(node.index)).specHealthy) return undefined;
+        return true;
+      },
+      20_000,
+      250,
+    );
     for (const node of cluster.nodes) {
       const copy = JSON.parse(readFileSync(join(node.stateDir, 'control', 'cluster-spec.json'), 'utf8')) as { clusterId: string; members: unknown[] };
       expect(copy.clusterId).toBe(clusterId);
@@ -40,19 +45,30 @@ describe('without S3: the running cluster is recorded as the spec on every node 
   });
 
   it("every member's steward gRPC address is recorded in the spec, and a steward finds its peers from its own copy with etcd down", async () => {
-    await waitUntil('the addresses in every copy', () => {
-      for (const node of cluster.nodes) {
-        const copy = JSON.parse(readFileSync(join(node.stateDir, 'control', 'cluster-spec.json'), 'utf8')) as { members: Array<{ name: string; grpc?: string }> };
-        if (!cluster.nodes.every((n) => copy.members.find((m) => m.name === n.name)?.grpc === n.grpc)) return undefined;
-      }
-      return true;
-    }, 20_000, 250);
+    await waitUntil(
+      'the addresses in every copy',
+      () => {
+        for (const node of cluster.nodes) {
+          const copy = JSON.parse(readFileSync(join(node.stateDir, 'control', 'cluster-spec.json'), 'utf8')) as {
+            members: Array<{ name: string; grpc?: string }>;
+          };
+          if (!cluster.nodes.every((n) => copy.members.find((m) => m.name === n.name)?.grpc === n.grpc)) return undefined;
+        }
+        return true;
+      },
+      20_000,
+      250,
+    );
     // Every steward and etcd stopped: nothing answers on a client URL any more.
     await cluster.stopAll();
     const node = cluster.node(1);
     const client = new Etcd3({ hosts: node.clientUrl });
     try {
-      const directory = new SpecPeerDirectory({ control: new ControlStore(new LocalStore(join(node.stateDir, 'control')), client), stateDir: node.stateDir, logger: pino({ level: 'silent' }) });
+      const directory = new SpecPeerDirectory({
+        control: new ControlStore(new LocalStore(join(node.stateDir, 'control')), client),
+        stateDir: node.stateDir,
+        logger: pino({ level: 'silent' }),
+      });
       const peers = await directory.list(AbortSignal.timeout(5000));
       expect(peers.sort((a, b) => a.node.localeCompare(b.node))).toEqual(cluster.nodes.map((n) => ({ node: n.name, grpc: n.grpc })));
     } finally {

@@ -11,12 +11,7 @@ import { StewardCluster } from '../harness/steward-cluster.js';
 const TTL_MS = 2000;
 
 function s3Args(s3: S3Server, extra: string[] = []): string[] {
-  return [
-    ...s3.stewardArgs(),
-    `--control-spec-ttl=${TTL_MS / 1000}s`,
-    '--etcd-disable-snapshots=true',
-    ...extra,
-  ];
+  return [...s3.stewardArgs(), `--control-spec-ttl=${TTL_MS / 1000}s`, '--etcd-disable-snapshots=true', ...extra];
 }
 
 describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', () => {
@@ -25,7 +20,12 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
   let control: S3Store;
   const metric = async (index: number, name: string): Promise<number> => {
     const body = await (await fetch(`http://${cluster.node(index).http}/metrics`)).text();
-    return Number(body.split('\n').find((l) => l.startsWith(`${name} `))?.split(' ')[1] ?? NaN);
+    return Number(
+      body
+        .split('\n')
+        .find((l) => l.startsWith(`${name} `))
+        ?.split(' ')[1] ?? NaN,
+    );
   };
   const allNodes = (): number[] => cluster.nodes.map((n) => n.index);
 
@@ -45,23 +45,39 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
   it('every steward reads the spec, and the formed cluster is recorded with the members that ran', async () => {
     const { statuses } = await cluster.waitForStableLeader(15_000);
     // Generation 1 is init's; the leader then records the cluster ID and the members that have run.
-    const parsed = await waitUntil('the formed cluster in the spec', async () => {
-      const spec = await cluster.ctl(['--endpoint', cluster.node(1).grpc, '-o', 'json', 'spec', 'get']);
-      const current = JSON.parse(spec.stdout) as { generation: number; members: unknown[]; clusterId: string; startedMembers?: string[]; fencingToken: string };
-      return current.startedMembers?.length === 3 ? current : undefined;
-    }, 20_000, 250);
+    const parsed = await waitUntil(
+      'the formed cluster in the spec',
+      async () => {
+        const spec = await cluster.ctl(['--endpoint', cluster.node(1).grpc, '-o', 'json', 'spec', 'get']);
+        const current = JSON.parse(spec.stdout) as {
+          generation: number;
+          members: unknown[];
+          clusterId: string;
+          startedMembers?: string[];
+          fencingToken: string;
+        };
+        return current.startedMembers?.length === 3 ? current : undefined;
+      },
+      20_000,
+      250,
+    );
     expect(parsed.members).toHaveLength(3);
     expect(parsed.clusterId).toBe(statuses[0]?.clusterId);
     expect(parsed.startedMembers).toEqual(['node-1', 'node-2', 'node-3']);
     expect(parsed.generation).toBeGreaterThanOrEqual(2);
     expect(parsed.fencingToken).not.toBe('');
-    await waitUntil('every steward to read it', async () => {
-      for (const i of allNodes()) {
-        const status = await cluster.status(i);
-        if (!status.specHealthy || status.specGeneration !== parsed.generation || status.specProblem !== '') return undefined;
-      }
-      return true;
-    }, 4 * TTL_MS, 200);
+    await waitUntil(
+      'every steward to read it',
+      async () => {
+        for (const i of allNodes()) {
+          const status = await cluster.status(i);
+          if (!status.specHealthy || status.specGeneration !== parsed.generation || status.specProblem !== '') return undefined;
+        }
+        return true;
+      },
+      4 * TTL_MS,
+      200,
+    );
     expect(cluster.logs(0) + cluster.logs(1) + cluster.logs(2)).toContain('the cluster has formed: recorded its ID and the members that have run');
   });
 
@@ -104,14 +120,21 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     // What a bucket lifecycle rule does to the control file.
     await control.delete('cluster-spec.json', AbortSignal.timeout(5000));
     const deletedAt = Date.now();
-    await waitUntil('every steward to notice', async () => {
-      for (const i of allNodes()) if ((await metric(i, 'etcd_steward_control_spec_healthy')) !== 0) return undefined;
-      return true;
-    }, 3 * TTL_MS, 100);
+    await waitUntil(
+      'every steward to notice',
+      async () => {
+        for (const i of allNodes()) if ((await metric(i, 'etcd_steward_control_spec_healthy')) !== 0) return undefined;
+        return true;
+      },
+      3 * TTL_MS,
+      100,
+    );
     console.log(`missing spec noticed by all 3 stewards in ${Date.now() - deletedAt} ms (TTL ${TTL_MS} ms)`);
     expect(Date.now() - deletedAt).toBeLessThan(TTL_MS + 1500);
     const logs = cluster.logs(0);
-    expect(logs).toMatch(/"level":"error".*"fix":"etcd keeps running from its data dir and snapshots go on; put it back with 'etcd-stewardctl spec set .*last-cluster-spec\.json'.*"msg":"the cluster spec is missing at s3:\/\/snapshots\/backups-control\/cluster-spec\.json/);
+    expect(logs).toMatch(
+      /"level":"error".*"fix":"etcd keeps running from its data dir and snapshots go on; put it back with 'etcd-stewardctl spec set .*last-cluster-spec\.json'.*"msg":"the cluster spec is missing at s3:\/\/snapshots\/backups-control\/cluster-spec\.json/,
+    );
     const status = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'status']);
     expect(status.stdout).toMatch(/^spec:\s+PROBLEM: the cluster spec is missing/m);
     // The spec is gone but the data is not: init must still refuse.
@@ -137,10 +160,15 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     const copiedGeneration = (JSON.parse(readFileSync(copy, 'utf8')) as { generation: number }).generation;
     const restore = await cluster.ctl(['--endpoint', cluster.node(after.leader).grpc, 'spec', 'set', copy]);
     expect(restore.code, restore.stderr).toBe(0);
-    await waitUntil('the metric back at 1 everywhere', async () => {
-      for (const i of allNodes()) if ((await metric(i, 'etcd_steward_control_spec_healthy')) !== 1) return undefined;
-      return true;
-    }, 3 * TTL_MS, 100);
+    await waitUntil(
+      'the metric back at 1 everywhere',
+      async () => {
+        for (const i of allNodes()) if ((await metric(i, 'etcd_steward_control_spec_healthy')) !== 1) return undefined;
+        return true;
+      },
+      3 * TTL_MS,
+      100,
+    );
     expect((await cluster.status(0)).specGeneration).toBe(copiedGeneration + 1);
   });
 
@@ -149,10 +177,15 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     const next = { ...current, generation: Number(current.generation) + 1, etcdFlags: { 'snapshot-count': '5000' } };
     const changedAt = Date.now();
     await control.putSmall('cluster-spec.json', JSON.stringify(next), AbortSignal.timeout(5000));
-    await waitUntil('every steward to read the new generation', async () => {
-      for (const i of allNodes()) if ((await cluster.status(i)).specGeneration !== next.generation) return undefined;
-      return true;
-    }, 3 * TTL_MS, 100);
+    await waitUntil(
+      'every steward to read the new generation',
+      async () => {
+        for (const i of allNodes()) if ((await cluster.status(i)).specGeneration !== next.generation) return undefined;
+        return true;
+      },
+      3 * TTL_MS,
+      100,
+    );
     expect(Date.now() - changedAt).toBeLessThan(TTL_MS + 1500);
     expect(cluster.logs(1)).toContain('"msg":"cluster spec changed"');
   });
@@ -194,7 +227,7 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     expect(refused.stderr).toMatch(/^error\[RUNNING_MEMBER_DROPPED\].*node-3/);
     expect((await read()).generation).toBe(current.generation);
     const forced = await cluster.ctl(['--endpoint', cluster.node(leader).grpc, 'spec', 'set', '--force', file]);
-    expect(forced.stderr).toBe("");
+    expect(forced.stderr).toBe('');
     expect(forced.code).toBe(0);
     const dropped = await read();
     expect(dropped.members.map((m) => m.name)).toEqual(['node-1', 'node-2']);
@@ -219,8 +252,16 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     expect(etcdPid).toBeDefined();
     await rm(node.dataDir, { recursive: true, force: true });
     process.kill(etcdPid as number, 'SIGKILL');
-    await waitUntil('the restart to be held back', () => (cluster.logs(victim).includes('refusing to start etcd: the data dir') ? true : undefined), 15_000, 200);
-    const fix = /"level":"error".*"fix":"replace this member from a running one: etcdctl member remove ([0-9a-f]+), etcdctl member add (\S+) --peer-urls=([^,]+), then restart this steward with --initial-cluster-state=existing"/.exec(cluster.logs(victim));
+    await waitUntil(
+      'the restart to be held back',
+      () => (cluster.logs(victim).includes('refusing to start etcd: the data dir') ? true : undefined),
+      15_000,
+      200,
+    );
+    const fix =
+      /"level":"error".*"fix":"replace this member from a running one: etcdctl member remove ([0-9a-f]+), etcdctl member add (\S+) --peer-urls=([^,]+), then restart this steward with --initial-cluster-state=existing"/.exec(
+        cluster.logs(victim),
+      );
     expect(fix?.slice(2)).toEqual([node.name, node.peerUrl]);
     // Held back, not retried into a new cluster: a few TTLs later etcd is still not running and the dir still empty.
     await new Promise((resolve) => setTimeout(resolve, 2 * TTL_MS));
@@ -271,22 +312,40 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
       late.start(0);
       late.start(1);
       await late.initIfNew();
-      await waitUntil('two members with a leader', async () => {
-        const status = await late.status(0).catch(() => undefined);
-        return status?.leader && status.members.filter((m) => m.healthy).length === 2 ? true : undefined;
-      }, 30_000, 250);
+      await waitUntil(
+        'two members with a leader',
+        async () => {
+          const status = await late.status(0).catch(() => undefined);
+          return status?.leader && status.members.filter((m) => m.healthy).length === 2 ? true : undefined;
+        },
+        30_000,
+        250,
+      );
       const saved = await late.ctl(['--endpoint', late.node(0).grpc, 'save', '--force']);
       expect(saved.code, saved.stderr).toBe(0);
       // The two are recorded as the members that ran.
-      const formed = await waitUntil('the formation in the spec', async () => {
-        const stored = JSON.parse((await lateControl.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as { clusterId: string; startedMembers?: string[] };
-        return stored.clusterId && stored.startedMembers?.length === 2 ? stored : undefined;
-      }, 15_000, 500);
+      const formed = await waitUntil(
+        'the formation in the spec',
+        async () => {
+          const stored = JSON.parse((await lateControl.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as {
+            clusterId: string;
+            startedMembers?: string[];
+          };
+          return stored.clusterId && stored.startedMembers?.length === 2 ? stored : undefined;
+        },
+        15_000,
+        500,
+      );
       expect(formed.startedMembers).toEqual(['node-1', 'node-2']);
       // While they are down, the member that never ran must not start a cluster of its own ...
       await Promise.all([late.stop(0), late.stop(1)]);
       late.start(2);
-      await waitUntil('node-3 to be held back', () => (late.logs(2).includes('formed while this member never started, and none of its members answers') ? true : undefined), 20_000, 200);
+      await waitUntil(
+        'node-3 to be held back',
+        () => (late.logs(2).includes('formed while this member never started, and none of its members answers') ? true : undefined),
+        20_000,
+        200,
+      );
       expect((await late.status(2)).etcdRunning).toBe(false);
       // ... and joins them once they are back.
       late.start(0);
@@ -295,10 +354,18 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
       expect(statuses.every((s) => s.members.length === 3)).toBe(true);
       expect(late.logs(2)).toMatch(/"why":"[^"]*never started[^"]*: joining them"/);
       // The third member is recorded as run once it has joined.
-      await waitUntil('every member recorded as run', async () => {
-        const stored = JSON.parse((await lateControl.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as { clusterId: string; startedMembers?: string[] };
-        return stored.clusterId === statuses[0]?.clusterId && stored.startedMembers?.length === 3 ? true : undefined;
-      }, 15_000, 500);
+      await waitUntil(
+        'every member recorded as run',
+        async () => {
+          const stored = JSON.parse((await lateControl.readSmall('cluster-spec.json', AbortSignal.timeout(5000))).toString()) as {
+            clusterId: string;
+            startedMembers?: string[];
+          };
+          return stored.clusterId === statuses[0]?.clusterId && stored.startedMembers?.length === 3 ? true : undefined;
+        },
+        15_000,
+        500,
+      );
     } finally {
       lateControl.close();
       await late.destroy();
@@ -311,10 +378,15 @@ describe('the cluster spec cannot vanish silently (3 stewards, real s3rver)', ()
     try {
       // Started as an operator would find it, without the harness's init.
       stranger.start(0);
-      const log = await waitUntil('the refusal in the log', () => {
-        const text = readFileSync(stranger.node(0).logFile, 'utf8');
-        return text.includes('refusing to initialise a new etcd cluster') ? text : undefined;
-      }, 15_000, 200);
+      const log = await waitUntil(
+        'the refusal in the log',
+        () => {
+          const text = readFileSync(stranger.node(0).logFile, 'utf8');
+          return text.includes('refusing to initialise a new etcd cluster') ? text : undefined;
+        },
+        15_000,
+        200,
+      );
       expect(log).toMatch(/snapshot\(s\) exist and there is no cluster spec/);
       const status = await stranger.status(0);
       expect(status.etcdRunning).toBe(false);

@@ -29,7 +29,9 @@ describe('an idle cluster costs almost nothing', () => {
     const costs = await measureIdle(pids, WINDOW_MS);
     for (const [i, cost] of costs.entries()) {
       const role = i === leader ? 'leader' : 'follower';
-      console.log(`idle ${cluster.node(i).name} (${role}): cpu ${cost.cpuPercent.toFixed(2)} %, rss ${cost.rssMb.toFixed(0)} MB, new TCP connections ${cost.newTcpConnections} in ${cost.windowMs} ms`);
+      console.log(
+        `idle ${cluster.node(i).name} (${role}): cpu ${cost.cpuPercent.toFixed(2)} %, rss ${cost.rssMb.toFixed(0)} MB, new TCP connections ${cost.newTcpConnections} in ${cost.windowMs} ms`,
+      );
     }
     for (const cost of costs) {
       expect(cost.newTcpConnections).toBeLessThanOrEqual(MAX_NEW_CONNECTIONS);

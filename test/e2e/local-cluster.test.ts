@@ -21,7 +21,12 @@ function stewardPid(dir: string, name: string): number | undefined {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
-      if (args.some((a) => a.endsWith('dist/cli/steward.js')) && args.includes(`--name=${name}`) && args.includes(`--state-dir=${join(dir, name, 'steward')}`) && isAlive(Number(entry))) {
+      if (
+        args.some((a) => a.endsWith('dist/cli/steward.js')) &&
+        args.includes(`--name=${name}`) &&
+        args.includes(`--state-dir=${join(dir, name, 'steward')}`) &&
+        isAlive(Number(entry))
+      ) {
         return Number(entry);
       }
     } catch {

@@ -40,19 +40,29 @@ describe('scheduled snapshots and retention (3 stewards, per-second cron)', () =
     expect(onDemand.code, onDemand.stderr).toBe(0);
     const keepMe = (JSON.parse(onDemand.stdout) as { name: string }).name;
     // Enough seconds for more than N scheduled snapshots, so retention has had to remove some.
-    await waitUntil('retention to have trimmed old scheduled snapshots', async () => {
-      const logs = cluster.logs(leader);
-      return (logs.match(/retention: removed an old scheduled snapshot/g)?.length ?? 0) >= 2;
-    }, 30_000, 500);
+    await waitUntil(
+      'retention to have trimmed old scheduled snapshots',
+      async () => {
+        const logs = cluster.logs(leader);
+        return (logs.match(/retention: removed an old scheduled snapshot/g)?.length ?? 0) >= 2;
+      },
+      30_000,
+      500,
+    );
     // A snapshot lands, then retention trims: between the two there may briefly be N+1, never more.
     const counts: number[] = [];
-    const entries = await waitUntil('exactly N scheduled snapshots in the leader dir', async () => {
-      const all = await ls();
-      const scheduled = all.filter((e) => e.kind === 'scheduled');
-      expect(new Set(scheduled.map((e) => e.node))).toEqual(new Set([leaderName]));
-      counts.push(scheduled.length);
-      return scheduled.length === RETAIN ? all : undefined;
-    }, 10_000, 100);
+    const entries = await waitUntil(
+      'exactly N scheduled snapshots in the leader dir',
+      async () => {
+        const all = await ls();
+        const scheduled = all.filter((e) => e.kind === 'scheduled');
+        expect(new Set(scheduled.map((e) => e.node))).toEqual(new Set([leaderName]));
+        counts.push(scheduled.length);
+        return scheduled.length === RETAIN ? all : undefined;
+      },
+      10_000,
+      100,
+    );
     expect(Math.max(...counts)).toBeLessThanOrEqual(RETAIN + 1);
     expect(entries.some((e) => e.name === keepMe)).toBe(true);
     for (const i of cluster.nodes.map((n) => n.index).filter((i) => i !== leader)) {
@@ -65,10 +75,15 @@ describe('scheduled snapshots and retention (3 stewards, per-second cron)', () =
     cluster.signal(leader, 'SIGKILL');
     const survivors = cluster.nodes.map((n) => n.index).filter((i) => i !== leader);
     const killedAt = new Date().toISOString();
-    const next = await waitUntil('a scheduled snapshot from a new leader', async () => {
-      const entries = await ls().catch(() => []);
-      return entries.find((e) => e.kind === 'scheduled' && e.created > killedAt && e.node !== cluster.node(leader).name);
-    }, 30_000, 500);
+    const next = await waitUntil(
+      'a scheduled snapshot from a new leader',
+      async () => {
+        const entries = await ls().catch(() => []);
+        return entries.find((e) => e.kind === 'scheduled' && e.created > killedAt && e.node !== cluster.node(leader).name);
+      },
+      30_000,
+      500,
+    );
     expect(survivors.map((i) => cluster.node(i).name)).toContain(next.node);
     // No slot is taken twice: scheduled snapshot names (one per second per leader) never repeat a second.
     const seconds = (await ls()).filter((e) => e.kind === 'scheduled').map((e) => e.name.split('-').pop());

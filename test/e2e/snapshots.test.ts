@@ -35,11 +35,7 @@ describe('on-demand snapshots, inventory and reconcile (3 stewards, real s3rver)
     bucketStore = new S3Store(s3.storeOptions('backups'));
     cluster = await StewardCluster.create({
       size: 3,
-      extraArgs: [
-        ...s3.stewardArgs(),
-        '--etcd-disable-snapshots=true',
-        '--etcd-snapshot-reconcile-interval=2s',
-      ],
+      extraArgs: [...s3.stewardArgs(), '--etcd-disable-snapshots=true', '--etcd-snapshot-reconcile-interval=2s'],
     });
     await cluster.startAll();
     await cluster.waitForStableLeader(20_000);
@@ -78,7 +74,12 @@ describe('on-demand snapshots, inventory and reconcile (3 stewards, real s3rver)
       expect(Object.keys(entry).sort()).toEqual(['compressed', 'created', 'kind', 'location', 'name', 'node', 'sha256', 'size']);
     }
     const name = entries[0]?.name as string;
-    expect(entries.filter((e) => e.name === name).map((e) => e.location.split(':')[0]).sort()).toEqual(['file', 's3']);
+    expect(
+      entries
+        .filter((e) => e.name === name)
+        .map((e) => e.location.split(':')[0])
+        .sort(),
+    ).toEqual(['file', 's3']);
     const text = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'list']);
     expect(text.stdout).toMatch(/NAME\s+NODE\s+LOCATION/);
     expect((await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'l'])).code).toBe(0);
@@ -119,7 +120,12 @@ describe('on-demand snapshots, inventory and reconcile (3 stewards, real s3rver)
     const localPath = join(cluster.node(2).stateDir, 'snapshots', saved.name);
     await unlink(`${localPath}.metadata.json`);
     await unlink(localPath);
-    await waitUntil('the local record to disappear', async () => !(await ls()).some((e) => e.name === saved.name && e.location.startsWith('file:')), 15_000, 500);
+    await waitUntil(
+      'the local record to disappear',
+      async () => !(await ls()).some((e) => e.name === saved.name && e.location.startsWith('file:')),
+      15_000,
+      500,
+    );
     expect((await ls()).some((e) => e.name === saved.name && e.location.startsWith('s3:'))).toBe(true);
 
     // An operator copies a snapshot (object + metadata) into the bucket under a new name.
@@ -209,7 +215,12 @@ describe('peers that know who they talk to; destructive work on the leader only 
     await cluster.stop(confused);
     cluster.setNodeArgs(confused, [`--advertise-grpc=${grpc(leader)}`]);
     cluster.start(confused);
-    await waitUntil('the restarted steward to register its wrong address', async () => (cluster.logs(confused).match(/registered with the other stewards/g)?.length ?? 0) >= 2 || undefined, 30_000, 250);
+    await waitUntil(
+      'the restarted steward to register its wrong address',
+      async () => (cluster.logs(confused).match(/registered with the other stewards/g)?.length ?? 0) >= 2 || undefined,
+      30_000,
+      250,
+    );
     await cluster.waitForStableLeader(30_000);
     // Two reconcile intervals and more: the leader must not take its own answer for the confused node's dir.
     await waitUntil('the leader to refuse the wrong peer', async () => /WRONG_PEER|cannot reach steward/.test(cluster.logs(leader)) || undefined, 20_000, 500);

@@ -50,10 +50,15 @@ describe('leader view on a real etcd', () => {
       await orphan.campaign(new AbortController().signal);
       // What kill -9 does to keepalives, without revoking the lease.
       (orphan as unknown as { lease: { release(): void } }).lease.release();
-      const stale = await waitUntil('the dead holder to look abandoned', async () => {
-        const view = await observer.leaderView();
-        return view.stale ? view : undefined;
-      }, 10_000, 250);
+      const stale = await waitUntil(
+        'the dead holder to look abandoned',
+        async () => {
+          const view = await observer.leaderView();
+          return view.stale ? view : undefined;
+        },
+        10_000,
+        250,
+      );
       expect(stale.leader).toBeUndefined();
       expect(stale.stale?.node).toBe('node-dead');
       expect(stale.stale?.expiresInSeconds).toBeGreaterThanOrEqual(0);

@@ -9,7 +9,12 @@ describe('etcd flags from the config', () => {
     expect(base).toContain('--name=node-1');
     expect(base).toContain('--initial-cluster-token=old');
     expect(base).toContain('--listen-client-urls=http://127.0.0.1:2379');
-    const restored = etcdArgs(config, { initialClusterToken: 'new-token', listenClientUrls: ['http://127.0.0.1:12379'], advertiseClientUrls: ['http://127.0.0.1:12379'], initialClusterState: 'new' });
+    const restored = etcdArgs(config, {
+      initialClusterToken: 'new-token',
+      listenClientUrls: ['http://127.0.0.1:12379'],
+      advertiseClientUrls: ['http://127.0.0.1:12379'],
+      initialClusterState: 'new',
+    });
     expect(restored).toContain('--initial-cluster-token=new-token');
     expect(restored).toContain('--listen-client-urls=http://127.0.0.1:12379');
     expect(restored).toContain('--advertise-client-urls=http://127.0.0.1:12379');

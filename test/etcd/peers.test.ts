@@ -66,7 +66,9 @@ describe('askPeers reads /members bounded (real etcd and misbehaving endpoints)'
       AbortSignal.timeout(15_000),
     );
     const ms = Date.now() - started;
-    console.log(`askPeers with an oversized and an endless /members body: ${ms} ms; the endless one sent ${(endless / 1024 / 1024).toFixed(1)} MiB before the read stopped`);
+    console.log(
+      `askPeers with an oversized and an endless /members body: ${ms} ms; the endless one sent ${(endless / 1024 / 1024).toFixed(1)} MiB before the read stopped`,
+    );
     expect(view.answered).toEqual([member.peerUrl]);
     expect(view.thisMemberRan).toBe(false);
     expect(ms).toBeLessThan(5000);

@@ -100,7 +100,14 @@ describe('EtcdSupervisor (real etcd)', () => {
   function start(options: Partial<EtcdSupervisorOptions> & Pick<EtcdSupervisorOptions, 'args' | 'dataDir' | 'stateDir'>): Running {
     const { logger, lines } = capture();
     const restarts: number[] = [];
-    const supervisor = new EtcdSupervisor({ binary: 'etcd', stopGraceMs: 5000, maxBackoffMs: 2000, logger, onRestart: () => restarts.push(Date.now()), ...options });
+    const supervisor = new EtcdSupervisor({
+      binary: 'etcd',
+      stopGraceMs: 5000,
+      maxBackoffMs: 2000,
+      logger,
+      onRestart: () => restarts.push(Date.now()),
+      ...options,
+    });
     const stop = new AbortController();
     const running = { supervisor, run: supervisor.run(stop.signal), stop, restarts, lines };
     started.push(running);
@@ -160,7 +167,12 @@ describe('EtcdSupervisor (real etcd)', () => {
     expect(running.lines.some((l) => l.includes('cannot write the pid file') && l.includes('"level":50'))).toBe(true);
     expect(running.supervisor.problem).toMatch(/cannot write the pid file .*etcd\.pid, so etcd was stopped/);
     // Between attempts no untracked etcd is left running on the data dir.
-    await waitUntil('no etcd between attempts', async () => (running.supervisor.state === 'backing-off' && (await etcdsOn(dataDir)).length === 0 ? true : undefined), 10_000, 20);
+    await waitUntil(
+      'no etcd between attempts',
+      async () => (running.supervisor.state === 'backing-off' && (await etcdsOn(dataDir)).length === 0 ? true : undefined),
+      10_000,
+      20,
+    );
     expect(await shutdown(running)).toBeLessThan(7000);
     expect(await etcdsOn(dataDir)).toEqual([]);
   });
@@ -258,6 +270,11 @@ describe('EtcdSupervisor (real etcd)', () => {
     const paused = running.supervisor.pause(wait.signal);
     wait.abort(new Error('caller gave up'));
     await expect(paused).rejects.toThrow('caller gave up');
-    await waitUntil('etcd to stop', async () => ((await etcdsOn(dataDir)).length === 0 && running.supervisor.state === 'paused' ? true : undefined), 10_000, 50);
+    await waitUntil(
+      'etcd to stop',
+      async () => ((await etcdsOn(dataDir)).length === 0 && running.supervisor.state === 'paused' ? true : undefined),
+      10_000,
+      50,
+    );
   });
 });

@@ -139,15 +139,25 @@ describe("the SDK's default credential chain (env), with an expiry it can report
     const cluster = await StewardCluster.create({
       size: 1,
       extraArgs: [...s3.stewardArgs({ keys: false }), '--etcd-disable-snapshots=true'],
-      env: { AWS_ACCESS_KEY_ID: s3.accessKey, AWS_SECRET_ACCESS_KEY: 'env-secret', AWS_SESSION_TOKEN: 'env-token', AWS_CREDENTIAL_EXPIRATION: expiry.toISOString() },
+      env: {
+        AWS_ACCESS_KEY_ID: s3.accessKey,
+        AWS_SECRET_ACCESS_KEY: 'env-secret',
+        AWS_SESSION_TOKEN: 'env-token',
+        AWS_CREDENTIAL_EXPIRATION: expiry.toISOString(),
+      },
     });
     try {
       await cluster.startAll();
       await cluster.waitForStableLeader(30_000);
-      const metrics = await waitUntil('the canary to report', async () => {
-        const body = await (await fetch(`http://${cluster.node(0).http}/metrics`)).text();
-        return /^etcd_steward_s3_healthy 1$/m.test(body) ? body : undefined;
-      }, 15_000, 200);
+      const metrics = await waitUntil(
+        'the canary to report',
+        async () => {
+          const body = await (await fetch(`http://${cluster.node(0).http}/metrics`)).text();
+          return /^etcd_steward_s3_healthy 1$/m.test(body) ? body : undefined;
+        },
+        15_000,
+        200,
+      );
       expect(metrics).toContain(`etcd_steward_s3_credentials_expiry_timestamp_seconds ${expiry.getTime() / 1000}`);
       const saved = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'save']);
       expect(saved.code, saved.stderr).toBe(0);

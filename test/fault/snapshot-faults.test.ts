@@ -47,7 +47,10 @@ describe('snapshots under faults: compression, S3 cut mid-upload, steward killed
     });
     await cluster.startAll();
     await cluster.waitForStableLeader(20_000);
-    await fillEtcd(cluster.nodes.map((n) => n.clientUrl), 96);
+    await fillEtcd(
+      cluster.nodes.map((n) => n.clientUrl),
+      96,
+    );
   });
   afterAll(async () => {
     bucket?.close();

@@ -67,7 +67,9 @@ export class S3FaultProxy {
     const key = /Credential=([^/]+)\//.exec(req.headers.authorization ?? '')?.[1] ?? '';
     this.seenKeys.add(key);
     const index = this.faults.findIndex((f) => f.method === undefined || f.method === req.method);
-    const fault = (index >= 0 ? this.faults.splice(index, 1)[0] : undefined) ?? (Date.now() < this.failUntil ? ({ kind: 'status', status: 500, code: 'InternalError' } satisfies Fault as Fault) : undefined);
+    const fault =
+      (index >= 0 ? this.faults.splice(index, 1)[0] : undefined) ??
+      (Date.now() < this.failUntil ? ({ kind: 'status', status: 500, code: 'InternalError' } satisfies Fault as Fault) : undefined);
     if (fault?.kind === 'drop') {
       this.rejected += 1;
       req.socket.destroy();
@@ -117,7 +119,9 @@ export class S3FaultProxy {
     req.resume();
     req.on('end', () => {
       res.writeHead(status, { 'content-type': 'application/xml' });
-      res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message>${extra}<RequestId>test</RequestId></Error>`);
+      res.end(
+        `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected by the test proxy</Message>${extra}<RequestId>test</RequestId></Error>`,
+      );
     });
   }
 
@@ -145,10 +149,13 @@ export class ForwardProxy {
       proxy.requests += 1;
       const target = new URL(req.url ?? '/');
       proxy.targets.add(target.host);
-      const upstream = request({ host: target.hostname, port: target.port, method: req.method, path: target.pathname + target.search, headers: req.headers }, (answer) => {
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
-      });
+      const upstream = request(
+        { host: target.hostname, port: target.port, method: req.method, path: target.pathname + target.search, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
       upstream.on('error', () => res.destroy());
       req.pipe(upstream);
     });

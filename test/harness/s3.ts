@@ -43,7 +43,7 @@ export class S3Server {
 
   /** The data dir: objects live at `<dir>/<bucket>/<key>._S3rver_object`. Only s3rver has one to reach into. */
   get dir(): string {
-    if (this.container) throw new Error('this test reaches into s3rver\'s files on disk, which a MinIO container does not have: run it with the local backend');
+    if (this.container) throw new Error("this test reaches into s3rver's files on disk, which a MinIO container does not have: run it with the local backend");
     return this.dataDir;
   }
 
@@ -116,7 +116,12 @@ export class S3Server {
       .withWaitStrategy(Wait.forHttp('/minio/health/ready', 9000))
       .start();
     const server = new S3Server(root, '', container.getMappedPort(9000), bucket, undefined, container);
-    const client = new S3Client({ endpoint: server.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: server.accessKey, secretAccessKey: server.secretKey } });
+    const client = new S3Client({
+      endpoint: server.endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: { accessKeyId: server.accessKey, secretAccessKey: server.secretKey },
+    });
     try {
       await client.send(new CreateBucketCommand({ Bucket: bucket }));
     } finally {

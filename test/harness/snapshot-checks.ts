@@ -35,7 +35,7 @@ export async function etcdTrailerOk(path: string, gzipped = false): Promise<bool
 /** Runs the real `etcdctl snapshot restore` (etcdutl where it exists) into a fresh dir; resolves with its exit code. */
 export async function restoreWithEtcdctl(snapshotPath: string): Promise<{ code: number; output: string; dataDir: string }> {
   const dataDir = join(await mkdtemp(join(tmpdir(), 'restore-check-')), 'data');
-  const tool = await which('etcdutl') ? 'etcdutl' : 'etcdctl';
+  const tool = (await which('etcdutl')) ? 'etcdutl' : 'etcdctl';
   return new Promise((resolve) => {
     execFile(tool, ['snapshot', 'restore', snapshotPath, '--data-dir', dataDir], { env: { ...process.env, ETCDCTL_API: '3' } }, (err, stdout, stderr) => {
       resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, output: stdout + stderr, dataDir });
@@ -45,7 +45,13 @@ export async function restoreWithEtcdctl(snapshotPath: string): Promise<{ code: 
 
 async function which(command: string): Promise<boolean> {
   for (const dir of (process.env.PATH ?? '').split(':')) {
-    if (await stat(join(dir, command)).then(() => true, () => false)) return true;
+    if (
+      await stat(join(dir, command)).then(
+        () => true,
+        () => false,
+      )
+    )
+      return true;
   }
   return false;
 }

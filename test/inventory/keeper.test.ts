@@ -140,7 +140,13 @@ describe('InventoryKeeper', () => {
     const inventory = new MemoryInventory();
     const location = new FakeLocation('s3');
     const now = Date.parse('2024-06-01T12:00:00Z');
-    const old = { locationId: 's3', location: 's3://b/on-demand-node-1-1700000000', key: 'on-demand-node-1-1700000000', size: 5, modified: '2024-06-01T09:00:00.000Z' };
+    const old = {
+      locationId: 's3',
+      location: 's3://b/on-demand-node-1-1700000000',
+      key: 'on-demand-node-1-1700000000',
+      size: 5,
+      modified: '2024-06-01T09:00:00.000Z',
+    };
     const young = { ...old, location: 's3://b/on-demand-node-1-1700000001.gz', key: 'on-demand-node-1-1700000001.gz', modified: '2024-06-01T11:59:00.000Z' };
     location.orphanObjects = [old, young];
     const k = keeper(inventory, [location]);

@@ -20,7 +20,10 @@ describe('strict decimal integers', () => {
 
   it('refuses exponents, hex, blanks, fractions, signs, empty and out-of-range values', () => {
     for (const bad of ['1e3', '0x10', ' 3', '3 ', '3.0', '+3', '', '03', '4294967297', '0', '10001', '9007199254740993', 'Infinity', '٣']) {
-      expect(code(() => parseDecimalInteger(bad, '--snapshot-retention', 1, LIMITS.retentionMax)), JSON.stringify(bad)).toBe('INVALID_ARGUMENT');
+      expect(
+        code(() => parseDecimalInteger(bad, '--snapshot-retention', 1, LIMITS.retentionMax)),
+        JSON.stringify(bad),
+      ).toBe('INVALID_ARGUMENT');
     }
   });
 
@@ -43,7 +46,21 @@ describe('field bounds', () => {
   });
 
   it('a delete holds at most 1,000 names', () => {
-    expect(code(() => checkNames(Array.from({ length: 1000 }, () => 'a'), 'delete'))).toBeUndefined();
-    expect(code(() => checkNames(Array.from({ length: 1001 }, () => 'a'), 'delete'))).toBe('INVALID_ARGUMENT');
+    expect(
+      code(() =>
+        checkNames(
+          Array.from({ length: 1000 }, () => 'a'),
+          'delete',
+        ),
+      ),
+    ).toBeUndefined();
+    expect(
+      code(() =>
+        checkNames(
+          Array.from({ length: 1001 }, () => 'a'),
+          'delete',
+        ),
+      ),
+    ).toBe('INVALID_ARGUMENT');
   });
 });

@@ -12,7 +12,7 @@ const failing = (message: string): PeerDirectory => ({
 const logger = pino({ level: 'silent' });
 
 describe('peer addresses: the spec first, the etcd registry as a cache', () => {
-  it('takes the spec\'s address over the registry\'s and fills only the members the spec has none for', async () => {
+  it("takes the spec's address over the registry's and fills only the members the spec has none for", async () => {
     const spec = fixed([{ node: 'a', grpc: '10.0.0.1:7401' }]);
     const registry = fixed([
       { node: 'a', grpc: '127.0.0.1:7401' },
@@ -33,7 +33,7 @@ describe('peer addresses: the spec first, the etcd registry as a cache', () => {
     expect(await new LayeredPeerDirectory(failing('S3 down'), registry, logger).list(signal)).toEqual([{ node: 'b', grpc: '10.0.0.2:7401' }]);
   });
 
-  it('with neither readable, fails with the spec\'s error', async () => {
+  it("with neither readable, fails with the spec's error", async () => {
     await expect(new LayeredPeerDirectory(failing('no spec'), failing('no etcd'), logger).list(new AbortController().signal)).rejects.toThrow('no spec');
   });
 });

@@ -30,7 +30,22 @@ function ctlHandlers(probe: Probe): StewardCtlHandlers {
   return {
     status: async () => {
       probe.calls.push('status');
-      return { node: 'n1', isLeader: false, leader: '', version: 'v', uptimeSeconds: 1, members: [], clusterId: 'c1', fencingToken: '', etcdRunning: true, etcdRestarts: 0, specHealthy: true, specGeneration: 1, specProblem: '', leaderProblem: '' };
+      return {
+        node: 'n1',
+        isLeader: false,
+        leader: '',
+        version: 'v',
+        uptimeSeconds: 1,
+        members: [],
+        clusterId: 'c1',
+        fencingToken: '',
+        etcdRunning: true,
+        etcdRestarts: 0,
+        specHealthy: true,
+        specGeneration: 1,
+        specProblem: '',
+        leaderProblem: '',
+      };
     },
     save: (_request, _emit, ctx) => probe.hang('save', ctx),
     list: (_request, ctx) => probe.hang('list', ctx),
@@ -71,7 +86,14 @@ afterEach(async () => {
 });
 
 async function start(probe: Probe, node = 'n1', consume?: Parameters<typeof peerHandlers>[1]): Promise<string> {
-  const server = await RpcServer.start({ host: '127.0.0.1', port: 0, handlers: ctlHandlers(probe), peer: peerHandlers(probe, consume), identity: { node, clusterId: () => 'c1' }, logger });
+  const server = await RpcServer.start({
+    host: '127.0.0.1',
+    port: 0,
+    handlers: ctlHandlers(probe),
+    peer: peerHandlers(probe, consume),
+    identity: { node, clusterId: () => 'c1' },
+    logger,
+  });
   servers.push(server);
   return `127.0.0.1:${server.port}`;
 }
@@ -144,7 +166,9 @@ describe('server adapters: cancellation and deadlines reach the handler', () => 
   it('a save stream that ends without a result is the typed SAVE_NO_RESULT error', async () => {
     const server = new Server();
     server.addService(stewardCtlService, { Save: (call: { end(): void }) => call.end() });
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+    );
     try {
       const err = await rejection(ctl(`127.0.0.1:${port}`).save({ name: '', force: false }, () => undefined));
       expect(err.code).toBe('SAVE_NO_RESULT');
@@ -210,7 +234,9 @@ describe('peer header', () => {
     const pool = new PeerPool({ list: async () => [{ node: 'node-3', grpc: endpoint }] }, { node: 'node-1', clusterId: () => 'c1', fencingToken: () => '' });
     clients.push(pool);
     const [peer] = await pool.others(AbortSignal.timeout(5000));
-    const err = await rejection((peer as NonNullable<typeof peer>).deleteLocal('on-demand-node-3-1700000000', 'on-demand-node-3-1700000000', AbortSignal.timeout(5000)));
+    const err = await rejection(
+      (peer as NonNullable<typeof peer>).deleteLocal('on-demand-node-3-1700000000', 'on-demand-node-3-1700000000', AbortSignal.timeout(5000)),
+    );
     expect(err.code).toBe('WRONG_PEER');
     expect(err.message).toContain('node-3');
     expect(probe.calls).toEqual([]);

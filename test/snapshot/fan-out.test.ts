@@ -32,7 +32,10 @@ describe('FanOut', () => {
   it('writes every chunk to every destination, in order', async () => {
     const a = new RecordingWriter();
     const b = new RecordingWriter();
-    const destinations: Destination[] = [{ locationId: 'local:n1', writer: a }, { locationId: 's3', writer: b }];
+    const destinations: Destination[] = [
+      { locationId: 'local:n1', writer: a },
+      { locationId: 's3', writer: b },
+    ];
     await pipeline(Readable.from(chunks(10)), new FanOut(destinations, log));
     expect(Buffer.concat(a.chunks).equals(Buffer.concat(chunks(10)))).toBe(true);
     expect(Buffer.concat(b.chunks).equals(Buffer.concat(chunks(10)))).toBe(true);
@@ -41,7 +44,10 @@ describe('FanOut', () => {
   it('drops and aborts a destination that fails while the others go on', async () => {
     const good = new RecordingWriter();
     const bad = new RecordingWriter({ failAt: 3 });
-    const destinations: Destination[] = [{ locationId: 'local:n1', writer: good }, { locationId: 's3', writer: bad }];
+    const destinations: Destination[] = [
+      { locationId: 'local:n1', writer: good },
+      { locationId: 's3', writer: bad },
+    ];
     const fanOut = new FanOut(destinations, log);
     await pipeline(Readable.from(chunks(10)), fanOut);
     expect(good.chunks).toHaveLength(10);
@@ -54,7 +60,10 @@ describe('FanOut', () => {
   it('fails the stream when the last destination fails, with that failure', async () => {
     const a = new RecordingWriter({ failAt: 2 });
     const b = new RecordingWriter({ failAt: 5 });
-    const destinations: Destination[] = [{ locationId: 'local:n1', writer: a }, { locationId: 's3', writer: b }];
+    const destinations: Destination[] = [
+      { locationId: 'local:n1', writer: a },
+      { locationId: 's3', writer: b },
+    ];
     await expect(pipeline(Readable.from(chunks(10)), new FanOut(destinations, log))).rejects.toThrow(/disk full at chunk 2/);
     expect(b.aborted).toBeDefined();
   });
@@ -62,7 +71,13 @@ describe('FanOut', () => {
   it('takes the next chunk only when every destination took the last one (the slowest paces the stream)', async () => {
     const fast = new RecordingWriter();
     const slow = new RecordingWriter({ hold: true });
-    const fanOut = new FanOut([{ locationId: 'local:n1', writer: fast }, { locationId: 's3', writer: slow }], log);
+    const fanOut = new FanOut(
+      [
+        { locationId: 'local:n1', writer: fast },
+        { locationId: 's3', writer: slow },
+      ],
+      log,
+    );
     const done = pipeline(Readable.from(chunks(5)), fanOut);
     for (let i = 1; i <= 5; i++) {
       await new Promise((resolve) => setImmediate(resolve));

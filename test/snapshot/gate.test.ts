@@ -20,8 +20,7 @@ function member(name: string, over: Partial<MemberHealth> = {}): MemberHealth {
     ...over,
   };
 }
-const down = (name: string): MemberHealth =>
-  member(name, { healthy: false, reachable: false, sawLeader: false, problem: 'unreachable: connect ECONNREFUSED' });
+const down = (name: string): MemberHealth => member(name, { healthy: false, reachable: false, sawLeader: false, problem: 'unreachable: connect ECONNREFUSED' });
 const cluster = (...members: MemberHealth[]): ClusterHealth => ({ clusterId: '1', members, checkedAt: new Date() });
 const refusal = (fn: () => unknown): PreconditionError => {
   try {

@@ -25,7 +25,9 @@ describe('rejected operator input is not a snapshot failure', () => {
       logger: createLogger({ level: 'silent' }),
     });
     for (const name of ['../etc', 'UPPER', 'a'.repeat(300)]) {
-      await expect(snapshotter.take({ kind: 'on-demand', base: name, fencingToken: '', signal: AbortSignal.timeout(1000) })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(snapshotter.take({ kind: 'on-demand', base: name, fencingToken: '', signal: AbortSignal.timeout(1000) })).rejects.toBeInstanceOf(
+        InvalidArgumentError,
+      );
     }
     expect(probed).toBe(0);
     expect((await metrics.snapshotRejectedRequests.get()).values).toEqual([{ labels: { reason: 'invalid_argument' }, value: 3 }]);

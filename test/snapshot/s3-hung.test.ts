@@ -106,5 +106,4 @@ describe('a hung S3 costs only the S3 copy (real etcd, real s3rver behind a prox
     expect(result.copies.map((c) => c.locationId)).toEqual(['local:etcd-1', 's3']);
     expect((await direct.head(result.metadata.name, AbortSignal.timeout(5000)))?.size).toBe(result.metadata.size);
   });
-
 });

@@ -60,7 +60,7 @@ describe('snapshots of a degraded cluster (3 real etcd members, one killed)', ()
       logger,
     });
 
-  it('the recorded revision is the snapshot\'s own: writes between the health probe and the stream are in it', async () => {
+  it("the recorded revision is the snapshot's own: writes between the health probe and the stream are in it", async () => {
     const dir = join(etcd.root, 'snapshots-revision');
     const writer = new Etcd3({ hosts: etcd.endpoints });
     let probed = 0;
@@ -91,8 +91,11 @@ describe('snapshots of a degraded cluster (3 real etcd members, one killed)', ()
       expect(result.metadata.revision).toBe(afterWrites);
       // What etcd's own tool reads from the file (bbolt meta page, then the key bucket's last revision).
       const status = await new Promise<{ revision: number }>((resolve, reject) =>
-        execFile('etcdctl', ['snapshot', 'status', join(dir, result.metadata.name), '-w', 'json'], { env: { ...process.env, ETCDCTL_API: '3' } }, (err, stdout) =>
-          err ? reject(err) : resolve(JSON.parse(stdout) as { revision: number }),
+        execFile(
+          'etcdctl',
+          ['snapshot', 'status', join(dir, result.metadata.name), '-w', 'json'],
+          { env: { ...process.env, ETCDCTL_API: '3' } },
+          (err, stdout) => (err ? reject(err) : resolve(JSON.parse(stdout) as { revision: number })),
         ),
       );
       expect(result.metadata.revision).toBe(status.revision);
@@ -107,7 +110,11 @@ describe('snapshots of a degraded cluster (3 real etcd members, one killed)', ()
     const exited = once(killed.process, 'exit');
     killed.process.kill('SIGKILL');
     await exited;
-    await waitUntil('the probe to see the member down', async () => (await probe.probe()).members.some((m) => m.name === killed.name && !m.reachable) || undefined, 20_000);
+    await waitUntil(
+      'the probe to see the member down',
+      async () => (await probe.probe()).members.some((m) => m.name === killed.name && !m.reachable) || undefined,
+      20_000,
+    );
 
     const dir = join(etcd.root, 'snapshots-degraded');
     const { lines, logger } = captureLog();
@@ -119,7 +126,9 @@ describe('snapshots of a degraded cluster (3 real etcd members, one killed)', ()
     expect(stored?.degraded?.map((d) => d.member)).toEqual([killed.name]);
     const started = lines.find((l) => l.msg === 'snapshot started');
     expect(started?.source).not.toBe(killed.name);
-    expect(lines.some((l) => typeof l.msg === 'string' && l.msg.startsWith('cluster is degraded') && JSON.stringify(l.degraded).includes(killed.name))).toBe(true);
+    expect(lines.some((l) => typeof l.msg === 'string' && l.msg.startsWith('cluster is degraded') && JSON.stringify(l.degraded).includes(killed.name))).toBe(
+      true,
+    );
   });
 
   it('ClusterProbe.probe stops at once when its signal aborts, even with a member that never answers', async () => {

@@ -5,7 +5,13 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { StewardError } from '../../src/errors/index.js';
 import { readRestorePhase, restoreInProgress, restorePhasePath, writeRestorePhase, type RestorePhaseRecord } from '../../src/state/restore-phase.js';
 
-const record: RestorePhaseRecord = { restoreId: 'r-7', phase: 'Shutdown', snapshot: 'etcd-snapshot-node-1-1700000000', startedAt: '2026-01-01T00:00:00Z', oldDataDir: '/var/lib/etcd-old-1700000000' };
+const record: RestorePhaseRecord = {
+  restoreId: 'r-7',
+  phase: 'Shutdown',
+  snapshot: 'etcd-snapshot-node-1-1700000000',
+  startedAt: '2026-01-01T00:00:00Z',
+  oldDataDir: '/var/lib/etcd-old-1700000000',
+};
 
 describe('the persisted restore phase', () => {
   let stateDir: string;
@@ -46,7 +52,8 @@ describe('the persisted restore phase', () => {
 
   it('is in progress from Started until Finished or Failed', () => {
     expect(restoreInProgress(undefined)).toBe(false);
-    for (const phase of ['Started', 'Distribute', 'Verify', 'Shutdown', 'Restore', 'RestartCluster'] as const) expect(restoreInProgress({ ...record, phase })).toBe(true);
+    for (const phase of ['Started', 'Distribute', 'Verify', 'Shutdown', 'Restore', 'RestartCluster'] as const)
+      expect(restoreInProgress({ ...record, phase })).toBe(true);
     expect(restoreInProgress({ ...record, phase: 'Finished' })).toBe(false);
     expect(restoreInProgress({ ...record, phase: 'Failed' })).toBe(false);
   });

@@ -55,7 +55,10 @@ describe('S3 canary (real s3rver behind the fault proxy)', () => {
     const stop = new AbortController();
     proxy.failNext(10_000, { kind: 'hang' });
     try {
-      const running = runS3Canary({ store, node: 'n2', intervalMs: 60_000, timeoutMs: 30_000, metrics, logger: createLogger({ level: 'silent' }) }, stop.signal);
+      const running = runS3Canary(
+        { store, node: 'n2', intervalMs: 60_000, timeoutMs: 30_000, metrics, logger: createLogger({ level: 'silent' }) },
+        stop.signal,
+      );
       await new Promise((resolve) => setTimeout(resolve, 300));
       const started = Date.now();
       stop.abort();

@@ -49,9 +49,11 @@ async function walk(dir: string): Promise<string[]> {
 
 async function inParallel<T>(items: T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
-  await Promise.all(Array.from({ length: width }, async () => {
-    while (next < items.length) await fn(items[next++] as T);
-  }));
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next < items.length) await fn(items[next++] as T);
+    }),
+  );
 }
 
 const never = (): AbortSignal => new AbortController().signal;
@@ -148,7 +150,10 @@ function contract(name: string, makeStore: () => Promise<Subject>): void {
     it('lists by prefix', async () => {
       for (const key of ['pfx-a-2', 'pfx-a-1', 'pfx-b-1']) await store.putSmall(key, key, never());
       const listed = await store.list('pfx-a-', never());
-      expect(listed.map((o) => [o.key, o.size])).toEqual([['pfx-a-1', 7], ['pfx-a-2', 7]]);
+      expect(listed.map((o) => [o.key, o.size])).toEqual([
+        ['pfx-a-1', 7],
+        ['pfx-a-2', 7],
+      ]);
       expect(listed.every((o) => o.lastModified instanceof Date)).toBe(true);
       expect((await store.list('pfx-', never())).map((o) => o.key)).toEqual(['pfx-a-1', 'pfx-a-2', 'pfx-b-1']);
     });
@@ -260,9 +265,16 @@ describe('s3 store failures', () => {
         return writer.commit();
       },
     ]) {
-      const err = await attempt().then(() => undefined, (e: unknown) => e);
+      const err = await attempt().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(StewardError);
-      expect(err).toMatchObject({ family: 'invalid', code: 'S3_NO_SUCH_BUCKET', hint: 'create the bucket, or fix --etcd-s3-bucket (backups) or --control-s3-bucket (the cluster spec)' });
+      expect(err).toMatchObject({
+        family: 'invalid',
+        code: 'S3_NO_SUCH_BUCKET',
+        hint: 'create the bucket, or fix --etcd-s3-bucket (backups) or --control-s3-bucket (the cluster spec)',
+      });
       expect((err as StewardError).message).toMatch(/NoSuchBucket, HTTP 404/);
     }
     store.close();
@@ -271,7 +283,10 @@ describe('s3 store failures', () => {
   it('reports bad credentials as S3_ACCESS_DENIED without echoing the secret', async () => {
     const store = new S3Store(options({ accessKey: 'NOT-A-KEY', secretKey: 'very-secret-value' }));
     for (const attempt of [() => store.list('', never()), () => store.head('x', never()), () => store.putSmall('x', 'x', never())]) {
-      const err = await attempt().then(() => undefined, (e: unknown) => e);
+      const err = await attempt().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(UnavailableError);
       expect(err).toMatchObject({ code: 'S3_ACCESS_DENIED' });
       expect((err as StewardError).describe()).toMatch(/HTTP 403/);
@@ -284,7 +299,10 @@ describe('s3 store failures', () => {
     const port = await freePort();
     const store = new S3Store(options({ endpoint: `127.0.0.1:${port}`, timeoutMs: 2000 }));
     const started = Date.now();
-    const err = await store.list('', never()).then(() => undefined, (e: unknown) => e);
+    const err = await store.list('', never()).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(Date.now() - started).toBeLessThan(2000);
     expect(err).toBeInstanceOf(UnavailableError);
     expect(err).toMatchObject({ code: 'S3_UNREACHABLE', retryable: true });
@@ -301,7 +319,10 @@ describe('s3 store failures', () => {
     const store = new S3Store(options({ endpoint: `http://127.0.0.1:${port}`, timeoutMs: 1000 }));
     try {
       const started = Date.now();
-      const err = await store.head('x', never()).then(() => undefined, (e: unknown) => e);
+      const err = await store.head('x', never()).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       const elapsed = Date.now() - started;
       expect(err).toMatchObject({ code: 'S3_UNREACHABLE' });
       // The SDK makes 3 attempts, each bounded by the timeout, with short backoff between them.

@@ -64,7 +64,7 @@ describe('S3 errors and clients (real s3rver behind a fault proxy)', () => {
     expect((err as StewardError).describe()).not.toContain(TOKEN);
   });
 
-  it('create-only writes send If-None-Match: * and S3\'s 412 becomes OBJECT_EXISTS, nothing overwritten (412 emulated by the proxy: s3rver lacks it)', async () => {
+  it("create-only writes send If-None-Match: * and S3's 412 becomes OBJECT_EXISTS, nothing overwritten (412 emulated by the proxy: s3rver lacks it)", async () => {
     const before = proxy.conditionalPuts;
     await store.putSmall('once.json', '{"first":true}', AbortSignal.timeout(10_000), { createOnly: true });
     const err = await store.putSmall('once.json', '{"second":true}', AbortSignal.timeout(10_000), { createOnly: true }).catch((e: unknown) => e);

@@ -12,7 +12,18 @@ import { makeTestCa, type TestCa } from '../harness/tls.js';
 
 /** Builds the store exactly as the daemon does, from its flags. */
 async function storeFromFlags(flags: string[]): Promise<S3Store> {
-  const config = await loadConfig(['--etcd-s3=true', '--etcd-s3-bucket=snapshots', '--etcd-s3-access-key=S3RVER', '--etcd-s3-secret-key=S3RVER', '--etcd-s3-timeout=3s', '--etcd-s3-folder=backups', ...flags], '0');
+  const config = await loadConfig(
+    [
+      '--etcd-s3=true',
+      '--etcd-s3-bucket=snapshots',
+      '--etcd-s3-access-key=S3RVER',
+      '--etcd-s3-secret-key=S3RVER',
+      '--etcd-s3-timeout=3s',
+      '--etcd-s3-folder=backups',
+      ...flags,
+    ],
+    '0',
+  );
   const store = await loadS3Store(config, new StewardMetrics(), { bucket: config.etcdS3Bucket, folder: config.etcdS3Folder });
   if (!store) throw new Error('S3 store not built');
   return store;
@@ -63,7 +74,11 @@ describe('S3 options against real s3rver servers', () => {
 
   it('--etcd-s3-proxy sends the traffic through the proxy', async () => {
     const before = forward.requests;
-    const store = await storeFromFlags([`--etcd-s3-endpoint=127.0.0.1:${plainServer.port}`, '--etcd-s3-insecure=true', `--etcd-s3-proxy=http://127.0.0.1:${forward.port}`]);
+    const store = await storeFromFlags([
+      `--etcd-s3-endpoint=127.0.0.1:${plainServer.port}`,
+      '--etcd-s3-insecure=true',
+      `--etcd-s3-proxy=http://127.0.0.1:${forward.port}`,
+    ]);
     expect(await roundTrip(store)).toBe('hello');
     expect(forward.requests - before).toBeGreaterThanOrEqual(2);
     expect(forward.targets.has(`127.0.0.1:${plainServer.port}`)).toBe(true);
