@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { PreconditionError, StewardError, exitCodeFor } from '../errors/index.js';
+import { PreconditionError, StewardError, UnavailableError, asStewardError, exitCodeFor, renderError } from '../errors/index.js';
 import { StewardClient } from '../rpc/client.js';
 import { hasMemberData } from '../control/bootstrap.js';
 import { STEWARD_NODE_FLAGS } from './node-flags.js';
@@ -275,8 +275,7 @@ async function main(): Promise<number> {
     try {
       await initNewCluster(nodes, stop);
     } catch (err) {
-      const text = err instanceof StewardError ? `error[${err.code}]: ${err.describe()}` : `error[INTERNAL]: ${String(err)}`;
-      process.stderr.write(`${text}\nthe new cluster could not be initialised; stopping everything (nothing was deleted)\n`);
+      process.stderr.write(`${renderError(err)}\nthe new cluster could not be initialised; stopping everything (nothing was deleted)\n`);
       failed.abort();
     }
   }
@@ -299,7 +298,9 @@ async function main(): Promise<number> {
       ].join('\n'),
     );
   } else if (!stop.aborted) {
-    process.stderr.write(`error[NOT_READY]: the cluster did not become healthy within 60s — see the logs in ${logs}\n`);
+    process.stderr.write(
+      `${renderError(new UnavailableError('NOT_READY', 'the cluster did not become healthy within 60s', { hint: `see the logs in ${logs}` }))}\n`,
+    );
     failed.abort();
   }
   await new Promise<void>((resolveStop) => (stop.aborted ? resolveStop() : stop.addEventListener('abort', () => resolveStop(), { once: true })));
@@ -313,12 +314,7 @@ main().then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    if (err instanceof StewardError) {
-      process.stderr.write(`error[${err.code}]: ${err.describe()}\n`);
-      process.exitCode = exitCodeFor(err);
-    } else {
-      process.stderr.write(`error[INTERNAL]: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exitCode = 1;
-    }
+    process.stderr.write(`${renderError(err)}\n`);
+    process.exitCode = exitCodeFor(asStewardError(err));
   },
 );
