@@ -232,7 +232,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    process.stderr.write(`error[INTERNAL]: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`${renderError(err)}\n`);
     process.exitCode = 1;
   },
 );
