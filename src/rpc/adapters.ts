@@ -143,7 +143,7 @@ export function peerUnary<Req extends { header: PeerHeader | null }, Res extends
 export function peerClientStream<Chunk extends { header?: PeerHeader | null; data?: Buffer }, Res extends object>(
   method: string,
   options: PeerAdapterOptions,
-  handler: (data: AsyncIterable<Buffer>, ctx: PeerCallContext) => Promise<Res>,
+  handler: (first: Chunk, data: AsyncIterable<Buffer>, ctx: PeerCallContext) => Promise<Res>,
 ) {
   return (call: ServerReadableStream<Chunk, Res & { header: PeerReplyHeader }>, callback: sendUnaryData<Res & { header: PeerReplyHeader }>): void => {
     const { ctx, done } = callContext(call, options.shutdown);
@@ -152,6 +152,8 @@ export function peerClientStream<Chunk extends { header?: PeerHeader | null; dat
       const first = await messages.next();
       const peer = checkRequestHeader(first.done ? undefined : first.value.header, options.identity);
       const data = (async function* (): AsyncGenerator<Buffer> {
+        // Data in the first message (beside the header) is part of the stream too.
+        if (!first.done && first.value.data && first.value.data.length > 0) yield first.value.data;
         for (;;) {
           // A cancelled client stream is destroyed with neither 'error' nor 'end': the signal ends the wait.
           ctx.signal.throwIfAborted();
@@ -160,7 +162,7 @@ export function peerClientStream<Chunk extends { header?: PeerHeader | null; dat
           if (next.value.data) yield next.value.data;
         }
       })();
-      const response = await handler(data, { ...ctx, peer });
+      const response = await handler(first.value as Chunk, data, { ...ctx, peer });
       return { ...response, header: replyHeader(options.identity) };
     };
     run().then(
@@ -175,4 +177,58 @@ export function peerClientStream<Chunk extends { header?: PeerHeader | null; dat
       },
     );
   };
+}
+
+/**
+ * A peer server stream of bytes: the header is checked, the first message names who answers, every later
+ * one carries a chunk. Written with backpressure: the handler's iterable is read only as fast as the
+ * client takes it.
+ */
+export function peerByteStream<Req extends { header: PeerHeader | null }>(
+  method: string,
+  options: PeerAdapterOptions,
+  handler: (request: Req, ctx: PeerCallContext) => Promise<AsyncIterable<Buffer>>,
+  validate: (request: Req) => void = () => undefined,
+) {
+  return (call: ServerWritableStream<Req, { header?: PeerReplyHeader; data?: Buffer }>): void => {
+    const { ctx, done } = callContext(call, options.shutdown);
+    const run = async (): Promise<void> => {
+      validate(call.request);
+      const peer = checkRequestHeader(call.request.header, options.identity);
+      const source = await handler(call.request, { ...ctx, peer });
+      call.write({ header: replyHeader(options.identity) });
+      for await (const data of source) {
+        ctx.signal.throwIfAborted();
+        if (!call.write({ data })) await waitForDrain(call, ctx.signal);
+      }
+    };
+    run().then(
+      () => {
+        done();
+        call.end();
+      },
+      (err: unknown) => {
+        done();
+        call.emit('error', toGrpcStatus(failure(err, ctx, method, options.log)));
+      },
+    );
+  };
+}
+
+function waitForDrain(
+  call: { once(event: 'drain', listener: () => void): unknown; removeListener(event: 'drain', listener: () => void): unknown },
+  signal: AbortSignal,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onDrain = (): void => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    };
+    const onAbort = (): void => {
+      call.removeListener('drain', onDrain);
+      reject(signal.reason as Error);
+    };
+    call.once('drain', onDrain);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }

@@ -16,6 +16,14 @@ import type {
   SnapshotInfo,
   SpecResponse,
   StatusResponse,
+  RestoreEvent,
+  RestoreSummary,
+  RestoreStatusResponse,
+  RestoreMemberState,
+  RestorePrepareResponse,
+  RestoreSwapResponse,
+  SnapshotAnnounce,
+  InitialMember,
 } from './types.js';
 
 interface Cancellable {
@@ -34,6 +42,41 @@ abstract class BaseClient {
 
   close(): void {
     this.client.close();
+  }
+
+  /** A server stream whose last event carries the result; every earlier event goes to `onEvent`. */
+  protected finalEvent<Event, Res>(
+    call: ClientReadableStream<Event>,
+    onEvent: (event: Event) => void,
+    resultOf: (event: Event) => Res | undefined,
+    noResultCode: string,
+    signal?: AbortSignal,
+  ): Promise<Res> {
+    const onAbort = (): void => call.cancel();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    return new Promise<Res>((resolve, reject) => {
+      let result: Res | undefined;
+      let failed = false;
+      call.on('data', (event: Event) => {
+        const last = resultOf(event);
+        if (last !== undefined) result = last;
+        else onEvent(event);
+      });
+      call.on('error', (err: ServiceError) => {
+        failed = true;
+        reject(signal?.aborted ? abortedError(signal, err) : fromGrpcError(err, this.endpoint));
+      });
+      call.on('end', () => {
+        if (failed) return;
+        if (result !== undefined) resolve(result);
+        else
+          reject(
+            new InternalError(noResultCode, `the steward at ${this.endpoint} ended the call without a result`, {
+              hint: 'see the steward log for why; etcd-stewardctl status shows where things stand',
+            }),
+          );
+      });
+    }).finally(() => signal?.removeEventListener('abort', onAbort));
   }
 
   protected unary<Res>(method: string, request: object, signal: AbortSignal | undefined, timeoutMs = this.timeoutMs): Promise<Res> {
@@ -94,34 +137,41 @@ export class StewardClient extends BaseClient {
     return this.unary<SpecResponse>('init', { confirm }, signal);
   }
 
+  restoreStatus(signal?: AbortSignal): Promise<RestoreStatusResponse> {
+    return this.unary<RestoreStatusResponse>('restoreStatus', {}, signal, 60_000);
+  }
+
+  restoreAbort(signal?: AbortSignal): Promise<RestoreStatusResponse> {
+    return this.unary<RestoreStatusResponse>('restoreAbort', {}, signal, 10 * 60_000);
+  }
+
+  /**
+   * Streams every event but the last to `onEvent` and resolves with the summary. No deadline: a restore
+   * takes as long as its snapshot takes to move; keepalive notices a steward that vanished.
+   */
+  restore(
+    request: { name: string; yes: boolean; skipMembers: string[]; withSpec: boolean },
+    onEvent: (event: RestoreEvent) => void,
+    signal?: AbortSignal,
+  ): Promise<RestoreSummary> {
+    signal?.throwIfAborted();
+    const call = (this.client as unknown as { restore(req: object): ClientReadableStream<RestoreEvent> }).restore(request);
+    return this.finalEvent(call, onEvent, (event) => event.result ?? undefined, 'RESTORE_NO_RESULT', signal);
+  }
+
   /** Streams progress to `onProgress` and resolves with the stored snapshot. No deadline: a save may be long. */
   save(request: { name: string; force: boolean }, onProgress: (bytes: number) => void, signal?: AbortSignal): Promise<SnapshotInfo> {
     signal?.throwIfAborted();
     const call = (this.client as unknown as { save(req: object): ClientReadableStream<SaveEvent> }).save(request);
-    const onAbort = (): void => call.cancel();
-    signal?.addEventListener('abort', onAbort, { once: true });
-    return new Promise<SnapshotInfo>((resolve, reject) => {
-      let result: SnapshotInfo | undefined;
-      let failed = false;
-      call.on('data', (event: SaveEvent) => {
-        if (event.result) result = event.result;
-        else if (event.progress) onProgress(event.progress.bytes);
-      });
-      call.on('error', (err: ServiceError) => {
-        failed = true;
-        reject(signal?.aborted ? abortedError(signal, err) : fromGrpcError(err, this.endpoint));
-      });
-      call.on('end', () => {
-        if (failed) return;
-        if (result) resolve(result);
-        else
-          reject(
-            new InternalError('SAVE_NO_RESULT', `the steward at ${this.endpoint} ended the save without a result`, {
-              hint: 'run etcd-stewardctl ls to see whether the snapshot was stored, and the steward log for why',
-            }),
-          );
-      });
-    }).finally(() => signal?.removeEventListener('abort', onAbort));
+    return this.finalEvent(
+      call,
+      (event) => {
+        if (event.progress) onProgress(event.progress.bytes);
+      },
+      (event) => event.result ?? undefined,
+      'SAVE_NO_RESULT',
+      signal,
+    );
   }
 }
 
@@ -154,7 +204,74 @@ export class PeerClient extends BaseClient {
    * Streams `source` (chunks of 64 KiB–1 MiB: grpc-js counts messages, not bytes) to the peer, waiting
    * for 'drain' whenever grpc-js buffers 16 messages, and resolves with the peer's reply.
    */
-  async receiveSnapshot(header: PeerHeader, source: AsyncIterable<Buffer>, signal: AbortSignal): Promise<ReceiveSnapshotResponse> {
+  restorePrepare(header: PeerHeader, snapshot: string, stagingBytes: number, signal: AbortSignal): Promise<RestorePrepareResponse> {
+    return this.unary('restorePrepare', { header, snapshot, stagingBytes }, signal, 60_000);
+  }
+
+  restoreSwap(
+    header: PeerHeader,
+    request: { snapshot: string; initialCluster: InitialMember[]; clusterToken: string; bumpRevision: number; sha256: string },
+    signal: AbortSignal,
+  ): Promise<RestoreSwapResponse> {
+    // Restoring a large db into a fresh dir takes a while (1.2 GB: ~5 s here); a slow disk much longer.
+    return this.unary('restoreSwap', { header, ...request }, signal, 30 * 60_000);
+  }
+
+  restoreMember(
+    method: 'restoreFinish' | 'restoreAbort' | 'restoreMemberStatus',
+    header: PeerHeader,
+    signal: AbortSignal,
+  ): Promise<{ header: PeerReplyHeader | null; state: RestoreMemberState | null }> {
+    return this.unary(method, { header }, signal, method === 'restoreMemberStatus' ? 15_000 : 10 * 60_000);
+  }
+
+  /** The stored bytes of one snapshot in the peer's local dir; the first message is the reply header. */
+  readLocalSnapshot(header: PeerHeader, name: string, signal: AbortSignal): { reply: Promise<PeerReplyHeader | null>; data: AsyncIterable<Buffer> } {
+    signal.throwIfAborted();
+    const call = (
+      this.client as unknown as { readLocalSnapshot(req: object): ClientReadableStream<{ header: PeerReplyHeader | null; data: Buffer }> }
+    ).readLocalSnapshot({
+      header,
+      name,
+    });
+    const onAbort = (): void => call.cancel();
+    signal.addEventListener('abort', onAbort, { once: true });
+    const endpoint = this.endpoint;
+    const iterator = call[Symbol.asyncIterator]() as AsyncIterator<{ header: PeerReplyHeader | null; data: Buffer }>;
+    let firstHeader: (value: PeerReplyHeader | null) => void = () => undefined;
+    let firstFailed: (err: unknown) => void = () => undefined;
+    const reply = new Promise<PeerReplyHeader | null>((resolve, reject) => {
+      firstHeader = resolve;
+      firstFailed = reject;
+    });
+    // Read by the caller as it consumes the data; an unawaited reply must not turn into an unhandled rejection.
+    reply.catch(() => undefined);
+    const data = (async function* (): AsyncGenerator<Buffer> {
+      let sawHeader = false;
+      try {
+        for (;;) {
+          const next = await iterator.next();
+          if (next.done) break;
+          if (!sawHeader) {
+            sawHeader = true;
+            firstHeader(next.value.header);
+          }
+          if (next.value.data && next.value.data.length > 0) yield next.value.data;
+        }
+        if (!sawHeader) firstHeader(null);
+      } catch (err) {
+        const mapped = signal.aborted ? abortedError(signal, err) : fromGrpcError(err as ServiceError, endpoint);
+        firstFailed(mapped);
+        throw mapped;
+      } finally {
+        signal.removeEventListener('abort', onAbort);
+        call.cancel();
+      }
+    })();
+    return { reply, data };
+  }
+
+  async receiveSnapshot(header: PeerHeader, announce: SnapshotAnnounce, source: AsyncIterable<Buffer>, signal: AbortSignal): Promise<ReceiveSnapshotResponse> {
     signal.throwIfAborted();
     let call: ClientWritableStream<ReceiveSnapshotChunkInput> | undefined;
     const reply = new Promise<ReceiveSnapshotResponse>((resolve, reject) => {
@@ -174,7 +291,7 @@ export class PeerClient extends BaseClient {
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       const messages = (async function* () {
-        yield { header };
+        yield { header, announce };
         for await (const data of source) yield { data };
       })();
       // pipeline into the call stream applies its backpressure; the call's own status comes through `reply`.

@@ -1,7 +1,19 @@
 import { InternalError } from '../errors/index.js';
 import { PeerClient } from './client.js';
 import { checkReplyHeader } from './peer-header.js';
-import type { DeleteResponse, LocalListing, PeerHeader, PeerReplyHeader, PruneResponse, ReceiveSnapshotResponse } from './types.js';
+import type {
+  DeleteResponse,
+  InitialMember,
+  LocalListing,
+  PeerHeader,
+  PeerReplyHeader,
+  PruneResponse,
+  ReceiveSnapshotResponse,
+  RestoreMemberState,
+  RestorePrepareResponse,
+  RestoreSwapResponse,
+  SnapshotAnnounce,
+} from './types.js';
 
 /** Where one steward's peer API is. */
 export interface PeerAddress {
@@ -60,18 +72,58 @@ export class Peer {
     return reply.response ?? missing('ForwardPrune');
   }
 
-  async sendSnapshot(source: AsyncIterable<Buffer>, signal: AbortSignal): Promise<ReceiveSnapshotResponse> {
-    const reply = await this.client.receiveSnapshot(this.header(), source, signal);
-    this.check(reply.header);
+  /** Streams a snapshot's stored bytes to the peer, which stages and verifies them for restore `restoreId`. */
+  async sendSnapshot(restoreId: string, announce: SnapshotAnnounce, source: AsyncIterable<Buffer>, signal: AbortSignal): Promise<ReceiveSnapshotResponse> {
+    const reply = await this.client.receiveSnapshot(this.header(restoreId), announce, source, signal);
+    this.check(reply.header, restoreId);
     return reply;
   }
 
-  private header(): PeerHeader {
-    return { node: this.address.node, clusterId: this.self.clusterId(), caller: this.self.node, restoreId: '', fencingToken: this.self.fencingToken() };
+  /** The stored bytes of one snapshot in the peer's local dir; the reply header is checked before the first byte is passed on. */
+  async *readLocal(name: string, signal: AbortSignal, restoreId = ''): AsyncGenerator<Buffer> {
+    const { reply, data } = this.client.readLocalSnapshot(this.header(restoreId), name, signal);
+    let checked = false;
+    for await (const chunk of data) {
+      if (!checked) {
+        this.check(await reply, restoreId);
+        checked = true;
+      }
+      yield chunk;
+    }
+    if (!checked) this.check(await reply, restoreId);
   }
 
-  private check(reply: PeerReplyHeader | null): void {
-    checkReplyHeader(reply, { ...this.address, clusterId: this.self.clusterId() });
+  async restorePrepare(restoreId: string, snapshot: string, stagingBytes: number, signal: AbortSignal): Promise<RestorePrepareResponse> {
+    const reply = await this.client.restorePrepare(this.header(restoreId), snapshot, stagingBytes, signal);
+    this.check(reply.header, restoreId);
+    return reply;
+  }
+
+  async restoreSwap(
+    restoreId: string,
+    request: { snapshot: string; initialCluster: InitialMember[]; clusterToken: string; bumpRevision: number; sha256: string },
+    signal: AbortSignal,
+  ): Promise<RestoreSwapResponse> {
+    const reply = await this.client.restoreSwap(this.header(restoreId), request, signal);
+    this.check(reply.header, restoreId);
+    return reply;
+  }
+
+  async restoreMember(method: 'restoreFinish' | 'restoreAbort' | 'restoreMemberStatus', restoreId: string, signal: AbortSignal): Promise<RestoreMemberState> {
+    const reply = await this.client.restoreMember(method, this.header(restoreId), signal);
+    this.check(reply.header, restoreId);
+    return reply.state ?? missing(method);
+  }
+
+  // A restore replaces the cluster ID under the members' feet (and runs when nobody can read it): its calls
+  // are bound by the restore ID instead, which every member checks against the one it takes part in.
+  private header(restoreId = ''): PeerHeader {
+    const clusterId = restoreId ? '' : this.self.clusterId();
+    return { node: this.address.node, clusterId, caller: this.self.node, restoreId, fencingToken: this.self.fencingToken() };
+  }
+
+  private check(reply: PeerReplyHeader | null, restoreId = ''): void {
+    checkReplyHeader(reply, { ...this.address, clusterId: restoreId ? '' : this.self.clusterId() });
   }
 }
 

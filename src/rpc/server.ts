@@ -1,15 +1,28 @@
-import { createHash } from 'node:crypto';
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { LIMITS, checkInteger, checkName, checkNames, checkSpecJson } from './bounds.js';
-import { peerClientStream, peerUnary, serverStream, unary, type AdapterOptions, type PeerAdapterOptions } from './adapters.js';
+import { peerByteStream, peerClientStream, peerUnary, serverStream, unary, type AdapterOptions, type PeerAdapterOptions } from './adapters.js';
 import { stewardCtlService, stewardPeerService } from './proto.js';
 import type { DeleteLocalRequest__Output } from './generated/etcdsteward/v1/DeleteLocalRequest.js';
 import type { ForwardDeleteRequest__Output } from './generated/etcdsteward/v1/ForwardDeleteRequest.js';
 import type { ForwardPruneRequest__Output } from './generated/etcdsteward/v1/ForwardPruneRequest.js';
 import type { ListLocalRequest__Output } from './generated/etcdsteward/v1/ListLocalRequest.js';
 import type { ReceiveSnapshotChunk__Output } from './generated/etcdsteward/v1/ReceiveSnapshotChunk.js';
-import type { SaveEventInput, SnapshotInfo, StewardCtlHandlers, StewardPeerHandlers, PeerIdentity, SaveRequest } from './types.js';
+import type { ReadLocalRequest__Output } from './generated/etcdsteward/v1/ReadLocalRequest.js';
+import type { RestoreMemberRequest__Output } from './generated/etcdsteward/v1/RestoreMemberRequest.js';
+import type {
+  SaveEventInput,
+  SnapshotInfo,
+  StewardCtlHandlers,
+  StewardPeerHandlers,
+  PeerIdentity,
+  SaveRequest,
+  RestoreRequest,
+  RestoreEventInput,
+  RestoreSummary,
+  RestorePrepareRequest,
+  RestoreSwapRequest,
+} from './types.js';
 
 const SHUTDOWN_GRACE_MS = 5000;
 
@@ -99,6 +112,18 @@ function ctlImplementation(handlers: StewardCtlHandlers, options: AdapterOptions
       (request) => checkSpecJson(request.specJson),
     ),
     Init: unary('Init', options, (request: { confirm: boolean }, ctx) => handlers.init(request.confirm, ctx)),
+    Restore: serverStream(
+      'Restore',
+      options,
+      (request: RestoreRequest, emit: (event: RestoreEventInput) => void, ctx) => handlers.restore(request, emit, ctx),
+      (result: RestoreSummary): RestoreEventInput => ({ result }),
+      (request) => {
+        checkName(request.name, 'name');
+        checkNames(request.skipMembers, '--skip-member');
+      },
+    ),
+    RestoreStatus: unary('RestoreStatus', options, (_request: object, ctx) => handlers.restoreStatus(ctx)),
+    RestoreAbort: unary('RestoreAbort', options, (_request: object, ctx) => handlers.restoreAbort(ctx)),
   };
 }
 
@@ -129,22 +154,31 @@ function peerImplementation(handlers: StewardPeerHandlers, options: PeerAdapterO
       async (request: ForwardPruneRequest__Output, ctx) => ({ response: await handlers.forwardPrune(request.retention, ctx) }),
       (request) => checkInteger(request.retention, '--snapshot-retention', 0, LIMITS.retentionMax),
     ),
-    ReceiveSnapshot: peerClientStream<ReceiveSnapshotChunk__Output, { bytes: number; sha256: string }>('ReceiveSnapshot', options, (data, ctx) =>
-      handlers.receiveSnapshot(data, ctx),
+    ReceiveSnapshot: peerClientStream('ReceiveSnapshot', options, (first: ReceiveSnapshotChunk__Output, data, ctx) =>
+      handlers.receiveSnapshot(first.announce, data, ctx),
     ),
+    ReadLocalSnapshot: peerByteStream(
+      'ReadLocalSnapshot',
+      options,
+      (request: ReadLocalRequest__Output, ctx) => handlers.readLocalSnapshot(request.name, ctx),
+      (request) => checkName(request.name, 'name'),
+    ),
+    RestorePrepare: peerUnary(
+      'RestorePrepare',
+      options,
+      (request: RestorePrepareRequest, ctx) => handlers.restorePrepare(request, ctx),
+      (request) => checkName(request.snapshot, 'snapshot'),
+    ),
+    RestoreSwap: peerUnary(
+      'RestoreSwap',
+      options,
+      (request: RestoreSwapRequest, ctx) => handlers.restoreSwap(request, ctx),
+      (request) => checkName(request.snapshot, 'snapshot'),
+    ),
+    RestoreFinish: peerUnary('RestoreFinish', options, async (_request: RestoreMemberRequest__Output, ctx) => ({ state: await handlers.restoreFinish(ctx) })),
+    RestoreAbort: peerUnary('RestoreAbort', options, async (_request: RestoreMemberRequest__Output, ctx) => ({ state: await handlers.restoreAbort(ctx) })),
+    RestoreMemberStatus: peerUnary('RestoreMemberStatus', options, async (_request: RestoreMemberRequest__Output, ctx) => ({
+      state: await handlers.restoreMemberStatus(ctx),
+    })),
   };
-}
-
-/**
- * The ReceiveSnapshot handler until the restore lands: reads every chunk, counts and hashes it. The
- * restore replaces it with one that stages the snapshot to disk; the adapter and its backpressure stay.
- */
-export async function countAndHash(data: AsyncIterable<Buffer>): Promise<{ bytes: number; sha256: string }> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const chunk of data) {
-    hash.update(chunk);
-    bytes += chunk.length;
-  }
-  return { bytes, sha256: hash.digest('hex') };
 }

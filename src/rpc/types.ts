@@ -18,6 +18,17 @@ import type { SnapshotInfo__Output } from './generated/etcdsteward/v1/SnapshotIn
 import type { SnapshotRecord__Output } from './generated/etcdsteward/v1/SnapshotRecord.js';
 import type { SpecResponse__Output } from './generated/etcdsteward/v1/SpecResponse.js';
 import type { StatusResponse__Output } from './generated/etcdsteward/v1/StatusResponse.js';
+import type { SnapshotAnnounce__Output } from './generated/etcdsteward/v1/SnapshotAnnounce.js';
+import type { ReceiveSnapshotResponse__Output } from './generated/etcdsteward/v1/ReceiveSnapshotResponse.js';
+import type { RestoreRequest__Output } from './generated/etcdsteward/v1/RestoreRequest.js';
+import type { RestoreEvent } from './generated/etcdsteward/v1/RestoreEvent.js';
+import type { RestoreSummary__Output } from './generated/etcdsteward/v1/RestoreSummary.js';
+import type { RestoreStatusResponse__Output } from './generated/etcdsteward/v1/RestoreStatusResponse.js';
+import type { RestoreMemberState__Output } from './generated/etcdsteward/v1/RestoreMemberState.js';
+import type { RestorePrepareRequest__Output } from './generated/etcdsteward/v1/RestorePrepareRequest.js';
+import type { RestorePrepareResponse__Output } from './generated/etcdsteward/v1/RestorePrepareResponse.js';
+import type { RestoreSwapRequest__Output } from './generated/etcdsteward/v1/RestoreSwapRequest.js';
+import type { RestoreSwapResponse__Output } from './generated/etcdsteward/v1/RestoreSwapResponse.js';
 
 export type { Member__Output as MemberStatus } from './generated/etcdsteward/v1/Member.js';
 export type { StatusResponse__Output as StatusResponse, StatusResponse as StatusResponseInput } from './generated/etcdsteward/v1/StatusResponse.js';
@@ -36,6 +47,20 @@ export type { PeerHeader__Output as PeerHeader } from './generated/etcdsteward/v
 export type { PeerReplyHeader__Output as PeerReplyHeader } from './generated/etcdsteward/v1/PeerReplyHeader.js';
 export type { ReceiveSnapshotResponse__Output as ReceiveSnapshotResponse } from './generated/etcdsteward/v1/ReceiveSnapshotResponse.js';
 export type { ReceiveSnapshotChunk as ReceiveSnapshotChunkInput } from './generated/etcdsteward/v1/ReceiveSnapshotChunk.js';
+export type { SnapshotAnnounce__Output as SnapshotAnnounce } from './generated/etcdsteward/v1/SnapshotAnnounce.js';
+export type { RestoreRequest__Output as RestoreRequest } from './generated/etcdsteward/v1/RestoreRequest.js';
+export type { RestoreEvent__Output as RestoreEvent, RestoreEvent as RestoreEventInput } from './generated/etcdsteward/v1/RestoreEvent.js';
+export type { RestorePlan__Output as RestorePlan, RestorePlan as RestorePlanInput } from './generated/etcdsteward/v1/RestorePlan.js';
+export type { PlanMember__Output as PlanMember } from './generated/etcdsteward/v1/PlanMember.js';
+export type { RestoreProgress__Output as RestoreProgress } from './generated/etcdsteward/v1/RestoreProgress.js';
+export type { RestoreSummary__Output as RestoreSummary, RestoreSummary as RestoreSummaryInput } from './generated/etcdsteward/v1/RestoreSummary.js';
+export type { RestoreMemberState__Output as RestoreMemberState } from './generated/etcdsteward/v1/RestoreMemberState.js';
+export type { RestoreStatusResponse__Output as RestoreStatusResponse } from './generated/etcdsteward/v1/RestoreStatusResponse.js';
+export type { RestorePrepareRequest__Output as RestorePrepareRequest } from './generated/etcdsteward/v1/RestorePrepareRequest.js';
+export type { RestorePrepareResponse__Output as RestorePrepareResponse } from './generated/etcdsteward/v1/RestorePrepareResponse.js';
+export type { RestoreSwapRequest__Output as RestoreSwapRequest } from './generated/etcdsteward/v1/RestoreSwapRequest.js';
+export type { RestoreSwapResponse__Output as RestoreSwapResponse } from './generated/etcdsteward/v1/RestoreSwapResponse.js';
+export type { InitialMember__Output as InitialMember } from './generated/etcdsteward/v1/InitialMember.js';
 
 /** What every handler gets besides its request. */
 export interface CallContext {
@@ -61,6 +86,9 @@ export interface StewardCtlHandlers {
   specGet(ctx: CallContext): Promise<SpecResponse__Output>;
   specSet(specJson: string, ctx: CallContext, options: { force: boolean }): Promise<SpecResponse__Output>;
   init(confirm: boolean, ctx: CallContext): Promise<SpecResponse__Output>;
+  restore(request: RestoreRequest__Output, emit: (event: RestoreEvent) => void, ctx: CallContext): Promise<RestoreSummary__Output>;
+  restoreStatus(ctx: CallContext): Promise<RestoreStatusResponse__Output>;
+  restoreAbort(ctx: CallContext): Promise<RestoreStatusResponse__Output>;
 }
 
 export interface LocalListing {
@@ -74,8 +102,22 @@ export interface StewardPeerHandlers {
   deleteLocalSnapshot(name: string, key: string, ctx: PeerCallContext): Promise<void>;
   forwardDelete(names: string[], ctx: PeerCallContext): Promise<DeleteResponse__Output>;
   forwardPrune(retention: number, ctx: PeerCallContext): Promise<PruneResponse__Output>;
-  /** Consumes a client stream of bytes; reading slowly slows the sender (bounded buffering). */
-  receiveSnapshot(data: AsyncIterable<Buffer>, ctx: PeerCallContext): Promise<{ bytes: number; sha256: string }>;
+  /**
+   * Consumes a client stream of bytes announced by its first message; reading slowly slows the sender
+   * (bounded buffering). The reply header is stamped by the adapter.
+   */
+  receiveSnapshot(
+    announce: SnapshotAnnounce__Output | null,
+    data: AsyncIterable<Buffer>,
+    ctx: PeerCallContext,
+  ): Promise<Omit<ReceiveSnapshotResponse__Output, 'header'>>;
+  /** One snapshot of the local dir as a stream of its stored bytes; NotFoundError if it has none by that name. */
+  readLocalSnapshot(name: string, ctx: PeerCallContext): Promise<AsyncIterable<Buffer>>;
+  restorePrepare(request: RestorePrepareRequest__Output, ctx: PeerCallContext): Promise<Omit<RestorePrepareResponse__Output, 'header'>>;
+  restoreSwap(request: RestoreSwapRequest__Output, ctx: PeerCallContext): Promise<Omit<RestoreSwapResponse__Output, 'header'>>;
+  restoreFinish(ctx: PeerCallContext): Promise<RestoreMemberState__Output>;
+  restoreAbort(ctx: PeerCallContext): Promise<RestoreMemberState__Output>;
+  restoreMemberStatus(ctx: PeerCallContext): Promise<RestoreMemberState__Output>;
 }
 
 /** Who this steward is, for the peer header checks. */

@@ -4,7 +4,6 @@ import type { InventoryRecord, OrphanRecord } from '../inventory/inventory.js';
 import type { DeleteOutcome, OrphanOutcome } from '../inventory/keeper.js';
 import { deleteFromStore, scanStore } from '../inventory/scan.js';
 import type { Peer } from '../rpc/peer-pool.js';
-import { countAndHash } from '../rpc/server.js';
 import type {
   CallContext,
   DeleteFailure,
@@ -18,6 +17,12 @@ import type {
   StewardPeerHandlers,
 } from '../rpc/types.js';
 import type { SnapshotService } from './snapshots.js';
+
+/** The peer handlers of the snapshot side; the restore's member side (src/restore) supplies the rest. */
+export type SnapshotPeerHandlers = Pick<
+  StewardPeerHandlers,
+  'listLocalSnapshots' | 'deleteLocalSnapshot' | 'forwardDelete' | 'forwardPrune' | 'readLocalSnapshot'
+>;
 
 const PEER_LOCAL_TIMEOUT_MS = 60_000;
 
@@ -53,7 +58,7 @@ export class SnapshotHandlers {
   async list(request: ListRequest, ctx: CallContext): Promise<ListResponse> {
     ctx.signal.throwIfAborted();
     const [snapshots, orphans] = await Promise.all([this.snapshots.inventory.list(), request.all ? this.snapshots.inventory.orphans() : []]);
-    return { snapshots, orphans };
+    return { snapshots, orphans, fallback: '' };
   }
 
   delete(names: string[], ctx: CallContext): Promise<DeleteResponse> {
@@ -72,7 +77,7 @@ export class SnapshotHandlers {
     );
   }
 
-  readonly peer: StewardPeerHandlers = {
+  readonly peer: SnapshotPeerHandlers = {
     listLocalSnapshots: async (ctx) => {
       const found = await scanStore(this.snapshots.local, withTimeout(ctx.signal), this.snapshots.log);
       return { snapshots: found.records, orphans: found.orphans };
@@ -80,7 +85,7 @@ export class SnapshotHandlers {
     deleteLocalSnapshot: (name, key, ctx) => deleteFromStore(this.snapshots.local.store, name, key, withTimeout(ctx.signal)),
     forwardDelete: (names, ctx) => this.asLeader(ctx, (term, signal) => this.deleteHere(names, term, signal)),
     forwardPrune: (retention, ctx) => this.asLeader(ctx, (term, signal) => this.pruneHere(retention, term, signal)),
-    receiveSnapshot: (data) => countAndHash(data),
+    readLocalSnapshot: () => Promise.reject(new PreconditionError('NOT_YET', 'reading a local snapshot for a peer is not built yet')),
   };
 
   private async deleteHere(names: string[], term: LeaderTerm, signal: AbortSignal): Promise<DeleteResponse> {

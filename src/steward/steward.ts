@@ -31,6 +31,7 @@ import { PeerPool } from '../rpc/peer-pool.js';
 import type { PeerIdentity } from '../rpc/types.js';
 import { createMemberClient } from '../etcd/client.js';
 import { STEWARD_VERSION } from './version.js';
+import { restoreCtlPlaceholder, restorePeerPlaceholder } from '../restore/placeholder.js';
 
 /**
  * One steward: supervises the local etcd member, takes part in the election, serves the API.
@@ -198,8 +199,9 @@ export class Steward {
           specGet: async (ctx) => specResponse(await this.spec.get(callSignal(ctx.signal)), this.control.location),
           specSet: async (json, ctx, { force }) => specResponse(await this.spec.set(json, callSignal(ctx.signal), { force }), this.control.location),
           init: async (confirm, ctx) => specResponse(await this.spec.init(confirm, callSignal(ctx.signal)), this.control.location),
+          ...restoreCtlPlaceholder,
         },
-        peer: this.snapshotHandlers.peer,
+        peer: { ...this.snapshotHandlers.peer, ...restorePeerPlaceholder },
         identity: this.identity,
         logger: this.logger,
       });
@@ -279,6 +281,8 @@ export class Steward {
       specGeneration: this.spec.state.generation,
       specProblem: this.spec.state.problem,
       leaderProblem: leader ? '' : leaderProblem(view),
+      leaderGrpc: '',
+      restore: null,
       members: health.members.map((m) => ({ ...m, id: etcdIdHex(m.id) })),
     };
   }

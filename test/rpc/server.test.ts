@@ -45,6 +45,8 @@ function ctlHandlers(probe: Probe): StewardCtlHandlers {
         specGeneration: 1,
         specProblem: '',
         leaderProblem: '',
+        leaderGrpc: '',
+        restore: null,
       };
     },
     save: (_request, _emit, ctx) => probe.hang('save', ctx),
@@ -60,8 +62,15 @@ function ctlHandlers(probe: Probe): StewardCtlHandlers {
     specGet: (ctx) => probe.hang('specGet', ctx),
     specSet: async () => spec,
     init: async () => spec,
+    restore: (_request, _emit, ctx) => probe.hang('restore', ctx),
+    restoreStatus: (ctx) => probe.hang('restoreStatus', ctx),
+    restoreAbort: (ctx) => probe.hang('restoreAbort', ctx),
   };
 }
+
+const unusedPeer = async (): Promise<never> => {
+  throw new Error('not used');
+};
 
 function peerHandlers(probe: Probe, consume?: (data: AsyncIterable<Buffer>) => Promise<{ bytes: number; sha256: string }>): StewardPeerHandlers {
   return {
@@ -74,7 +83,19 @@ function peerHandlers(probe: Probe, consume?: (data: AsyncIterable<Buffer>) => P
     },
     forwardDelete: async () => ({ deleted: [], failed: [] }),
     forwardPrune: async () => ({ deleted: [], orphansRemoved: [], failed: [] }),
-    receiveSnapshot: async (data) => (consume ? consume(data) : { bytes: 0, sha256: '' }),
+    receiveSnapshot: async (_announce, data) => ({
+      ...(consume ? await consume(data) : { bytes: 0, sha256: '' }),
+      revision: 0,
+      totalKeys: 0,
+      rawSha256: '',
+      rawBytes: 0,
+    }),
+    readLocalSnapshot: unusedPeer,
+    restorePrepare: unusedPeer,
+    restoreSwap: unusedPeer,
+    restoreFinish: unusedPeer,
+    restoreAbort: unusedPeer,
+    restoreMemberStatus: unusedPeer,
   };
 }
 
@@ -288,7 +309,9 @@ describe('client-stream adapter', () => {
         yield chunk;
       }
     }
-    const reply = await pool.peer({ node: 'node-2', grpc: endpoint }).sendSnapshot(source(), AbortSignal.timeout(60_000));
+    const reply = await pool
+      .peer({ node: 'node-2', grpc: endpoint })
+      .sendSnapshot('r1', { snapshot: 's', size: CHUNK * TOTAL, sha256: '', compressed: false }, source(), AbortSignal.timeout(60_000));
     expect(reply.bytes).toBe(CHUNK * TOTAL);
     expect(reply.sha256).toBe(expected.digest('hex'));
     // Measured 9.0 MiB ahead at most, for 16 MiB and for 64 MiB sent alike: the message buffers of both ends

@@ -10,8 +10,18 @@ import type { ListRequest as _etcdsteward_v1_ListRequest, ListRequest__Output as
 import type { ListResponse as _etcdsteward_v1_ListResponse, ListResponse__Output as _etcdsteward_v1_ListResponse__Output } from './etcdsteward/v1/ListResponse.js';
 import type { Member as _etcdsteward_v1_Member, Member__Output as _etcdsteward_v1_Member__Output } from './etcdsteward/v1/Member.js';
 import type { OrphanObject as _etcdsteward_v1_OrphanObject, OrphanObject__Output as _etcdsteward_v1_OrphanObject__Output } from './etcdsteward/v1/OrphanObject.js';
+import type { PlanMember as _etcdsteward_v1_PlanMember, PlanMember__Output as _etcdsteward_v1_PlanMember__Output } from './etcdsteward/v1/PlanMember.js';
 import type { PruneRequest as _etcdsteward_v1_PruneRequest, PruneRequest__Output as _etcdsteward_v1_PruneRequest__Output } from './etcdsteward/v1/PruneRequest.js';
 import type { PruneResponse as _etcdsteward_v1_PruneResponse, PruneResponse__Output as _etcdsteward_v1_PruneResponse__Output } from './etcdsteward/v1/PruneResponse.js';
+import type { RestoreAbortRequest as _etcdsteward_v1_RestoreAbortRequest, RestoreAbortRequest__Output as _etcdsteward_v1_RestoreAbortRequest__Output } from './etcdsteward/v1/RestoreAbortRequest.js';
+import type { RestoreEvent as _etcdsteward_v1_RestoreEvent, RestoreEvent__Output as _etcdsteward_v1_RestoreEvent__Output } from './etcdsteward/v1/RestoreEvent.js';
+import type { RestoreMemberState as _etcdsteward_v1_RestoreMemberState, RestoreMemberState__Output as _etcdsteward_v1_RestoreMemberState__Output } from './etcdsteward/v1/RestoreMemberState.js';
+import type { RestorePlan as _etcdsteward_v1_RestorePlan, RestorePlan__Output as _etcdsteward_v1_RestorePlan__Output } from './etcdsteward/v1/RestorePlan.js';
+import type { RestoreProgress as _etcdsteward_v1_RestoreProgress, RestoreProgress__Output as _etcdsteward_v1_RestoreProgress__Output } from './etcdsteward/v1/RestoreProgress.js';
+import type { RestoreRequest as _etcdsteward_v1_RestoreRequest, RestoreRequest__Output as _etcdsteward_v1_RestoreRequest__Output } from './etcdsteward/v1/RestoreRequest.js';
+import type { RestoreStatusRequest as _etcdsteward_v1_RestoreStatusRequest, RestoreStatusRequest__Output as _etcdsteward_v1_RestoreStatusRequest__Output } from './etcdsteward/v1/RestoreStatusRequest.js';
+import type { RestoreStatusResponse as _etcdsteward_v1_RestoreStatusResponse, RestoreStatusResponse__Output as _etcdsteward_v1_RestoreStatusResponse__Output } from './etcdsteward/v1/RestoreStatusResponse.js';
+import type { RestoreSummary as _etcdsteward_v1_RestoreSummary, RestoreSummary__Output as _etcdsteward_v1_RestoreSummary__Output } from './etcdsteward/v1/RestoreSummary.js';
 import type { SaveEvent as _etcdsteward_v1_SaveEvent, SaveEvent__Output as _etcdsteward_v1_SaveEvent__Output } from './etcdsteward/v1/SaveEvent.js';
 import type { SaveProgress as _etcdsteward_v1_SaveProgress, SaveProgress__Output as _etcdsteward_v1_SaveProgress__Output } from './etcdsteward/v1/SaveProgress.js';
 import type { SaveRequest as _etcdsteward_v1_SaveRequest, SaveRequest__Output as _etcdsteward_v1_SaveRequest__Output } from './etcdsteward/v1/SaveRequest.js';
@@ -39,8 +49,18 @@ export interface ProtoGrpcType {
       ListResponse: MessageTypeDefinition<_etcdsteward_v1_ListResponse, _etcdsteward_v1_ListResponse__Output>
       Member: MessageTypeDefinition<_etcdsteward_v1_Member, _etcdsteward_v1_Member__Output>
       OrphanObject: MessageTypeDefinition<_etcdsteward_v1_OrphanObject, _etcdsteward_v1_OrphanObject__Output>
+      PlanMember: MessageTypeDefinition<_etcdsteward_v1_PlanMember, _etcdsteward_v1_PlanMember__Output>
       PruneRequest: MessageTypeDefinition<_etcdsteward_v1_PruneRequest, _etcdsteward_v1_PruneRequest__Output>
       PruneResponse: MessageTypeDefinition<_etcdsteward_v1_PruneResponse, _etcdsteward_v1_PruneResponse__Output>
+      RestoreAbortRequest: MessageTypeDefinition<_etcdsteward_v1_RestoreAbortRequest, _etcdsteward_v1_RestoreAbortRequest__Output>
+      RestoreEvent: MessageTypeDefinition<_etcdsteward_v1_RestoreEvent, _etcdsteward_v1_RestoreEvent__Output>
+      RestoreMemberState: MessageTypeDefinition<_etcdsteward_v1_RestoreMemberState, _etcdsteward_v1_RestoreMemberState__Output>
+      RestorePlan: MessageTypeDefinition<_etcdsteward_v1_RestorePlan, _etcdsteward_v1_RestorePlan__Output>
+      RestoreProgress: MessageTypeDefinition<_etcdsteward_v1_RestoreProgress, _etcdsteward_v1_RestoreProgress__Output>
+      RestoreRequest: MessageTypeDefinition<_etcdsteward_v1_RestoreRequest, _etcdsteward_v1_RestoreRequest__Output>
+      RestoreStatusRequest: MessageTypeDefinition<_etcdsteward_v1_RestoreStatusRequest, _etcdsteward_v1_RestoreStatusRequest__Output>
+      RestoreStatusResponse: MessageTypeDefinition<_etcdsteward_v1_RestoreStatusResponse, _etcdsteward_v1_RestoreStatusResponse__Output>
+      RestoreSummary: MessageTypeDefinition<_etcdsteward_v1_RestoreSummary, _etcdsteward_v1_RestoreSummary__Output>
       SaveEvent: MessageTypeDefinition<_etcdsteward_v1_SaveEvent, _etcdsteward_v1_SaveEvent__Output>
       SaveProgress: MessageTypeDefinition<_etcdsteward_v1_SaveProgress, _etcdsteward_v1_SaveProgress__Output>
       SaveRequest: MessageTypeDefinition<_etcdsteward_v1_SaveRequest, _etcdsteward_v1_SaveRequest__Output>

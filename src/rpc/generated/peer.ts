@@ -12,6 +12,7 @@ import type { ForwardDeleteResponse as _etcdsteward_v1_ForwardDeleteResponse, Fo
 import type { ForwardPruneRequest as _etcdsteward_v1_ForwardPruneRequest, ForwardPruneRequest__Output as _etcdsteward_v1_ForwardPruneRequest__Output } from './etcdsteward/v1/ForwardPruneRequest.js';
 import type { ForwardPruneResponse as _etcdsteward_v1_ForwardPruneResponse, ForwardPruneResponse__Output as _etcdsteward_v1_ForwardPruneResponse__Output } from './etcdsteward/v1/ForwardPruneResponse.js';
 import type { InitRequest as _etcdsteward_v1_InitRequest, InitRequest__Output as _etcdsteward_v1_InitRequest__Output } from './etcdsteward/v1/InitRequest.js';
+import type { InitialMember as _etcdsteward_v1_InitialMember, InitialMember__Output as _etcdsteward_v1_InitialMember__Output } from './etcdsteward/v1/InitialMember.js';
 import type { ListLocalRequest as _etcdsteward_v1_ListLocalRequest, ListLocalRequest__Output as _etcdsteward_v1_ListLocalRequest__Output } from './etcdsteward/v1/ListLocalRequest.js';
 import type { ListLocalResponse as _etcdsteward_v1_ListLocalResponse, ListLocalResponse__Output as _etcdsteward_v1_ListLocalResponse__Output } from './etcdsteward/v1/ListLocalResponse.js';
 import type { ListRequest as _etcdsteward_v1_ListRequest, ListRequest__Output as _etcdsteward_v1_ListRequest__Output } from './etcdsteward/v1/ListRequest.js';
@@ -20,13 +21,32 @@ import type { Member as _etcdsteward_v1_Member, Member__Output as _etcdsteward_v
 import type { OrphanObject as _etcdsteward_v1_OrphanObject, OrphanObject__Output as _etcdsteward_v1_OrphanObject__Output } from './etcdsteward/v1/OrphanObject.js';
 import type { PeerHeader as _etcdsteward_v1_PeerHeader, PeerHeader__Output as _etcdsteward_v1_PeerHeader__Output } from './etcdsteward/v1/PeerHeader.js';
 import type { PeerReplyHeader as _etcdsteward_v1_PeerReplyHeader, PeerReplyHeader__Output as _etcdsteward_v1_PeerReplyHeader__Output } from './etcdsteward/v1/PeerReplyHeader.js';
+import type { PlanMember as _etcdsteward_v1_PlanMember, PlanMember__Output as _etcdsteward_v1_PlanMember__Output } from './etcdsteward/v1/PlanMember.js';
 import type { PruneRequest as _etcdsteward_v1_PruneRequest, PruneRequest__Output as _etcdsteward_v1_PruneRequest__Output } from './etcdsteward/v1/PruneRequest.js';
 import type { PruneResponse as _etcdsteward_v1_PruneResponse, PruneResponse__Output as _etcdsteward_v1_PruneResponse__Output } from './etcdsteward/v1/PruneResponse.js';
+import type { ReadLocalChunk as _etcdsteward_v1_ReadLocalChunk, ReadLocalChunk__Output as _etcdsteward_v1_ReadLocalChunk__Output } from './etcdsteward/v1/ReadLocalChunk.js';
+import type { ReadLocalRequest as _etcdsteward_v1_ReadLocalRequest, ReadLocalRequest__Output as _etcdsteward_v1_ReadLocalRequest__Output } from './etcdsteward/v1/ReadLocalRequest.js';
 import type { ReceiveSnapshotChunk as _etcdsteward_v1_ReceiveSnapshotChunk, ReceiveSnapshotChunk__Output as _etcdsteward_v1_ReceiveSnapshotChunk__Output } from './etcdsteward/v1/ReceiveSnapshotChunk.js';
 import type { ReceiveSnapshotResponse as _etcdsteward_v1_ReceiveSnapshotResponse, ReceiveSnapshotResponse__Output as _etcdsteward_v1_ReceiveSnapshotResponse__Output } from './etcdsteward/v1/ReceiveSnapshotResponse.js';
+import type { RestoreAbortRequest as _etcdsteward_v1_RestoreAbortRequest, RestoreAbortRequest__Output as _etcdsteward_v1_RestoreAbortRequest__Output } from './etcdsteward/v1/RestoreAbortRequest.js';
+import type { RestoreEvent as _etcdsteward_v1_RestoreEvent, RestoreEvent__Output as _etcdsteward_v1_RestoreEvent__Output } from './etcdsteward/v1/RestoreEvent.js';
+import type { RestoreMemberReply as _etcdsteward_v1_RestoreMemberReply, RestoreMemberReply__Output as _etcdsteward_v1_RestoreMemberReply__Output } from './etcdsteward/v1/RestoreMemberReply.js';
+import type { RestoreMemberRequest as _etcdsteward_v1_RestoreMemberRequest, RestoreMemberRequest__Output as _etcdsteward_v1_RestoreMemberRequest__Output } from './etcdsteward/v1/RestoreMemberRequest.js';
+import type { RestoreMemberState as _etcdsteward_v1_RestoreMemberState, RestoreMemberState__Output as _etcdsteward_v1_RestoreMemberState__Output } from './etcdsteward/v1/RestoreMemberState.js';
+import type { RestorePlan as _etcdsteward_v1_RestorePlan, RestorePlan__Output as _etcdsteward_v1_RestorePlan__Output } from './etcdsteward/v1/RestorePlan.js';
+import type { RestorePrepareRequest as _etcdsteward_v1_RestorePrepareRequest, RestorePrepareRequest__Output as _etcdsteward_v1_RestorePrepareRequest__Output } from './etcdsteward/v1/RestorePrepareRequest.js';
+import type { RestorePrepareResponse as _etcdsteward_v1_RestorePrepareResponse, RestorePrepareResponse__Output as _etcdsteward_v1_RestorePrepareResponse__Output } from './etcdsteward/v1/RestorePrepareResponse.js';
+import type { RestoreProgress as _etcdsteward_v1_RestoreProgress, RestoreProgress__Output as _etcdsteward_v1_RestoreProgress__Output } from './etcdsteward/v1/RestoreProgress.js';
+import type { RestoreRequest as _etcdsteward_v1_RestoreRequest, RestoreRequest__Output as _etcdsteward_v1_RestoreRequest__Output } from './etcdsteward/v1/RestoreRequest.js';
+import type { RestoreStatusRequest as _etcdsteward_v1_RestoreStatusRequest, RestoreStatusRequest__Output as _etcdsteward_v1_RestoreStatusRequest__Output } from './etcdsteward/v1/RestoreStatusRequest.js';
+import type { RestoreStatusResponse as _etcdsteward_v1_RestoreStatusResponse, RestoreStatusResponse__Output as _etcdsteward_v1_RestoreStatusResponse__Output } from './etcdsteward/v1/RestoreStatusResponse.js';
+import type { RestoreSummary as _etcdsteward_v1_RestoreSummary, RestoreSummary__Output as _etcdsteward_v1_RestoreSummary__Output } from './etcdsteward/v1/RestoreSummary.js';
+import type { RestoreSwapRequest as _etcdsteward_v1_RestoreSwapRequest, RestoreSwapRequest__Output as _etcdsteward_v1_RestoreSwapRequest__Output } from './etcdsteward/v1/RestoreSwapRequest.js';
+import type { RestoreSwapResponse as _etcdsteward_v1_RestoreSwapResponse, RestoreSwapResponse__Output as _etcdsteward_v1_RestoreSwapResponse__Output } from './etcdsteward/v1/RestoreSwapResponse.js';
 import type { SaveEvent as _etcdsteward_v1_SaveEvent, SaveEvent__Output as _etcdsteward_v1_SaveEvent__Output } from './etcdsteward/v1/SaveEvent.js';
 import type { SaveProgress as _etcdsteward_v1_SaveProgress, SaveProgress__Output as _etcdsteward_v1_SaveProgress__Output } from './etcdsteward/v1/SaveProgress.js';
 import type { SaveRequest as _etcdsteward_v1_SaveRequest, SaveRequest__Output as _etcdsteward_v1_SaveRequest__Output } from './etcdsteward/v1/SaveRequest.js';
+import type { SnapshotAnnounce as _etcdsteward_v1_SnapshotAnnounce, SnapshotAnnounce__Output as _etcdsteward_v1_SnapshotAnnounce__Output } from './etcdsteward/v1/SnapshotAnnounce.js';
 import type { SnapshotInfo as _etcdsteward_v1_SnapshotInfo, SnapshotInfo__Output as _etcdsteward_v1_SnapshotInfo__Output } from './etcdsteward/v1/SnapshotInfo.js';
 import type { SnapshotRecord as _etcdsteward_v1_SnapshotRecord, SnapshotRecord__Output as _etcdsteward_v1_SnapshotRecord__Output } from './etcdsteward/v1/SnapshotRecord.js';
 import type { SpecGetRequest as _etcdsteward_v1_SpecGetRequest, SpecGetRequest__Output as _etcdsteward_v1_SpecGetRequest__Output } from './etcdsteward/v1/SpecGetRequest.js';
@@ -54,6 +74,7 @@ export interface ProtoGrpcType {
       ForwardPruneRequest: MessageTypeDefinition<_etcdsteward_v1_ForwardPruneRequest, _etcdsteward_v1_ForwardPruneRequest__Output>
       ForwardPruneResponse: MessageTypeDefinition<_etcdsteward_v1_ForwardPruneResponse, _etcdsteward_v1_ForwardPruneResponse__Output>
       InitRequest: MessageTypeDefinition<_etcdsteward_v1_InitRequest, _etcdsteward_v1_InitRequest__Output>
+      InitialMember: MessageTypeDefinition<_etcdsteward_v1_InitialMember, _etcdsteward_v1_InitialMember__Output>
       ListLocalRequest: MessageTypeDefinition<_etcdsteward_v1_ListLocalRequest, _etcdsteward_v1_ListLocalRequest__Output>
       ListLocalResponse: MessageTypeDefinition<_etcdsteward_v1_ListLocalResponse, _etcdsteward_v1_ListLocalResponse__Output>
       ListRequest: MessageTypeDefinition<_etcdsteward_v1_ListRequest, _etcdsteward_v1_ListRequest__Output>
@@ -62,13 +83,32 @@ export interface ProtoGrpcType {
       OrphanObject: MessageTypeDefinition<_etcdsteward_v1_OrphanObject, _etcdsteward_v1_OrphanObject__Output>
       PeerHeader: MessageTypeDefinition<_etcdsteward_v1_PeerHeader, _etcdsteward_v1_PeerHeader__Output>
       PeerReplyHeader: MessageTypeDefinition<_etcdsteward_v1_PeerReplyHeader, _etcdsteward_v1_PeerReplyHeader__Output>
+      PlanMember: MessageTypeDefinition<_etcdsteward_v1_PlanMember, _etcdsteward_v1_PlanMember__Output>
       PruneRequest: MessageTypeDefinition<_etcdsteward_v1_PruneRequest, _etcdsteward_v1_PruneRequest__Output>
       PruneResponse: MessageTypeDefinition<_etcdsteward_v1_PruneResponse, _etcdsteward_v1_PruneResponse__Output>
+      ReadLocalChunk: MessageTypeDefinition<_etcdsteward_v1_ReadLocalChunk, _etcdsteward_v1_ReadLocalChunk__Output>
+      ReadLocalRequest: MessageTypeDefinition<_etcdsteward_v1_ReadLocalRequest, _etcdsteward_v1_ReadLocalRequest__Output>
       ReceiveSnapshotChunk: MessageTypeDefinition<_etcdsteward_v1_ReceiveSnapshotChunk, _etcdsteward_v1_ReceiveSnapshotChunk__Output>
       ReceiveSnapshotResponse: MessageTypeDefinition<_etcdsteward_v1_ReceiveSnapshotResponse, _etcdsteward_v1_ReceiveSnapshotResponse__Output>
+      RestoreAbortRequest: MessageTypeDefinition<_etcdsteward_v1_RestoreAbortRequest, _etcdsteward_v1_RestoreAbortRequest__Output>
+      RestoreEvent: MessageTypeDefinition<_etcdsteward_v1_RestoreEvent, _etcdsteward_v1_RestoreEvent__Output>
+      RestoreMemberReply: MessageTypeDefinition<_etcdsteward_v1_RestoreMemberReply, _etcdsteward_v1_RestoreMemberReply__Output>
+      RestoreMemberRequest: MessageTypeDefinition<_etcdsteward_v1_RestoreMemberRequest, _etcdsteward_v1_RestoreMemberRequest__Output>
+      RestoreMemberState: MessageTypeDefinition<_etcdsteward_v1_RestoreMemberState, _etcdsteward_v1_RestoreMemberState__Output>
+      RestorePlan: MessageTypeDefinition<_etcdsteward_v1_RestorePlan, _etcdsteward_v1_RestorePlan__Output>
+      RestorePrepareRequest: MessageTypeDefinition<_etcdsteward_v1_RestorePrepareRequest, _etcdsteward_v1_RestorePrepareRequest__Output>
+      RestorePrepareResponse: MessageTypeDefinition<_etcdsteward_v1_RestorePrepareResponse, _etcdsteward_v1_RestorePrepareResponse__Output>
+      RestoreProgress: MessageTypeDefinition<_etcdsteward_v1_RestoreProgress, _etcdsteward_v1_RestoreProgress__Output>
+      RestoreRequest: MessageTypeDefinition<_etcdsteward_v1_RestoreRequest, _etcdsteward_v1_RestoreRequest__Output>
+      RestoreStatusRequest: MessageTypeDefinition<_etcdsteward_v1_RestoreStatusRequest, _etcdsteward_v1_RestoreStatusRequest__Output>
+      RestoreStatusResponse: MessageTypeDefinition<_etcdsteward_v1_RestoreStatusResponse, _etcdsteward_v1_RestoreStatusResponse__Output>
+      RestoreSummary: MessageTypeDefinition<_etcdsteward_v1_RestoreSummary, _etcdsteward_v1_RestoreSummary__Output>
+      RestoreSwapRequest: MessageTypeDefinition<_etcdsteward_v1_RestoreSwapRequest, _etcdsteward_v1_RestoreSwapRequest__Output>
+      RestoreSwapResponse: MessageTypeDefinition<_etcdsteward_v1_RestoreSwapResponse, _etcdsteward_v1_RestoreSwapResponse__Output>
       SaveEvent: MessageTypeDefinition<_etcdsteward_v1_SaveEvent, _etcdsteward_v1_SaveEvent__Output>
       SaveProgress: MessageTypeDefinition<_etcdsteward_v1_SaveProgress, _etcdsteward_v1_SaveProgress__Output>
       SaveRequest: MessageTypeDefinition<_etcdsteward_v1_SaveRequest, _etcdsteward_v1_SaveRequest__Output>
+      SnapshotAnnounce: MessageTypeDefinition<_etcdsteward_v1_SnapshotAnnounce, _etcdsteward_v1_SnapshotAnnounce__Output>
       SnapshotInfo: MessageTypeDefinition<_etcdsteward_v1_SnapshotInfo, _etcdsteward_v1_SnapshotInfo__Output>
       SnapshotRecord: MessageTypeDefinition<_etcdsteward_v1_SnapshotRecord, _etcdsteward_v1_SnapshotRecord__Output>
       SpecGetRequest: MessageTypeDefinition<_etcdsteward_v1_SpecGetRequest, _etcdsteward_v1_SpecGetRequest__Output>

@@ -7,9 +7,11 @@ import type { OrphanObject as _etcdsteward_v1_OrphanObject, OrphanObject__Output
 export interface ListResponse {
   'snapshots'?: (_etcdsteward_v1_SnapshotRecord)[];
   'orphans'?: (_etcdsteward_v1_OrphanObject)[];
+  'fallback'?: (string);
 }
 
 export interface ListResponse__Output {
   'snapshots': (_etcdsteward_v1_SnapshotRecord__Output)[];
   'orphans': (_etcdsteward_v1_OrphanObject__Output)[];
+  'fallback': (string);
 }

@@ -2,15 +2,16 @@
 // Original file: proto/steward/v1/peer.proto
 
 import type { PeerHeader as _etcdsteward_v1_PeerHeader, PeerHeader__Output as _etcdsteward_v1_PeerHeader__Output } from '../../etcdsteward/v1/PeerHeader.js';
+import type { SnapshotAnnounce as _etcdsteward_v1_SnapshotAnnounce, SnapshotAnnounce__Output as _etcdsteward_v1_SnapshotAnnounce__Output } from '../../etcdsteward/v1/SnapshotAnnounce.js';
 
 export interface ReceiveSnapshotChunk {
   'header'?: (_etcdsteward_v1_PeerHeader | null);
   'data'?: (Buffer | Uint8Array | string);
-  'part'?: "header"|"data";
+  'announce'?: (_etcdsteward_v1_SnapshotAnnounce | null);
 }
 
 export interface ReceiveSnapshotChunk__Output {
-  'header'?: (_etcdsteward_v1_PeerHeader__Output | null);
-  'data'?: (Buffer);
-  'part'?: "header"|"data";
+  'header': (_etcdsteward_v1_PeerHeader__Output | null);
+  'data': (Buffer);
+  'announce': (_etcdsteward_v1_SnapshotAnnounce__Output | null);
 }

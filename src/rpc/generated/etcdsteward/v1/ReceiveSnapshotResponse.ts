@@ -7,11 +7,19 @@ import type { Long } from '@grpc/proto-loader';
 export interface ReceiveSnapshotResponse {
   'bytes'?: (number | string | Long);
   'sha256'?: (string);
+  'revision'?: (number | string | Long);
+  'totalKeys'?: (number | string | Long);
+  'rawSha256'?: (string);
+  'rawBytes'?: (number | string | Long);
   'header'?: (_etcdsteward_v1_PeerReplyHeader | null);
 }
 
 export interface ReceiveSnapshotResponse__Output {
   'bytes': (number);
   'sha256': (string);
+  'revision': (number);
+  'totalKeys': (number);
+  'rawSha256': (string);
+  'rawBytes': (number);
   'header': (_etcdsteward_v1_PeerReplyHeader__Output | null);
 }

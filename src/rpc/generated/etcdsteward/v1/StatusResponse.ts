@@ -2,6 +2,7 @@
 // Original file: proto/steward/v1/ctl.proto
 
 import type { Member as _etcdsteward_v1_Member, Member__Output as _etcdsteward_v1_Member__Output } from '../../etcdsteward/v1/Member.js';
+import type { RestoreMemberState as _etcdsteward_v1_RestoreMemberState, RestoreMemberState__Output as _etcdsteward_v1_RestoreMemberState__Output } from '../../etcdsteward/v1/RestoreMemberState.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface StatusResponse {
@@ -19,6 +20,8 @@ export interface StatusResponse {
   'specGeneration'?: (number | string | Long);
   'specProblem'?: (string);
   'leaderProblem'?: (string);
+  'leaderGrpc'?: (string);
+  'restore'?: (_etcdsteward_v1_RestoreMemberState | null);
 }
 
 export interface StatusResponse__Output {
@@ -36,4 +39,6 @@ export interface StatusResponse__Output {
   'specGeneration': (number);
   'specProblem': (string);
   'leaderProblem': (string);
+  'leaderGrpc': (string);
+  'restore': (_etcdsteward_v1_RestoreMemberState__Output | null);
 }

@@ -10,6 +10,11 @@ import type { ListRequest as _etcdsteward_v1_ListRequest, ListRequest__Output as
 import type { ListResponse as _etcdsteward_v1_ListResponse, ListResponse__Output as _etcdsteward_v1_ListResponse__Output } from '../../etcdsteward/v1/ListResponse.js';
 import type { PruneRequest as _etcdsteward_v1_PruneRequest, PruneRequest__Output as _etcdsteward_v1_PruneRequest__Output } from '../../etcdsteward/v1/PruneRequest.js';
 import type { PruneResponse as _etcdsteward_v1_PruneResponse, PruneResponse__Output as _etcdsteward_v1_PruneResponse__Output } from '../../etcdsteward/v1/PruneResponse.js';
+import type { RestoreAbortRequest as _etcdsteward_v1_RestoreAbortRequest, RestoreAbortRequest__Output as _etcdsteward_v1_RestoreAbortRequest__Output } from '../../etcdsteward/v1/RestoreAbortRequest.js';
+import type { RestoreEvent as _etcdsteward_v1_RestoreEvent, RestoreEvent__Output as _etcdsteward_v1_RestoreEvent__Output } from '../../etcdsteward/v1/RestoreEvent.js';
+import type { RestoreRequest as _etcdsteward_v1_RestoreRequest, RestoreRequest__Output as _etcdsteward_v1_RestoreRequest__Output } from '../../etcdsteward/v1/RestoreRequest.js';
+import type { RestoreStatusRequest as _etcdsteward_v1_RestoreStatusRequest, RestoreStatusRequest__Output as _etcdsteward_v1_RestoreStatusRequest__Output } from '../../etcdsteward/v1/RestoreStatusRequest.js';
+import type { RestoreStatusResponse as _etcdsteward_v1_RestoreStatusResponse, RestoreStatusResponse__Output as _etcdsteward_v1_RestoreStatusResponse__Output } from '../../etcdsteward/v1/RestoreStatusResponse.js';
 import type { SaveEvent as _etcdsteward_v1_SaveEvent, SaveEvent__Output as _etcdsteward_v1_SaveEvent__Output } from '../../etcdsteward/v1/SaveEvent.js';
 import type { SaveRequest as _etcdsteward_v1_SaveRequest, SaveRequest__Output as _etcdsteward_v1_SaveRequest__Output } from '../../etcdsteward/v1/SaveRequest.js';
 import type { SpecGetRequest as _etcdsteward_v1_SpecGetRequest, SpecGetRequest__Output as _etcdsteward_v1_SpecGetRequest__Output } from '../../etcdsteward/v1/SpecGetRequest.js';
@@ -55,6 +60,29 @@ export interface StewardCtlClient extends grpc.Client {
   prune(argument: _etcdsteward_v1_PruneRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_PruneResponse__Output>): grpc.ClientUnaryCall;
   prune(argument: _etcdsteward_v1_PruneRequest, callback: grpc.requestCallback<_etcdsteward_v1_PruneResponse__Output>): grpc.ClientUnaryCall;
   
+  Restore(argument: _etcdsteward_v1_RestoreRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_RestoreEvent__Output>;
+  Restore(argument: _etcdsteward_v1_RestoreRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_RestoreEvent__Output>;
+  restore(argument: _etcdsteward_v1_RestoreRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_RestoreEvent__Output>;
+  restore(argument: _etcdsteward_v1_RestoreRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_RestoreEvent__Output>;
+  
+  RestoreAbort(argument: _etcdsteward_v1_RestoreAbortRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  RestoreAbort(argument: _etcdsteward_v1_RestoreAbortRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  RestoreAbort(argument: _etcdsteward_v1_RestoreAbortRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  RestoreAbort(argument: _etcdsteward_v1_RestoreAbortRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  restoreAbort(argument: _etcdsteward_v1_RestoreAbortRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  restoreAbort(argument: _etcdsteward_v1_RestoreAbortRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  restoreAbort(argument: _etcdsteward_v1_RestoreAbortRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  restoreAbort(argument: _etcdsteward_v1_RestoreAbortRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  
+  RestoreStatus(argument: _etcdsteward_v1_RestoreStatusRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  RestoreStatus(argument: _etcdsteward_v1_RestoreStatusRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  RestoreStatus(argument: _etcdsteward_v1_RestoreStatusRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  RestoreStatus(argument: _etcdsteward_v1_RestoreStatusRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  restoreStatus(argument: _etcdsteward_v1_RestoreStatusRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  restoreStatus(argument: _etcdsteward_v1_RestoreStatusRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  restoreStatus(argument: _etcdsteward_v1_RestoreStatusRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  restoreStatus(argument: _etcdsteward_v1_RestoreStatusRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreStatusResponse__Output>): grpc.ClientUnaryCall;
+  
   Save(argument: _etcdsteward_v1_SaveRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_SaveEvent__Output>;
   Save(argument: _etcdsteward_v1_SaveRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_SaveEvent__Output>;
   save(argument: _etcdsteward_v1_SaveRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_SaveEvent__Output>;
@@ -98,6 +126,12 @@ export interface StewardCtlHandlers extends grpc.UntypedServiceImplementation {
   
   Prune: grpc.handleUnaryCall<_etcdsteward_v1_PruneRequest__Output, _etcdsteward_v1_PruneResponse>;
   
+  Restore: grpc.handleServerStreamingCall<_etcdsteward_v1_RestoreRequest__Output, _etcdsteward_v1_RestoreEvent>;
+  
+  RestoreAbort: grpc.handleUnaryCall<_etcdsteward_v1_RestoreAbortRequest__Output, _etcdsteward_v1_RestoreStatusResponse>;
+  
+  RestoreStatus: grpc.handleUnaryCall<_etcdsteward_v1_RestoreStatusRequest__Output, _etcdsteward_v1_RestoreStatusResponse>;
+  
   Save: grpc.handleServerStreamingCall<_etcdsteward_v1_SaveRequest__Output, _etcdsteward_v1_SaveEvent>;
   
   SpecGet: grpc.handleUnaryCall<_etcdsteward_v1_SpecGetRequest__Output, _etcdsteward_v1_SpecResponse>;
@@ -113,6 +147,9 @@ export interface StewardCtlDefinition extends grpc.ServiceDefinition {
   Init: MethodDefinition<_etcdsteward_v1_InitRequest, _etcdsteward_v1_SpecResponse, _etcdsteward_v1_InitRequest__Output, _etcdsteward_v1_SpecResponse__Output>
   List: MethodDefinition<_etcdsteward_v1_ListRequest, _etcdsteward_v1_ListResponse, _etcdsteward_v1_ListRequest__Output, _etcdsteward_v1_ListResponse__Output>
   Prune: MethodDefinition<_etcdsteward_v1_PruneRequest, _etcdsteward_v1_PruneResponse, _etcdsteward_v1_PruneRequest__Output, _etcdsteward_v1_PruneResponse__Output>
+  Restore: MethodDefinition<_etcdsteward_v1_RestoreRequest, _etcdsteward_v1_RestoreEvent, _etcdsteward_v1_RestoreRequest__Output, _etcdsteward_v1_RestoreEvent__Output>
+  RestoreAbort: MethodDefinition<_etcdsteward_v1_RestoreAbortRequest, _etcdsteward_v1_RestoreStatusResponse, _etcdsteward_v1_RestoreAbortRequest__Output, _etcdsteward_v1_RestoreStatusResponse__Output>
+  RestoreStatus: MethodDefinition<_etcdsteward_v1_RestoreStatusRequest, _etcdsteward_v1_RestoreStatusResponse, _etcdsteward_v1_RestoreStatusRequest__Output, _etcdsteward_v1_RestoreStatusResponse__Output>
   Save: MethodDefinition<_etcdsteward_v1_SaveRequest, _etcdsteward_v1_SaveEvent, _etcdsteward_v1_SaveRequest__Output, _etcdsteward_v1_SaveEvent__Output>
   SpecGet: MethodDefinition<_etcdsteward_v1_SpecGetRequest, _etcdsteward_v1_SpecResponse, _etcdsteward_v1_SpecGetRequest__Output, _etcdsteward_v1_SpecResponse__Output>
   SpecSet: MethodDefinition<_etcdsteward_v1_SpecSetRequest, _etcdsteward_v1_SpecResponse, _etcdsteward_v1_SpecSetRequest__Output, _etcdsteward_v1_SpecResponse__Output>

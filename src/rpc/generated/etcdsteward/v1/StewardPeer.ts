@@ -11,8 +11,16 @@ import type { ForwardPruneRequest as _etcdsteward_v1_ForwardPruneRequest, Forwar
 import type { ForwardPruneResponse as _etcdsteward_v1_ForwardPruneResponse, ForwardPruneResponse__Output as _etcdsteward_v1_ForwardPruneResponse__Output } from '../../etcdsteward/v1/ForwardPruneResponse.js';
 import type { ListLocalRequest as _etcdsteward_v1_ListLocalRequest, ListLocalRequest__Output as _etcdsteward_v1_ListLocalRequest__Output } from '../../etcdsteward/v1/ListLocalRequest.js';
 import type { ListLocalResponse as _etcdsteward_v1_ListLocalResponse, ListLocalResponse__Output as _etcdsteward_v1_ListLocalResponse__Output } from '../../etcdsteward/v1/ListLocalResponse.js';
+import type { ReadLocalChunk as _etcdsteward_v1_ReadLocalChunk, ReadLocalChunk__Output as _etcdsteward_v1_ReadLocalChunk__Output } from '../../etcdsteward/v1/ReadLocalChunk.js';
+import type { ReadLocalRequest as _etcdsteward_v1_ReadLocalRequest, ReadLocalRequest__Output as _etcdsteward_v1_ReadLocalRequest__Output } from '../../etcdsteward/v1/ReadLocalRequest.js';
 import type { ReceiveSnapshotChunk as _etcdsteward_v1_ReceiveSnapshotChunk, ReceiveSnapshotChunk__Output as _etcdsteward_v1_ReceiveSnapshotChunk__Output } from '../../etcdsteward/v1/ReceiveSnapshotChunk.js';
 import type { ReceiveSnapshotResponse as _etcdsteward_v1_ReceiveSnapshotResponse, ReceiveSnapshotResponse__Output as _etcdsteward_v1_ReceiveSnapshotResponse__Output } from '../../etcdsteward/v1/ReceiveSnapshotResponse.js';
+import type { RestoreMemberReply as _etcdsteward_v1_RestoreMemberReply, RestoreMemberReply__Output as _etcdsteward_v1_RestoreMemberReply__Output } from '../../etcdsteward/v1/RestoreMemberReply.js';
+import type { RestoreMemberRequest as _etcdsteward_v1_RestoreMemberRequest, RestoreMemberRequest__Output as _etcdsteward_v1_RestoreMemberRequest__Output } from '../../etcdsteward/v1/RestoreMemberRequest.js';
+import type { RestorePrepareRequest as _etcdsteward_v1_RestorePrepareRequest, RestorePrepareRequest__Output as _etcdsteward_v1_RestorePrepareRequest__Output } from '../../etcdsteward/v1/RestorePrepareRequest.js';
+import type { RestorePrepareResponse as _etcdsteward_v1_RestorePrepareResponse, RestorePrepareResponse__Output as _etcdsteward_v1_RestorePrepareResponse__Output } from '../../etcdsteward/v1/RestorePrepareResponse.js';
+import type { RestoreSwapRequest as _etcdsteward_v1_RestoreSwapRequest, RestoreSwapRequest__Output as _etcdsteward_v1_RestoreSwapRequest__Output } from '../../etcdsteward/v1/RestoreSwapRequest.js';
+import type { RestoreSwapResponse as _etcdsteward_v1_RestoreSwapResponse, RestoreSwapResponse__Output as _etcdsteward_v1_RestoreSwapResponse__Output } from '../../etcdsteward/v1/RestoreSwapResponse.js';
 
 export interface StewardPeerClient extends grpc.Client {
   DeleteLocalSnapshot(argument: _etcdsteward_v1_DeleteLocalRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_DeleteLocalResponse__Output>): grpc.ClientUnaryCall;
@@ -51,6 +59,11 @@ export interface StewardPeerClient extends grpc.Client {
   listLocalSnapshots(argument: _etcdsteward_v1_ListLocalRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_ListLocalResponse__Output>): grpc.ClientUnaryCall;
   listLocalSnapshots(argument: _etcdsteward_v1_ListLocalRequest, callback: grpc.requestCallback<_etcdsteward_v1_ListLocalResponse__Output>): grpc.ClientUnaryCall;
   
+  ReadLocalSnapshot(argument: _etcdsteward_v1_ReadLocalRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_ReadLocalChunk__Output>;
+  ReadLocalSnapshot(argument: _etcdsteward_v1_ReadLocalRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_ReadLocalChunk__Output>;
+  readLocalSnapshot(argument: _etcdsteward_v1_ReadLocalRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_ReadLocalChunk__Output>;
+  readLocalSnapshot(argument: _etcdsteward_v1_ReadLocalRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_etcdsteward_v1_ReadLocalChunk__Output>;
+  
   ReceiveSnapshot(metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_ReceiveSnapshotResponse__Output>): grpc.ClientWritableStream<_etcdsteward_v1_ReceiveSnapshotChunk>;
   ReceiveSnapshot(metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_ReceiveSnapshotResponse__Output>): grpc.ClientWritableStream<_etcdsteward_v1_ReceiveSnapshotChunk>;
   ReceiveSnapshot(options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_ReceiveSnapshotResponse__Output>): grpc.ClientWritableStream<_etcdsteward_v1_ReceiveSnapshotChunk>;
@@ -59,6 +72,51 @@ export interface StewardPeerClient extends grpc.Client {
   receiveSnapshot(metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_ReceiveSnapshotResponse__Output>): grpc.ClientWritableStream<_etcdsteward_v1_ReceiveSnapshotChunk>;
   receiveSnapshot(options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_ReceiveSnapshotResponse__Output>): grpc.ClientWritableStream<_etcdsteward_v1_ReceiveSnapshotChunk>;
   receiveSnapshot(callback: grpc.requestCallback<_etcdsteward_v1_ReceiveSnapshotResponse__Output>): grpc.ClientWritableStream<_etcdsteward_v1_ReceiveSnapshotChunk>;
+  
+  RestoreAbort(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreAbort(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreAbort(argument: _etcdsteward_v1_RestoreMemberRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreAbort(argument: _etcdsteward_v1_RestoreMemberRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreAbort(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreAbort(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreAbort(argument: _etcdsteward_v1_RestoreMemberRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreAbort(argument: _etcdsteward_v1_RestoreMemberRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  
+  RestoreFinish(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreFinish(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreFinish(argument: _etcdsteward_v1_RestoreMemberRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreFinish(argument: _etcdsteward_v1_RestoreMemberRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreFinish(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreFinish(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreFinish(argument: _etcdsteward_v1_RestoreMemberRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreFinish(argument: _etcdsteward_v1_RestoreMemberRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  
+  RestoreMemberStatus(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreMemberStatus(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreMemberStatus(argument: _etcdsteward_v1_RestoreMemberRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  RestoreMemberStatus(argument: _etcdsteward_v1_RestoreMemberRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreMemberStatus(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreMemberStatus(argument: _etcdsteward_v1_RestoreMemberRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreMemberStatus(argument: _etcdsteward_v1_RestoreMemberRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  restoreMemberStatus(argument: _etcdsteward_v1_RestoreMemberRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreMemberReply__Output>): grpc.ClientUnaryCall;
+  
+  RestorePrepare(argument: _etcdsteward_v1_RestorePrepareRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestorePrepareResponse__Output>): grpc.ClientUnaryCall;
+  RestorePrepare(argument: _etcdsteward_v1_RestorePrepareRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestorePrepareResponse__Output>): grpc.ClientUnaryCall;
+  RestorePrepare(argument: _etcdsteward_v1_RestorePrepareRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestorePrepareResponse__Output>): grpc.ClientUnaryCall;
+  RestorePrepare(argument: _etcdsteward_v1_RestorePrepareRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestorePrepareResponse__Output>): grpc.ClientUnaryCall;
+  restorePrepare(argument: _etcdsteward_v1_RestorePrepareRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestorePrepareResponse__Output>): grpc.ClientUnaryCall;
+  restorePrepare(argument: _etcdsteward_v1_RestorePrepareRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestorePrepareResponse__Output>): grpc.ClientUnaryCall;
+  restorePrepare(argument: _etcdsteward_v1_RestorePrepareRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestorePrepareResponse__Output>): grpc.ClientUnaryCall;
+  restorePrepare(argument: _etcdsteward_v1_RestorePrepareRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestorePrepareResponse__Output>): grpc.ClientUnaryCall;
+  
+  RestoreSwap(argument: _etcdsteward_v1_RestoreSwapRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreSwapResponse__Output>): grpc.ClientUnaryCall;
+  RestoreSwap(argument: _etcdsteward_v1_RestoreSwapRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreSwapResponse__Output>): grpc.ClientUnaryCall;
+  RestoreSwap(argument: _etcdsteward_v1_RestoreSwapRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreSwapResponse__Output>): grpc.ClientUnaryCall;
+  RestoreSwap(argument: _etcdsteward_v1_RestoreSwapRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreSwapResponse__Output>): grpc.ClientUnaryCall;
+  restoreSwap(argument: _etcdsteward_v1_RestoreSwapRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreSwapResponse__Output>): grpc.ClientUnaryCall;
+  restoreSwap(argument: _etcdsteward_v1_RestoreSwapRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_RestoreSwapResponse__Output>): grpc.ClientUnaryCall;
+  restoreSwap(argument: _etcdsteward_v1_RestoreSwapRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_RestoreSwapResponse__Output>): grpc.ClientUnaryCall;
+  restoreSwap(argument: _etcdsteward_v1_RestoreSwapRequest, callback: grpc.requestCallback<_etcdsteward_v1_RestoreSwapResponse__Output>): grpc.ClientUnaryCall;
   
 }
 
@@ -71,7 +129,19 @@ export interface StewardPeerHandlers extends grpc.UntypedServiceImplementation {
   
   ListLocalSnapshots: grpc.handleUnaryCall<_etcdsteward_v1_ListLocalRequest__Output, _etcdsteward_v1_ListLocalResponse>;
   
+  ReadLocalSnapshot: grpc.handleServerStreamingCall<_etcdsteward_v1_ReadLocalRequest__Output, _etcdsteward_v1_ReadLocalChunk>;
+  
   ReceiveSnapshot: grpc.handleClientStreamingCall<_etcdsteward_v1_ReceiveSnapshotChunk__Output, _etcdsteward_v1_ReceiveSnapshotResponse>;
+  
+  RestoreAbort: grpc.handleUnaryCall<_etcdsteward_v1_RestoreMemberRequest__Output, _etcdsteward_v1_RestoreMemberReply>;
+  
+  RestoreFinish: grpc.handleUnaryCall<_etcdsteward_v1_RestoreMemberRequest__Output, _etcdsteward_v1_RestoreMemberReply>;
+  
+  RestoreMemberStatus: grpc.handleUnaryCall<_etcdsteward_v1_RestoreMemberRequest__Output, _etcdsteward_v1_RestoreMemberReply>;
+  
+  RestorePrepare: grpc.handleUnaryCall<_etcdsteward_v1_RestorePrepareRequest__Output, _etcdsteward_v1_RestorePrepareResponse>;
+  
+  RestoreSwap: grpc.handleUnaryCall<_etcdsteward_v1_RestoreSwapRequest__Output, _etcdsteward_v1_RestoreSwapResponse>;
   
 }
 
@@ -80,5 +150,11 @@ export interface StewardPeerDefinition extends grpc.ServiceDefinition {
   ForwardDelete: MethodDefinition<_etcdsteward_v1_ForwardDeleteRequest, _etcdsteward_v1_ForwardDeleteResponse, _etcdsteward_v1_ForwardDeleteRequest__Output, _etcdsteward_v1_ForwardDeleteResponse__Output>
   ForwardPrune: MethodDefinition<_etcdsteward_v1_ForwardPruneRequest, _etcdsteward_v1_ForwardPruneResponse, _etcdsteward_v1_ForwardPruneRequest__Output, _etcdsteward_v1_ForwardPruneResponse__Output>
   ListLocalSnapshots: MethodDefinition<_etcdsteward_v1_ListLocalRequest, _etcdsteward_v1_ListLocalResponse, _etcdsteward_v1_ListLocalRequest__Output, _etcdsteward_v1_ListLocalResponse__Output>
+  ReadLocalSnapshot: MethodDefinition<_etcdsteward_v1_ReadLocalRequest, _etcdsteward_v1_ReadLocalChunk, _etcdsteward_v1_ReadLocalRequest__Output, _etcdsteward_v1_ReadLocalChunk__Output>
   ReceiveSnapshot: MethodDefinition<_etcdsteward_v1_ReceiveSnapshotChunk, _etcdsteward_v1_ReceiveSnapshotResponse, _etcdsteward_v1_ReceiveSnapshotChunk__Output, _etcdsteward_v1_ReceiveSnapshotResponse__Output>
+  RestoreAbort: MethodDefinition<_etcdsteward_v1_RestoreMemberRequest, _etcdsteward_v1_RestoreMemberReply, _etcdsteward_v1_RestoreMemberRequest__Output, _etcdsteward_v1_RestoreMemberReply__Output>
+  RestoreFinish: MethodDefinition<_etcdsteward_v1_RestoreMemberRequest, _etcdsteward_v1_RestoreMemberReply, _etcdsteward_v1_RestoreMemberRequest__Output, _etcdsteward_v1_RestoreMemberReply__Output>
+  RestoreMemberStatus: MethodDefinition<_etcdsteward_v1_RestoreMemberRequest, _etcdsteward_v1_RestoreMemberReply, _etcdsteward_v1_RestoreMemberRequest__Output, _etcdsteward_v1_RestoreMemberReply__Output>
+  RestorePrepare: MethodDefinition<_etcdsteward_v1_RestorePrepareRequest, _etcdsteward_v1_RestorePrepareResponse, _etcdsteward_v1_RestorePrepareRequest__Output, _etcdsteward_v1_RestorePrepareResponse__Output>
+  RestoreSwap: MethodDefinition<_etcdsteward_v1_RestoreSwapRequest, _etcdsteward_v1_RestoreSwapResponse, _etcdsteward_v1_RestoreSwapRequest__Output, _etcdsteward_v1_RestoreSwapResponse__Output>
 }
