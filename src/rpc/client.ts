@@ -146,7 +146,9 @@ export class StewardClient extends BaseClient {
   }
 
   /**
-   * Streams every event but the last to `onEvent` and resolves with the summary. No deadline: a restore
+   * Streams every event to `onEvent` in order, the summary (`result`) included, and resolves with the
+   * summary. A failed restore sends its Failed summary and then ends the call with an error: `onEvent`
+   * has seen that summary before the promise rejects, so the caller can show it. No deadline: a restore
    * takes as long as its snapshot takes to move; keepalive notices a steward that vanished.
    */
   restore(
@@ -156,7 +158,13 @@ export class StewardClient extends BaseClient {
   ): Promise<RestoreSummary> {
     signal?.throwIfAborted();
     const call = (this.client as unknown as { restore(req: object): ClientReadableStream<RestoreEvent> }).restore(request);
-    return this.finalEvent(call, onEvent, (event) => event.result ?? undefined, 'RESTORE_NO_RESULT', signal);
+    // finalEvent hands only non-result events to onEvent; the result goes to onEvent here as it arrives.
+    const resultOf = (event: RestoreEvent): RestoreSummary | undefined => {
+      if (!event.result) return undefined;
+      onEvent(event);
+      return event.result;
+    };
+    return this.finalEvent(call, onEvent, resultOf, 'RESTORE_NO_RESULT', signal);
   }
 
   /** Streams progress to `onProgress` and resolves with the stored snapshot. No deadline: a save may be long. */
