@@ -128,3 +128,30 @@ export function orphansText(orphans: OrphanObject[]): string {
 export function failuresText(failures: DeleteFailure[]): string {
   return failures.map((f) => `  NOT removed: ${f.record?.name ?? '?'} at ${f.record?.location ?? '?'}: ${f.error}`).join('\n');
 }
+
+/** `45s`, `3m 12s`, `2h 5m`, `3d 4h`: two units at most, for ages and durations an operator reads. */
+export function humanDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '?';
+  if (seconds < 10) return `${Math.round(seconds * 10) / 10}s`;
+  const s = Math.round(seconds);
+  const units: Array<[string, number]> = [
+    ['d', 86_400],
+    ['h', 3600],
+    ['m', 60],
+    ['s', 1],
+  ];
+  const parts: string[] = [];
+  let rest = s;
+  for (const [unit, size] of units) {
+    const n = Math.floor(rest / size);
+    rest -= n * size;
+    if (n > 0 || parts.length > 0) parts.push(`${n}${unit}`);
+    if (parts.length === 2) break;
+  }
+  return parts.join(' ');
+}
+
+/** `ls` when etcd's inventory could not be read and the stores themselves were listed (stderr). */
+export function fallbackNote(fallback: string): string {
+  return `note: the inventory in etcd could not be read, so this listing comes from the stores themselves: ${fallback}`;
+}
