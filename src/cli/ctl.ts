@@ -1,14 +1,24 @@
 #!/usr/bin/env node
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, Option } from 'commander';
-import { InternalError, UsageError, exitCodeFor, renderError } from '../errors/index.js';
+import { InternalError, UsageError, asStewardError, exitCodeFor, renderError } from '../errors/index.js';
 import { LIMITS, checkName, checkNames, checkSpecJson, parseDecimalInteger } from '../rpc/bounds.js';
 import { StewardClient } from '../rpc/client.js';
-import type { DeleteFailure } from '../rpc/types.js';
+import type { DeleteFailure, RestoreEvent, RestorePlan, RestoreSummary } from '../rpc/types.js';
 import { STEWARD_VERSION } from '../steward/version.js';
 import { validateName } from '../snapshot/names.js';
-import { failuresText, orphanJson, orphansText, recordJson, recordsText, saveJson, saveText, statusJson, statusText } from './format.js';
-import { ByteProgress } from './progress.js';
+import { failuresText, fallbackNote, orphanJson, orphansText, recordJson, recordsText, saveJson, saveText, statusJson, statusText } from './format.js';
+import { ByteProgress, restoreProgressView, type RestoreProgressView } from './progress.js';
+import {
+  abortText,
+  notRolledBack,
+  planText,
+  restoreEventJson,
+  restoreStatusJson,
+  restoreStatusText,
+  summaryText,
+  type RestoreAsked,
+} from './restore-output.js';
 import { rootSignalFromProcess } from './signals.js';
 
 type Output = 'text' | 'json';
@@ -26,11 +36,11 @@ function callSignal(): AbortSignal {
 
 function program(): Command {
   const root = new Command('etcd-stewardctl')
-    .description('Operate etcd-steward: status now; snapshots and restores as they land.')
+    .description('Operate etcd-steward: status, snapshots and restores.')
     .version(STEWARD_VERSION)
     .exitOverride()
     .configureOutput({ outputError: () => undefined })
-    .addOption(new Option('--endpoint <host:port>', 'steward gRPC address').env('ETCD_STEWARD_ENDPOINT').default('127.0.0.1:7401'))
+    .addOption(new Option('--endpoint <host:port>', 'steward gRPC address').env('ETCD_STEWARD_ENDPOINT').default(DEFAULT_ENDPOINT))
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'));
 
   root
@@ -75,15 +85,25 @@ function program(): Command {
     .aliases(['list', 'l'])
     .description('every snapshot in the cluster-wide inventory')
     .option('--all', 'also list orphaned data objects (a data file or object whose metadata was deleted)', false)
+    .addHelpText(
+      'after',
+      [
+        '',
+        "When etcd's inventory cannot be read, the stewards list the stores themselves and say so in a",
+        "'note:' line on stderr (with -o json too, so the shape on stdout never changes): -o json is an array",
+        'of snapshots; with --all an object {snapshots, orphans, fallback} (fallback: "" or why the stores were listed).',
+      ].join('\n'),
+    )
     .action(async (options: { all: boolean }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       await withClient(global, async (client) => {
-        const { snapshots, orphans } = await client.list(options.all, callSignal());
+        const { snapshots, orphans, fallback } = await client.list(options.all, callSignal());
+        if (fallback) process.stderr.write(`${fallbackNote(fallback)}\n`);
         if (!options.all) print(global.output, snapshots.map(recordJson), () => recordsText(snapshots));
         else
           print(
             global.output,
-            { snapshots: snapshots.map(recordJson), orphans: orphans.map(orphanJson) },
+            { snapshots: snapshots.map(recordJson), orphans: orphans.map(orphanJson), fallback },
             () => `${recordsText(snapshots)}\n\n${orphansText(orphans)}`,
           );
       });
@@ -174,7 +194,155 @@ function program(): Command {
         );
       });
     });
+  restoreCommands(root);
   return root;
+}
+
+interface RestoreOptions {
+  yes: boolean;
+  skipMember: string[];
+  withSpec: boolean;
+}
+
+const DEFAULT_ENDPOINT = '127.0.0.1:7401';
+
+/**
+ * `restore NAME`, `restore status`, `restore abort`: one command with an argument and two subcommands.
+ * Commander dispatches a first word that names a subcommand to it, so `status` and `abort` always mean
+ * the subcommands; no snapshot can carry either name (they are `<base>-<node>-<unix-ts>`).
+ */
+function restoreCommands(root: Command): void {
+  const restore = root
+    .command('restore')
+    .argument('<name>', 'snapshot name as ls shows it')
+    .description('restore every member to one snapshot: without --yes print the plan and change nothing')
+    .option('--yes', 'confirm: run the restore the plan describes', false)
+    .option(
+      '--skip-member <node>',
+      "restore without this member's steward answering (repeatable); it is held back by the bootstrap gate until re-added",
+      (value: string, previous: string[]) => [...previous, value],
+      [] as string[],
+    )
+    .option('--with-spec', 'also put back the etcd flags and version of the spec the snapshot carries', false)
+    .helpCommand(false)
+    .addHelpText(
+      'after',
+      [
+        '',
+        '`restore status` and `restore abort` are the subcommands above, never a snapshot of that name',
+        '(snapshot names are <base>-<node>-<unix-ts>, so none is called just "status" or "abort").',
+        'Without --yes: the plan on stdout, then error[RESTORE_NOT_CONFIRMED] (exit 4); nothing changes.',
+        'With -o json: one JSON object per line on stdout per event ({"event":"plan"|"progress"|"result", ...}), the result last.',
+        'Ctrl-C cancels the call; etcd-stewardctl restore status then shows where the restore stands.',
+      ].join('\n'),
+    )
+    .action(async (name: string, options: RestoreOptions, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      validateName(checkName(name, 'name'), 'name');
+      checkNames(options.skipMember, '--skip-member');
+      for (const member of options.skipMember) {
+        if (member.trim() === '' || member !== member.trim()) {
+          throw new UsageError(`--skip-member: ${JSON.stringify(member)} is not a node name`, { hint: 'pass a member name as the plan lists it' });
+        }
+      }
+      const asked: RestoreAsked = {
+        name,
+        yes: options.yes,
+        skipMembers: options.skipMember,
+        withSpec: options.withSpec,
+        ...(global.endpoint === DEFAULT_ENDPOINT ? {} : { endpoint: global.endpoint }),
+      };
+      await withClient(global, (client) => runRestore(client, global.output, asked));
+    });
+
+  const refuseRestoreFlags = (command: Command): void => {
+    const parent = command.parent?.opts<RestoreOptions>();
+    if (parent && (parent.yes || parent.withSpec || parent.skipMember.length > 0)) {
+      throw new UsageError(`restore ${command.name()} takes no --yes, --skip-member or --with-spec`, {
+        hint: `run etcd-stewardctl restore ${command.name()} alone`,
+      });
+    }
+  };
+  restore
+    .command('status')
+    .description('the current or last restore as every reachable steward records it, the lock and the next step')
+    .action(async (_options: unknown, command: Command) => {
+      refuseRestoreFlags(command);
+      const global = command.optsWithGlobals<GlobalOptions>();
+      await withClient(global, async (client) => {
+        const status = await client.restoreStatus(callSignal());
+        print(global.output, restoreStatusJson(status), () => restoreStatusText(status));
+      });
+    });
+  restore
+    .command('abort')
+    .description('end the current restore: before any swap only staging files go; after one, every member that can be is rolled back')
+    .action(async (_options: unknown, command: Command) => {
+      refuseRestoreFlags(command);
+      const global = command.optsWithGlobals<GlobalOptions>();
+      await withClient(global, async (client) => {
+        const status = await client.restoreAbort(callSignal());
+        print(global.output, restoreStatusJson(status), () => abortText(status));
+        const left = notRolledBack(status);
+        if (left.length > 0) {
+          throw new InternalError(
+            'PARTIAL_ABORT',
+            `the abort could not roll back ${left.map((m) => m.node).join(', ')}: ${left.length === 1 ? 'it is' : 'they are'} unreachable or still on the restored data dir`,
+            { hint: 'bring the steward(s) back and run etcd-stewardctl restore abort again; restore status shows each member' },
+          );
+        }
+      });
+    });
+}
+
+/**
+ * One restore call: the plan on stdout, progress on stderr (bars on a terminal, lines elsewhere), the
+ * summary on stdout at the end, also when the restore failed (its Failed summary arrives before the
+ * error). With -o json every event is one line on stdout instead.
+ */
+async function runRestore(client: StewardClient, output: Output, asked: RestoreAsked): Promise<void> {
+  let plan: RestorePlan | undefined;
+  let result: RestoreSummary | undefined;
+  let view: RestoreProgressView | undefined;
+  const onEvent = (event: RestoreEvent): void => {
+    if (output === 'json') {
+      const line = restoreEventJson(event);
+      if (line) process.stdout.write(`${JSON.stringify(line)}\n`);
+    }
+    if (event.plan) {
+      plan = event.plan;
+      if (output === 'text') {
+        process.stdout.write(`${planText(plan, asked)}\n`);
+        view ??= restoreProgressView(
+          process.stderr,
+          plan.members.map((m) => m.node),
+        );
+      }
+    } else if (event.progress) {
+      view ??= output === 'text' ? restoreProgressView(process.stderr, []) : undefined;
+      view?.progress(event.progress);
+    } else if (event.result) result = event.result;
+  };
+  const request = { name: asked.name, yes: asked.yes, skipMembers: asked.skipMembers, withSpec: asked.withSpec };
+  let summary: RestoreSummary;
+  try {
+    summary = await client.restore(request, onEvent, callSignal());
+  } catch (err) {
+    view?.close();
+    if (result && output === 'text') process.stdout.write(`\n${summaryText(result, plan)}\n`);
+    if (asked.yes && asStewardError(err).family === 'cancelled') {
+      process.stderr.write('note: the restore may have stopped part-way; etcd-stewardctl restore status shows where it stands\n');
+    }
+    throw err;
+  }
+  view?.close();
+  if (output === 'text') process.stdout.write(`\n${summaryText(summary, plan)}\n`);
+  // A steward must end a failed restore with an error; should one not, the exit code still says it failed.
+  if (summary.phase !== 'Finished') {
+    throw new InternalError('RESTORE_FAILED', `restore ${summary.restoreId} ended in phase ${summary.phase || '?'}: ${summary.error || 'no error given'}`, {
+      hint: 'etcd-stewardctl restore status shows every member',
+    });
+  }
 }
 
 async function withClient(global: GlobalOptions, fn: (client: StewardClient) => Promise<void>): Promise<void> {
