@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { errorText } from '../errors/index.js';
 import type { ClusterHealth, ClusterProbe } from '../etcd/health.js';
 import type { StewardMetrics } from '../observability/metrics.js';
+import type { LastRevisionFile } from '../state/last-revision.js';
 
 /** Probes the cluster every interval, keeps the last result for /readyz and exports per-member health. */
 export class HealthMonitor {
@@ -12,7 +13,14 @@ export class HealthMonitor {
 
   constructor(
     private readonly probe: ClusterProbe,
-    private readonly options: { intervalMs: number; localMember: string; metrics: StewardMetrics; logger: Logger },
+    private readonly options: {
+      intervalMs: number;
+      localMember: string;
+      metrics: StewardMetrics;
+      logger: Logger;
+      /** Where the local member's highest revision is remembered, for a restore's revision bump. */
+      lastRevision?: LastRevisionFile;
+    },
   ) {
     this.log = options.logger.child({ component: 'health' });
   }
@@ -31,12 +39,17 @@ export class HealthMonitor {
   }
 
   async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      // An abort (shutdown) cancels the probe in flight; a failed probe is not fatal to the loop.
-      await this.check(signal).catch((err: unknown) => {
-        if (!signal.aborted) this.log.warn({ err: errorText(err) }, 'health probe failed');
-      });
-      await sleep(this.options.intervalMs, undefined, { signal }).catch(() => undefined);
+    try {
+      while (!signal.aborted) {
+        // An abort (shutdown) cancels the probe in flight; a failed probe is not fatal to the loop.
+        await this.check(signal).catch((err: unknown) => {
+          if (!signal.aborted) this.log.warn({ err: errorText(err) }, 'health probe failed');
+        });
+        await sleep(this.options.intervalMs, undefined, { signal }).catch(() => undefined);
+      }
+    } finally {
+      // Writes are throttled: what grew since the last one would otherwise be lost with this process.
+      await this.options.lastRevision?.flush().catch((err: unknown) => this.log.warn({ err: errorText(err) }, 'cannot record the last revision seen'));
     }
   }
 
@@ -44,6 +57,8 @@ export class HealthMonitor {
   async check(signal?: AbortSignal): Promise<ClusterHealth> {
     const health = await this.probe.probe(signal);
     this.last = health;
+    const local = health.members.find((m) => m.name === this.options.localMember);
+    if (local?.reachable) this.options.lastRevision?.observe(local.revision);
     // Members are labelled by name; clearing first drops series of members that left or were never named.
     this.options.metrics.memberHealthy.reset();
     for (const member of health.members) {
