@@ -79,7 +79,15 @@ export const STORE_TIMEOUT_MS = 10_000;
  */
 export async function findSnapshot(name: string, where: SnapshotStores, signal: AbortSignal): Promise<FoundSnapshot> {
   const timeoutMs = where.timeoutMs ?? STORE_TIMEOUT_MS;
-  const deadline = AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]);
+  const bound = deadlineAfter(signal, timeoutMs);
+  try {
+    return await find(name, where, timeoutMs, signal, bound.signal);
+  } finally {
+    bound.clear();
+  }
+}
+
+async function find(name: string, where: SnapshotStores, timeoutMs: number, signal: AbortSignal, deadline: AbortSignal): Promise<FoundSnapshot> {
   const problems: string[] = [];
   const looked: string[] = [];
   const own = [where.local, ...(where.s3 ? [where.s3] : [])];
@@ -157,13 +165,14 @@ export async function listStores(
   signal: AbortSignal,
 ): Promise<{ records: InventoryRecord[]; orphans: OrphanRecord[]; problems: string[] }> {
   const timeoutMs = where.timeoutMs ?? STORE_TIMEOUT_MS;
-  const deadline = AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]);
+  const bound = deadlineAfter(signal, timeoutMs);
+  const deadline = bound.signal;
   const problems: string[] = [];
   const own = [where.local, ...(where.s3 ? [where.s3] : [])];
   const [ownScans, peerScans] = await Promise.all([
     Promise.all(own.map((named) => settle(() => scanStore(named, deadline, where.log), describeOwn(named), timeoutMs, signal, deadline))),
     peerCalls(where, timeoutMs, signal, deadline, problems, (peer, s) => peer.listLocal(s)),
-  ]);
+  ]).finally(() => bound.clear());
   signal.throwIfAborted();
   const records = new Map<string, InventoryRecord>();
   const orphans = new Map<string, OrphanRecord>();
@@ -220,6 +229,29 @@ async function settle<T>(call: () => Promise<T>, what: string, timeoutMs: number
     if (signal.aborted) throw abortedError(signal, err);
     if (deadline.aborted) return { ok: false, problem: `${what}: no answer within ${formatSeconds(timeoutMs)}` };
     return { ok: false, problem: `${what}: ${errorText(err)}` };
+  }
+}
+
+/**
+ * `signal`, also aborted with a TimeoutError after `ms`; `clear()` stops the timer once the work is done.
+ * Not `AbortSignal.any([signal, AbortSignal.timeout(ms)])`: in Node 20 a listener on the combined signal
+ * does not keep the timeout signal alive, so a garbage collection before it fires loses the deadline
+ * (reproduced with --expose-gc on 20.20: it never fires). A timer holding its controller cannot be lost.
+ */
+export function deadlineAfter(signal: AbortSignal, ms: number): { signal: AbortSignal; clear(): void } {
+  const timeout = new AbortController();
+  const timer = setTimeout(() => timeout.abort(new DOMException(`no answer within ${formatSeconds(ms)}`, 'TimeoutError')), ms);
+  timer.unref();
+  return { signal: AbortSignal.any([signal, timeout.signal]), clear: () => clearTimeout(timer) };
+}
+
+/** Runs `work` under `signal` bounded by `ms` (see deadlineAfter). */
+export async function withDeadline<T>(signal: AbortSignal, ms: number, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const bound = deadlineAfter(signal, ms);
+  try {
+    return await work(bound.signal);
+  } finally {
+    bound.clear();
   }
 }
 

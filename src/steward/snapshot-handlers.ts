@@ -3,7 +3,7 @@ import { NotFoundError, PreconditionError, UnavailableError, abortedError, error
 import type { InventoryRecord, OrphanRecord } from '../inventory/inventory.js';
 import type { DeleteOutcome, OrphanOutcome } from '../inventory/keeper.js';
 import { deleteFromStore, findInStore, scanStore } from '../inventory/scan.js';
-import { listStores, settleBy } from '../restore/find.js';
+import { deadlineAfter, listStores, settleBy, withDeadline } from '../restore/find.js';
 import type { Peer } from '../rpc/peer-pool.js';
 import type {
   CallContext,
@@ -68,22 +68,26 @@ export class SnapshotHandlers {
    */
   async list(request: ListRequest, ctx: CallContext): Promise<ListResponse> {
     ctx.signal.throwIfAborted();
-    const deadline = AbortSignal.any([ctx.signal, AbortSignal.timeout(INVENTORY_TIMEOUT_MS)]);
+    const bound = deadlineAfter(ctx.signal, INVENTORY_TIMEOUT_MS);
     const read = Promise.all([this.snapshots.inventory.list(), request.all ? this.snapshots.inventory.orphans() : []]);
     let snapshots, orphans;
     try {
-      [snapshots, orphans] = await settleBy(read, deadline);
+      [snapshots, orphans] = await settleBy(read, bound.signal);
     } catch (err) {
       if (ctx.signal.aborted) throw abortedError(ctx.signal, err);
-      const why = deadline.aborted ? `etcd did not answer within ${INVENTORY_TIMEOUT_MS / 1000} s` : errorText(err);
+      const why = bound.signal.aborted ? `etcd did not answer within ${INVENTORY_TIMEOUT_MS / 1000} s` : errorText(err);
       this.snapshots.log.warn({ err: why }, 'cannot read the snapshot inventory in etcd; listing the snapshot stores themselves');
       return this.listFromStores(request, why, ctx.signal);
+    } finally {
+      bound.clear();
     }
     return { snapshots, orphans, fallback: '' };
   }
 
   private async listFromStores(request: ListRequest, why: string, signal: AbortSignal): Promise<ListResponse> {
+    const started = Date.now();
     const found = await listStores(this.snapshots.stores({ timeoutMs: FALLBACK_STORE_TIMEOUT_MS }), signal);
+    this.snapshots.log.info({ ms: Date.now() - started, snapshots: found.records.length, problems: found.problems }, 'listed the snapshot stores themselves');
     const missing = found.problems.length > 0 ? `; these stores could not be listed, so it may be incomplete: ${found.problems.join('; ')}` : '';
     return {
       snapshots: found.records,
@@ -110,10 +114,11 @@ export class SnapshotHandlers {
 
   readonly peer: SnapshotPeerHandlers = {
     listLocalSnapshots: async (ctx) => {
-      const found = await scanStore(this.snapshots.local, withTimeout(ctx.signal), this.snapshots.log);
+      const found = await withDeadline(ctx.signal, PEER_LOCAL_TIMEOUT_MS, (signal) => scanStore(this.snapshots.local, signal, this.snapshots.log));
       return { snapshots: found.records, orphans: found.orphans };
     },
-    deleteLocalSnapshot: (name, key, ctx) => deleteFromStore(this.snapshots.local.store, name, key, withTimeout(ctx.signal)),
+    deleteLocalSnapshot: (name, key, ctx) =>
+      withDeadline(ctx.signal, PEER_LOCAL_TIMEOUT_MS, (signal) => deleteFromStore(this.snapshots.local.store, name, key, signal)),
     forwardDelete: (names, ctx) => this.asLeader(ctx, (term, signal) => this.deleteHere(names, term, signal)),
     forwardPrune: (retention, ctx) => this.asLeader(ctx, (term, signal) => this.pruneHere(retention, term, signal)),
     readLocalSnapshot: (name, ctx) => this.readLocal(name, ctx.signal),
@@ -128,7 +133,7 @@ export class SnapshotHandlers {
     validateName(name);
     const { store } = this.snapshots.local;
     const node = this.snapshots.options.config.name;
-    const found = await findInStore(store, name, withTimeout(signal));
+    const found = await withDeadline(signal, PEER_LOCAL_TIMEOUT_MS, (bounded) => findInStore(store, name, bounded));
     if (found.state !== 'complete') {
       throw new NotFoundError(
         `steward ${node} has no complete snapshot named ${name} in its dir ${store.location}${found.state === 'broken' ? `: ${found.problem}` : ''}`,
@@ -190,10 +195,6 @@ function notLeader(self: string, leader: string | undefined): PreconditionError 
       retryable: true,
     },
   );
-}
-
-function withTimeout(signal: AbortSignal): AbortSignal {
-  return AbortSignal.any([signal, AbortSignal.timeout(PEER_LOCAL_TIMEOUT_MS)]);
 }
 
 export function deleteResponse(outcome: DeleteOutcome): DeleteResponse {
