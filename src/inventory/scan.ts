@@ -1,9 +1,9 @@
 import type { Logger } from 'pino';
 import { InvalidArgumentError, NotFoundError, errorText } from '../errors/index.js';
-import { parseMetadata } from '../snapshot/metadata.js';
+import { parseMetadata, type SnapshotMetadata } from '../snapshot/metadata.js';
 import { METADATA_SUFFIX, metadataKey, validateName } from '../snapshot/names.js';
 import { CANARY_KEY_PREFIX } from '../store/canary.js';
-import type { NamedStore } from '../store/store.js';
+import type { BackupStore, NamedStore } from '../store/store.js';
 import type { InventoryRecord, OrphanRecord } from './inventory.js';
 
 export interface LocationScan {
@@ -84,4 +84,36 @@ export function orphanName(key: string): string | undefined {
 export async function deleteFromStore(store: NamedStore['store'], name: string, key: string, signal: AbortSignal): Promise<void> {
   await store.delete(metadataKey(name), signal);
   await store.delete(key, signal);
+}
+
+/** What one store holds under a snapshot name (see findInStore). */
+export type StoreLookup =
+  | { state: 'complete'; metadata: SnapshotMetadata }
+  | { state: 'absent' }
+  /** Metadata that does not parse or name this snapshot, or a data object missing or of the wrong size. */
+  | { state: 'broken'; problem: string };
+
+/**
+ * The snapshot `name` in one store, checked as scanStore checks every snapshot it lists (metadata parses
+ * and names it, its object exists with the recorded size), without listing the whole store. Store
+ * failures (a 500, a timeout) throw: they must not read as "absent".
+ */
+export async function findInStore(store: BackupStore, name: string, signal: AbortSignal): Promise<StoreLookup> {
+  let text: string;
+  try {
+    text = (await store.readSmall(metadataKey(name), signal)).toString('utf8');
+  } catch (err) {
+    if (err instanceof NotFoundError) return { state: 'absent' };
+    throw err;
+  }
+  const metadata = parseMetadata(text);
+  if (!metadata || metadata.name !== name) return { state: 'broken', problem: `the metadata ${store.urlFor(metadataKey(name))} is malformed` };
+  const object = await store.head(metadata.key, signal);
+  if (object?.size !== metadata.size) {
+    return {
+      state: 'broken',
+      problem: `${store.urlFor(metadata.key)} is ${object ? `${object.size} bytes, not the ${metadata.size} its metadata records` : 'missing though its metadata exists'}`,
+    };
+  }
+  return { state: 'complete', metadata };
 }

@@ -2,6 +2,9 @@ import type { Logger } from 'pino';
 import { errorText } from '../errors/index.js';
 import type { PeerAddress, PeerDirectory } from './peer-pool.js';
 
+/** How long the etcd registry may still take once the spec answered. */
+const CACHE_GRACE_MS = 1000;
+
 /**
  * Where the other stewards are: the cluster spec's addresses first (they are readable with etcd down, which
  * is when a restore needs them), the etcd registry only as a cache for members an older spec has no
@@ -19,7 +22,12 @@ export class LayeredPeerDirectory implements PeerDirectory {
   }
 
   async list(signal: AbortSignal): Promise<PeerAddress[]> {
-    const [primary, cached] = await Promise.allSettled([this.authoritative.list(signal), this.cache.list(signal)]);
+    // Settled from the start: a registry that fails while the spec is read must not be an unhandled rejection.
+    const fromCache = settled(this.cache.list(signal));
+    const primary = await settled(this.authoritative.list(signal));
+    // With etcd down the registry answers only at its call's deadline (10 s): once the spec answered, it
+    // may fill gaps only if it answers soon, or every caller (ls without etcd, a restore) waits for it.
+    const cached = primary.status === 'fulfilled' ? await within(fromCache, CACHE_GRACE_MS) : await fromCache;
     signal.throwIfAborted();
     if (primary.status === 'rejected' && cached.status === 'rejected') throw primary.reason;
     if (primary.status === 'rejected') {
@@ -33,4 +41,19 @@ export class LayeredPeerDirectory implements PeerDirectory {
     }
     return addresses;
   }
+}
+
+function settled<T>(promise: Promise<T>): Promise<PromiseSettledResult<T>> {
+  return promise.then(
+    (value) => ({ status: 'fulfilled', value }),
+    (reason: unknown) => ({ status: 'rejected', reason }),
+  );
+}
+
+function within<T>(result: Promise<PromiseSettledResult<T>>, ms: number): Promise<PromiseSettledResult<T>> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<PromiseSettledResult<T>>((resolve) => {
+    timer = setTimeout(() => resolve({ status: 'rejected', reason: new Error(`no answer within ${ms} ms`) }), ms);
+  });
+  return Promise.race([result, late]).finally(() => clearTimeout(timer));
 }

@@ -1,8 +1,9 @@
 import type { LeaderTerm } from '../election/election.js';
-import { PreconditionError, UnavailableError } from '../errors/index.js';
+import { NotFoundError, PreconditionError, UnavailableError, abortedError, errorText } from '../errors/index.js';
 import type { InventoryRecord, OrphanRecord } from '../inventory/inventory.js';
 import type { DeleteOutcome, OrphanOutcome } from '../inventory/keeper.js';
-import { deleteFromStore, scanStore } from '../inventory/scan.js';
+import { deleteFromStore, findInStore, scanStore } from '../inventory/scan.js';
+import { deadlineAfter, listStores, settleBy, withDeadline } from '../restore/find.js';
 import type { Peer } from '../rpc/peer-pool.js';
 import type {
   CallContext,
@@ -16,6 +17,7 @@ import type {
   SnapshotInfo,
   StewardPeerHandlers,
 } from '../rpc/types.js';
+import { validateName } from '../snapshot/names.js';
 import type { SnapshotService } from './snapshots.js';
 
 /** The peer handlers of the snapshot side; the restore's member side (src/restore) supplies the rest. */
@@ -25,6 +27,10 @@ export type SnapshotPeerHandlers = Pick<
 >;
 
 const PEER_LOCAL_TIMEOUT_MS = 60_000;
+/** How long ls waits for the inventory in etcd before it lists the stores instead. */
+const INVENTORY_TIMEOUT_MS = 5_000;
+/** Each store's bound in that fallback: with the wait above, within the ctl's 15 s call deadline. */
+const FALLBACK_STORE_TIMEOUT_MS = 8_000;
 
 /**
  * The snapshot verbs of the ctl and peer APIs. Delete and prune change what is stored, so they run on the
@@ -55,10 +61,39 @@ export class SnapshotHandlers {
     };
   }
 
+  /**
+   * ctl List: the inventory in etcd. When etcd cannot answer within INVENTORY_TIMEOUT_MS (no quorum, no
+   * member reachable), the stores themselves are listed instead and `fallback` says so: why the inventory
+   * could not be read, and which stores could not be listed either.
+   */
   async list(request: ListRequest, ctx: CallContext): Promise<ListResponse> {
     ctx.signal.throwIfAborted();
-    const [snapshots, orphans] = await Promise.all([this.snapshots.inventory.list(), request.all ? this.snapshots.inventory.orphans() : []]);
+    const bound = deadlineAfter(ctx.signal, INVENTORY_TIMEOUT_MS);
+    const read = Promise.all([this.snapshots.inventory.list(), request.all ? this.snapshots.inventory.orphans() : []]);
+    let snapshots, orphans;
+    try {
+      [snapshots, orphans] = await settleBy(read, bound.signal);
+    } catch (err) {
+      if (ctx.signal.aborted) throw abortedError(ctx.signal, err);
+      const why = bound.signal.aborted ? `etcd did not answer within ${INVENTORY_TIMEOUT_MS / 1000} s` : errorText(err);
+      this.snapshots.log.warn({ err: why }, 'cannot read the snapshot inventory in etcd; listing the snapshot stores themselves');
+      return this.listFromStores(request, why, ctx.signal);
+    } finally {
+      bound.clear();
+    }
     return { snapshots, orphans, fallback: '' };
+  }
+
+  private async listFromStores(request: ListRequest, why: string, signal: AbortSignal): Promise<ListResponse> {
+    const started = Date.now();
+    const found = await listStores(this.snapshots.stores({ timeoutMs: FALLBACK_STORE_TIMEOUT_MS }), signal);
+    this.snapshots.log.info({ ms: Date.now() - started, snapshots: found.records.length, problems: found.problems }, 'listed the snapshot stores themselves');
+    const missing = found.problems.length > 0 ? `; these stores could not be listed, so it may be incomplete: ${found.problems.join('; ')}` : '';
+    return {
+      snapshots: found.records,
+      orphans: request.all ? found.orphans : [],
+      fallback: `the snapshot inventory in etcd could not be read (${why}); this listing comes from the snapshot stores themselves${missing}`,
+    };
   }
 
   delete(names: string[], ctx: CallContext): Promise<DeleteResponse> {
@@ -79,14 +114,34 @@ export class SnapshotHandlers {
 
   readonly peer: SnapshotPeerHandlers = {
     listLocalSnapshots: async (ctx) => {
-      const found = await scanStore(this.snapshots.local, withTimeout(ctx.signal), this.snapshots.log);
+      const found = await withDeadline(ctx.signal, PEER_LOCAL_TIMEOUT_MS, (signal) => scanStore(this.snapshots.local, signal, this.snapshots.log));
       return { snapshots: found.records, orphans: found.orphans };
     },
-    deleteLocalSnapshot: (name, key, ctx) => deleteFromStore(this.snapshots.local.store, name, key, withTimeout(ctx.signal)),
+    deleteLocalSnapshot: (name, key, ctx) =>
+      withDeadline(ctx.signal, PEER_LOCAL_TIMEOUT_MS, (signal) => deleteFromStore(this.snapshots.local.store, name, key, signal)),
     forwardDelete: (names, ctx) => this.asLeader(ctx, (term, signal) => this.deleteHere(names, term, signal)),
     forwardPrune: (retention, ctx) => this.asLeader(ctx, (term, signal) => this.pruneHere(retention, term, signal)),
-    readLocalSnapshot: () => Promise.reject(new PreconditionError('NOT_YET', 'reading a local snapshot for a peer is not built yet')),
+    readLocalSnapshot: (name, ctx) => this.readLocal(name, ctx.signal),
   };
+
+  /**
+   * The stored bytes of the complete snapshot `name` in this steward's dir (as listLocalSnapshots lists
+   * it: metadata that names it, an object of the recorded size), streamed; NotFoundError if there is none.
+   * Only the lookup is bounded: the stream runs as long as the caller reads it.
+   */
+  private async readLocal(name: string, signal: AbortSignal): Promise<AsyncIterable<Buffer>> {
+    validateName(name);
+    const { store } = this.snapshots.local;
+    const node = this.snapshots.options.config.name;
+    const found = await withDeadline(signal, PEER_LOCAL_TIMEOUT_MS, (bounded) => findInStore(store, name, bounded));
+    if (found.state !== 'complete') {
+      throw new NotFoundError(
+        `steward ${node} has no complete snapshot named ${name} in its dir ${store.location}${found.state === 'broken' ? `: ${found.problem}` : ''}`,
+        { hint: 'etcd-stewardctl ls lists where each snapshot is' },
+      );
+    }
+    return store.read(found.metadata.key, signal);
+  }
 
   private async deleteHere(names: string[], term: LeaderTerm, signal: AbortSignal): Promise<DeleteResponse> {
     return deleteResponse(await this.snapshots.keeper.delete(names, signal, term));
@@ -140,10 +195,6 @@ function notLeader(self: string, leader: string | undefined): PreconditionError 
       retryable: true,
     },
   );
-}
-
-function withTimeout(signal: AbortSignal): AbortSignal {
-  return AbortSignal.any([signal, AbortSignal.timeout(PEER_LOCAL_TIMEOUT_MS)]);
 }
 
 export function deleteResponse(outcome: DeleteOutcome): DeleteResponse {

@@ -13,6 +13,7 @@ import type { NamedStore } from '../store/store.js';
 import { runS3Canary } from '../store/canary.js';
 import { LocalStore } from '../store/local.js';
 import type { S3Store } from '../store/s3.js';
+import type { SnapshotStores } from '../restore/find.js';
 import { snapshotLocations } from './locations.js';
 
 export interface SnapshotServiceOptions {
@@ -109,6 +110,24 @@ export class SnapshotService {
 
   close(): void {
     (this.s3?.store as S3Store | undefined)?.close();
+  }
+
+  /**
+   * Every store a snapshot may be in, readable without etcd (findSnapshot / listStores in src/restore/find.ts):
+   * this steward's dir, S3, and the other stewards' dirs through the peer pool, whose directory falls back on
+   * the cluster spec's addresses. `restoreId` goes into the header of every peer read; `timeoutMs` bounds
+   * every store (default 10 s).
+   */
+  stores(options: { restoreId?: string; timeoutMs?: number } = {}): SnapshotStores {
+    return {
+      node: this.options.config.name,
+      local: this.local,
+      s3: this.s3,
+      peers: this.options.peers,
+      log: this.log,
+      ...(options.restoreId ? { restoreId: options.restoreId } : {}),
+      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+    };
   }
 
   ownStores(): NamedStore[] {

@@ -37,3 +37,36 @@ describe('peer addresses: the spec first, the etcd registry as a cache', () => {
     await expect(new LayeredPeerDirectory(failing('no spec'), failing('no etcd'), logger).list(new AbortController().signal)).rejects.toThrow('no spec');
   });
 });
+
+describe('peer addresses with etcd hanging', () => {
+  it('answers from the spec within about a second when the etcd registry does not answer at all', async () => {
+    const spec = fixed([{ node: 'a', grpc: '10.0.0.1:7401' }]);
+    const hanging: PeerDirectory = { list: () => new Promise(() => undefined) };
+    const started = Date.now();
+    expect(await new LayeredPeerDirectory(spec, hanging, logger).list(new AbortController().signal)).toEqual([{ node: 'a', grpc: '10.0.0.1:7401' }]);
+    expect(Date.now() - started).toBeLessThan(2000);
+  });
+
+  it('still waits for the registry when the spec cannot be read', async () => {
+    const slow: PeerDirectory = { list: () => new Promise((resolve) => setTimeout(() => resolve([{ node: 'b', grpc: '10.0.0.2:7401' }]), 1500)) };
+    expect(await new LayeredPeerDirectory(failing('S3 down'), slow, logger).list(new AbortController().signal)).toEqual([{ node: 'b', grpc: '10.0.0.2:7401' }]);
+  });
+});
+
+describe('peer addresses: a registry that fails while the spec is still being read', () => {
+  it('is no unhandled rejection', async () => {
+    const slowSpec: PeerDirectory = { list: () => new Promise((resolve) => setTimeout(() => resolve([{ node: 'a', grpc: '10.0.0.1:7401' }]), 200)) };
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      expect(await new LayeredPeerDirectory(slowSpec, failing('circuit breaker open'), logger).list(new AbortController().signal)).toEqual([
+        { node: 'a', grpc: '10.0.0.1:7401' },
+      ]);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+    expect(unhandled).toEqual([]);
+  });
+});
