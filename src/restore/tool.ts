@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { access, chmod, constants, lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { access, chmod, constants, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { InternalError, InvalidArgumentError, PreconditionError, StewardError, abortedError, errorText, prefixOf } from '../errors/index.js';
 import { STATE_DIR_MODE, STATE_FILE_MODE } from '../state/atomic.js';
@@ -56,7 +56,7 @@ export class RestoreTool {
 
   static async detect(options: { etcdutl?: string; etcdctl?: string; signal?: AbortSignal } = {}): Promise<RestoreTool> {
     const signal = options.signal ?? new AbortController().signal;
-    signal.throwIfAborted();
+    if (signal.aborted) throw abortedError(signal, signal.reason);
     const found = await locate('etcdutl', options.etcdutl);
     const chosen = found ? { binary: found, kind: 'etcdutl' as const } : { binary: await locate('etcdctl', options.etcdctl), kind: 'etcdctl' as const };
     if (!chosen.binary) {
@@ -104,7 +104,7 @@ export class RestoreTool {
    */
   async restoreInto(options: RestoreIntoOptions): Promise<void> {
     const { signal } = options;
-    signal.throwIfAborted();
+    if (signal.aborted) throw abortedError(signal, signal.reason);
     const args = this.restoreArgs(options);
     const dataDir = resolve(options.dataDir);
     if (await exists(dataDir)) {
@@ -139,6 +139,7 @@ export class RestoreTool {
           hint: 'only one restore may write a data dir at a time',
         });
       await rename(target, dataDir);
+      await fsyncDir(parent);
     } catch (err) {
       if (signal.aborted) throw abortedError(signal, err);
       if (err instanceof StewardError) throw err;
@@ -238,6 +239,15 @@ async function exists(path: string): Promise<boolean> {
       hint: `check the permissions of ${dirname(path)}`,
       cause: err,
     });
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 
