@@ -37,7 +37,7 @@ export const SETTINGS = {
   dataDir: setting('data-dir', text('a directory path'), "the etcd member's data dir (never deleted: a replaced one is renamed aside)", {
     default: '/var/lib/etcd',
   }),
-  stateDir: setting('state-dir', text('a directory path'), "the steward's own state (pid file, later restore phases)", {
+  stateDir: setting('state-dir', text('a directory path'), "the steward's own state (pid file, restore phases, staging files)", {
     default: '/var/lib/etcd-steward',
   }),
   etcdBinary: setting('etcd-binary', text('a command name or path'), 'the etcd binary to supervise', { default: 'etcd' }),
@@ -141,6 +141,18 @@ export const SETTINGS = {
   controlSpecTtl: setting('control-spec-ttl', duration({ minMs: 1000, maxMs: 24 * 3_600_000 }), 'how often the cluster spec is re-read', {
     default: '60s',
   }),
+  etcdOldDataRetention: setting(
+    'etcd-old-data-retention',
+    integer(1, 100),
+    'data dirs a restore moved aside (<data-dir>-old-<unix-ts>) kept per member; older ones are removed only after a restore finished',
+    { default: '2' },
+  ),
+  restoreChecksTimeout: setting(
+    'restore-checks-timeout',
+    duration({ minMs: 5000, maxMs: 3_600_000 }),
+    'how long the restored members may take to form a healthy cluster before the restore is rolled back',
+    { default: '3m' },
+  ),
   logLevel: setting('log-level', oneOf(['trace', 'debug', 'info', 'warn', 'error'] as const), 'log level', { default: 'info' }),
 } as const;
 

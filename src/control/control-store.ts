@@ -11,6 +11,14 @@ export const SPEC_KEY = 'cluster-spec.json';
 /** The spec as last written by a leader: the order of writes lives here, since S3 has no compare-and-set. */
 export const SPEC_RECORD_KEY = 'etcd-steward/control/spec';
 
+export interface RestoredClusterDraft {
+  restoreId: string;
+  snapshot: string;
+  clusterToken: string;
+  clusterId: string;
+  members: { name: string; peerUrl: string }[];
+}
+
 export type SpecDraft = Omit<ClusterSpec, 'generation' | 'updatedAt' | 'fencingToken' | 'formatVersion'>;
 
 /** How many times a writer re-copies etcd's record when another write overtook its own copy. */
@@ -46,8 +54,8 @@ export class ControlStore {
   }
 
   /** etcd's record of the last write, with its mod revision; undefined if no leader ever wrote one. */
-  async readRecord(): Promise<{ spec: ClusterSpec; modRevision: string } | undefined> {
-    const response = await this.client.get(SPEC_RECORD_KEY).exec();
+  async readRecord(client: Etcd3 = this.client): Promise<{ spec: ClusterSpec; modRevision: string } | undefined> {
+    const response = await client.get(SPEC_RECORD_KEY).exec();
     const kv = response.kvs[0];
     if (!kv) return undefined;
     return { spec: parseSpec(kv.value.toString('utf8'), `etcd key ${SPEC_RECORD_KEY}`), modRevision: kv.mod_revision };
@@ -129,6 +137,41 @@ export class ControlStore {
         hint: 'retry once the other writer is done',
       });
     return undefined;
+  }
+
+  /**
+   * Records a restored cluster: its new token, cluster ID and members, as the next generation after every one
+   * seen. Written into the restored etcd (reached on its quarantined endpoint, where no other writer can be:
+   * the restore lock is the fence) and then to the durable store, so every steward's gate and spec checks
+   * accept the restored cluster, after any restart.
+   */
+  async recordRestore(restored: RestoredClusterDraft, client: Etcd3, signal: AbortSignal): Promise<ClusterSpec> {
+    const stored = await this.read(signal).catch(() => undefined);
+    const record = await this.readRecord(client).catch(() => undefined);
+    const base = [stored, record?.spec].filter((s): s is ClusterSpec => s !== undefined).sort((a, b) => b.generation - a.generation)[0];
+    const generation = Math.max(stored?.generation ?? 0, record?.spec.generation ?? 0) + 1;
+    const members = restored.members.map((m) => ({
+      ...m,
+      ...(base?.members.find((b) => b.name === m.name)?.grpc ? { grpc: base.members.find((b) => b.name === m.name)?.grpc } : {}),
+    }));
+    const spec: ClusterSpec = {
+      formatVersion: 1,
+      etcdVersion: base?.etcdVersion ?? '',
+      etcdFlags: base?.etcdFlags ?? {},
+      ...(base ?? {}),
+      members: base ? [...members, ...base.members.filter((b) => !members.some((m) => m.name === b.name))] : members,
+      generation,
+      clusterToken: restored.clusterToken,
+      clusterId: restored.clusterId,
+      startedMembers: restored.members.map((m) => m.name).sort(),
+      lastRestore: { restoreId: restored.restoreId, snapshot: restored.snapshot, at: new Date().toISOString() },
+      updatedAt: new Date().toISOString(),
+      fencingToken: '',
+    };
+    parseSpec(JSON.stringify(spec), 'the restored cluster spec');
+    await client.put(SPEC_RECORD_KEY).value(JSON.stringify(spec));
+    await this.store.putSmall(SPEC_KEY, render(spec), signal);
+    return spec;
   }
 
   /** Writes the first spec of a brand-new cluster; the caller has checked there is no data and no running etcd. */

@@ -72,6 +72,17 @@ export const clusterSpecSchema = z
      * in a spec that records a clusterId means every member had run.
      */
     startedMembers: z.array(z.string().refine(isMemberName, 'a member name')).max(100).optional(),
+    /**
+     * The last restore that started the cluster anew (src/restore): its token replaced the bootstrap token,
+     * so --initial-cluster-token is no longer compared with clusterToken.
+     */
+    lastRestore: z
+      .object({
+        restoreId: z.string().max(64),
+        snapshot: z.string().max(255),
+        at: z.string().max(64),
+      })
+      .optional(),
     /** Extra etcd flags the cluster runs with, by name without dashes. */
     etcdFlags: z
       .record(z.string().regex(/^[a-z][a-z0-9-]{0,63}$/, 'a flag name without dashes'), z.string().max(4096).refine(isPlainText, 'no control characters'))

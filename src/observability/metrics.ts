@@ -22,6 +22,30 @@ export class StewardMetrics {
     registers: [this.registry],
   });
 
+  readonly restorePhase = new Gauge({
+    name: 'etcd_steward_restore_phase',
+    help: "1 for the phase of the restore this steward coordinates (or its member's part in one), 0 for the others",
+    labelNames: ['phase'] as const,
+    registers: [this.registry],
+  });
+  readonly restoreLast = new Gauge({
+    name: 'etcd_steward_restore_last_timestamp_seconds',
+    help: 'when the last restore this steward coordinated ended, by result (Finished or Failed)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly restoreDuration = new Histogram({
+    name: 'etcd_steward_restore_duration_seconds',
+    help: 'wall time of restores this steward coordinated, from the lock to Finished or Failed',
+    buckets: [10, 30, 60, 120, 300, 600, 1800, 3600],
+    registers: [this.registry],
+  });
+  readonly restoreBytes = new Counter({
+    name: 'etcd_steward_restore_bytes_distributed_total',
+    help: 'snapshot bytes this coordinator streamed to members (counted once per member)',
+    registers: [this.registry],
+  });
+
   readonly lastSuccessfulSnapshot = new Gauge({
     name: 'etcd_steward_last_successful_snapshot_timestamp_seconds',
     help: 'when the last snapshot was committed to each location (alert when it grows old)',

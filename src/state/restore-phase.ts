@@ -14,8 +14,29 @@ const restorePhaseSchema = z.object({
   /** The snapshot being restored, by name. */
   snapshot: z.string().max(255),
   startedAt: z.string(),
-  /** Where the restore moved the old data dir (`<data-dir>-old-<unix-ts>`), once it has. */
+  /** Where the restore moves (or moved) the old data dir (`<data-dir>-old-<unix-ts>`): recorded before the rename. */
   oldDataDir: z.string().optional(),
+  updatedAt: z.string().optional(),
+  /** The steward that coordinates the restore. */
+  coordinator: z.string().max(255).optional(),
+  /** The verified snapshot staged for the swap (removed once Finished or Failed). */
+  stagingFile: z.string().optional(),
+  /** SHA-256 of the stored bytes this member verified. */
+  sha256: z.string().optional(),
+  /** The fresh dir beside the data dir that the restore tool writes; recorded before the tool runs. */
+  newDataDir: z.string().optional(),
+  /** The restore tool finished writing newDataDir: it may be swapped in. */
+  restoredReady: z.boolean().optional(),
+  /** The restored dir is in place at the data dir. */
+  swapped: z.boolean().optional(),
+  /** The old data dir was moved back into place. */
+  rolledBack: z.boolean().optional(),
+  /** Where the restored dir was kept when a rollback moved it aside. */
+  abandonedDataDir: z.string().optional(),
+  /** The quarantined client endpoint the restored etcd listens on until Finished. */
+  quarantineEndpoint: z.string().optional(),
+  /** Why it failed, in words. */
+  error: z.string().max(4096).optional(),
 });
 
 /** What one steward persists about a restore it takes part in, so a crash mid-restore resumes or rolls back. */

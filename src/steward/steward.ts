@@ -30,8 +30,14 @@ import { LayeredPeerDirectory } from '../rpc/layered-directory.js';
 import { PeerPool } from '../rpc/peer-pool.js';
 import type { PeerIdentity } from '../rpc/types.js';
 import { createMemberClient } from '../etcd/client.js';
+import { RESTORE_PHASES, restoreInProgress } from '../state/restore-phase.js';
 import { STEWARD_VERSION } from './version.js';
-import { restoreCtlPlaceholder, restorePeerPlaceholder } from '../restore/placeholder.js';
+import { LastRevisionFile } from '../state/last-revision.js';
+import { RestoreMember } from '../restore/member.js';
+import { RestoreTool } from '../restore/tool.js';
+import { RestoreCoordinator } from '../restore/coordinator.js';
+import { RestoreLock } from '../restore/lock.js';
+import { restorePeerHandlers } from '../restore/handlers.js';
 
 /**
  * One steward: supervises the local etcd member, takes part in the election, serves the API.
@@ -62,6 +68,11 @@ export class Steward {
   private readonly controlClose: () => void;
   private rpc: RpcServer | undefined;
   private etcdRestarts = 0;
+  private readonly restoreMember: RestoreMember;
+  private readonly restoreCoordinator: RestoreCoordinator;
+  /** Aborted when shutdown begins: a restore in flight stops where it is (its members resume it later). */
+  private readonly stopping = new AbortController();
+  private restoreTool: Promise<RestoreTool> | undefined;
 
   private constructor(
     private readonly config: Config,
@@ -89,7 +100,16 @@ export class Steward {
     });
     this.client = createClusterClient(config.etcdEndpoints);
     this.probe = new ClusterProbe(config.etcdEndpoints, Math.min(5000, config.healthInterval));
-    this.health = new HealthMonitor(this.probe, { intervalMs: config.healthInterval, localMember: config.name, metrics: this.metrics, logger });
+    this.health = new HealthMonitor(this.probe, {
+      intervalMs: config.healthInterval,
+      localMember: config.name,
+      metrics: this.metrics,
+      logger,
+      // The highest revision seen here: with etcd down, a restore still bumps the revision above it.
+      lastRevision: new LastRevisionFile(config.stateDir, {
+        onError: (err) => this.log.warn({ err: errorText(err) }, 'cannot record the last revision seen'),
+      }),
+    });
     this.registry = new StewardRegistry(this.client);
     // Who this steward is in the peer headers: its name and the etcd cluster ID of the last probe.
     this.identity = { node: config.name, clusterId: () => etcdIdHex(this.health.lastHealth?.clusterId ?? '') };
@@ -124,6 +144,44 @@ export class Steward {
       logger,
       currentTerm: () => this.election.currentTerm,
       stewardAddresses: () => this.registry.list(),
+    });
+    this.restoreMember = new RestoreMember({
+      config,
+      supervisor: this.supervisor,
+      tool: () =>
+        (this.restoreTool ??= RestoreTool.detect().catch((err: unknown) => {
+          this.restoreTool = undefined;
+          throw err;
+        })),
+      logger,
+      onPhase: (record) => {
+        for (const phase of RESTORE_PHASES) this.metrics.restorePhase.set({ phase }, record && restoreInProgress(record) && record.phase === phase ? 1 : 0);
+      },
+    });
+    this.restoreCoordinator = new RestoreCoordinator({
+      config,
+      logger,
+      metrics: this.metrics,
+      member: this.restoreMember,
+      peers: this.peers,
+      lock: new RestoreLock(controlStore),
+      stores: () => this.snapshots.stores(),
+      clusterMembers: async () => (this.spec.latest?.members ?? config.initialCluster).map((m) => ({ name: m.name, peerUrl: m.peerUrl })),
+      quorum: async (signal) => {
+        const health = await this.health.check(signal).catch(() => undefined);
+        const voters = health?.members.filter((m) => !m.learner) ?? [];
+        return voters.filter((m) => m.healthy || m.sawLeader).length > voters.length / 2;
+      },
+      leadership: async () => this.leadership(),
+      recordSpec: async (restored, endpoint, signal) => {
+        const client = createMemberClient(endpoint, { callTimeoutMs: 10_000 });
+        try {
+          await this.control.recordRestore(restored, client, signal);
+        } finally {
+          client.close();
+        }
+      },
+      shutdown: this.stopping.signal,
     });
     this.election = new LeaderElection({
       client: this.client,
@@ -177,12 +235,17 @@ export class Steward {
     });
     this.log.info({ version: STEWARD_VERSION, http: `${http.address.host}:${http.address.port}` }, 'steward starting');
     let fatal: unknown;
+    // A restore this steward took part in when it stopped is finished or rolled back before etcd starts.
+    await this.restoreMember.recover();
     const supervising = this.supervisor.run(etcdStop.signal).catch((err: unknown) => {
       fatal = err;
       this.log.fatal({ err }, 'cannot supervise etcd; shutting down');
       leadershipStop.abort();
     });
-    const onStop = (): void => leadershipStop.abort();
+    const onStop = (): void => {
+      this.stopping.abort();
+      leadershipStop.abort();
+    };
     signal.addEventListener('abort', onStop, { once: true });
     if (signal.aborted) onStop();
     try {
@@ -199,9 +262,11 @@ export class Steward {
           specGet: async (ctx) => specResponse(await this.spec.get(callSignal(ctx.signal)), this.control.location),
           specSet: async (json, ctx, { force }) => specResponse(await this.spec.set(json, callSignal(ctx.signal), { force }), this.control.location),
           init: async (confirm, ctx) => specResponse(await this.spec.init(confirm, callSignal(ctx.signal)), this.control.location),
-          ...restoreCtlPlaceholder,
+          restore: (request, emit, ctx) => this.restoreCoordinator.restore(request, emit, ctx.signal),
+          restoreStatus: (ctx) => this.restoreCoordinator.status(callSignal(ctx.signal)),
+          restoreAbort: (ctx) => this.restoreCoordinator.abort(AbortSignal.any([ctx.signal, AbortSignal.timeout(10 * 60_000)])),
         },
-        peer: { ...this.snapshotHandlers.peer, ...restorePeerPlaceholder },
+        peer: { ...this.snapshotHandlers.peer, ...restorePeerHandlers(this.restoreMember) },
         identity: this.identity,
         logger: this.logger,
       });
@@ -239,6 +304,14 @@ export class Steward {
       this.log.info('steward stopped');
     }
     if (fatal !== undefined) throw fatal;
+  }
+
+  private async leadership(): Promise<{ isLeader: boolean; leader: string; leaderGrpc: string }> {
+    if (this.election.currentTerm) return { isLeader: true, leader: this.config.name, leaderGrpc: '' };
+    const view = await this.election.leaderView().catch(() => ({ leader: undefined }));
+    const leader = view.leader ?? '';
+    const peer = leader ? await this.peers.byNode(leader, AbortSignal.timeout(2000)).catch(() => undefined) : undefined;
+    return { isLeader: false, leader, leaderGrpc: peer?.address.grpc ?? '' };
   }
 
   /** Publishes this steward's gRPC address for its peers; retried until etcd answers, then refreshed. */
@@ -281,8 +354,9 @@ export class Steward {
       specGeneration: this.spec.state.generation,
       specProblem: this.spec.state.problem,
       leaderProblem: leader ? '' : leaderProblem(view),
-      leaderGrpc: '',
-      restore: null,
+      leaderGrpc:
+        leader && leader !== this.config.name ? ((await this.peers.byNode(leader, AbortSignal.timeout(2000)).catch(() => undefined))?.address.grpc ?? '') : '',
+      restore: this.restoreMember.record ? this.restoreMember.state() : null,
       members: health.members.map((m) => ({ ...m, id: etcdIdHex(m.id) })),
     };
   }

@@ -41,6 +41,8 @@ export interface ClusterOptions {
   nodeArgs?: Record<number, string[]>;
   /** Extra environment for every steward (e.g. AWS_* for the SDK's default credential chain). */
   env?: NodeJS.ProcessEnv;
+  /** Extra environment for single nodes, by index (e.g. a restore failpoint). */
+  nodeEnv?: Record<number, NodeJS.ProcessEnv>;
 }
 
 /**
@@ -96,6 +98,11 @@ export class StewardCluster {
     ];
   }
 
+  /** Environment one node gets from its next start on. */
+  setNodeEnv(index: number, env: NodeJS.ProcessEnv): void {
+    this.options.nodeEnv = { ...this.options.nodeEnv, [index]: env };
+  }
+
   /** Flags one node gets from its next start on (e.g. to restart it with another setting). */
   setNodeArgs(index: number, args: string[]): void {
     this.options.nodeArgs = { ...this.options.nodeArgs, [index]: args };
@@ -135,7 +142,7 @@ export class StewardCluster {
     const child = spawn(process.execPath, [...STEWARD_NODE_FLAGS, STEWARD_JS, ...this.args(node)], {
       stdio: ['ignore', log, log],
       detached: true,
-      env: { ...process.env, ...this.options.env },
+      env: { ...process.env, ...this.options.env, ...this.options.nodeEnv?.[index] },
     });
     closeSync(log);
     node.process = child;
@@ -225,9 +232,9 @@ export class StewardCluster {
   }
 }
 
-export function runCtl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+export function runCtl(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CTL_JS, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CTL_JS, ...args], { env: { ...process.env, ...env }, timeout: timeoutMs }, (err, stdout, stderr) => {
       const code = err && typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : err ? 1 : 0;
       resolve({ code, stdout, stderr });
     });
