@@ -36,7 +36,7 @@ export async function restoreStatus(
     Promise.all(
       participants.map((p) =>
         p instanceof Error
-          ? unreachableState(p.node, p)
+          ? Promise.resolve(unreachableState(p.node, p))
           : withDeadline(signal, 10_000, (bounded) => p.status('', bounded)).catch((err: unknown) => unreachableState(p.node, err)),
       ),
     ),
