@@ -334,7 +334,8 @@ export async function waitForRestoredCluster(
 
 /**
  * Deletes every key under `prefix` in one range delete, on one member, and returns how many went. The restore
- * drops the steward's own stale keys (its election, its schedule claims) from the restored keyspace with it.
+ * drops the steward's own stale keys (its election, its schedule claims) from the restored keyspace with it,
+ * their leases revoked first.
  */
 export async function deleteKeysWithPrefix(endpoint: string, prefix: string, signal: AbortSignal): Promise<number> {
   // An empty prefix would be the whole keyspace: the cluster's data, never the steward's to drop.
@@ -348,6 +349,16 @@ export async function deleteKeysWithPrefix(endpoint: string, prefix: string, sig
   const client = createMemberClient(endpoint);
   try {
     const key = Buffer.from(prefix);
+    // The leases of those keys come back with the snapshot, and their old holders renew them: a steward that
+    // led when the snapshot was taken would go on believing it leads. Revoked, their keepalives fail.
+    const held = await client.kv.range({ key, range_end: prefixEnd(key), keys_only: true }, cancelledBy(local.signal));
+    const leases = new Set(held.kvs.map((kv) => String(kv.lease)).filter((lease) => lease !== '0'));
+    for (const ID of leases) {
+      await client.leaseClient.leaseRevoke({ ID }, cancelledBy(local.signal)).catch((err: unknown) => {
+        // Already expired is the same outcome.
+        if (!/not found|expired/i.test(String((err as Error).message))) throw err;
+      });
+    }
     const response = await client.kv.deleteRange({ key, range_end: prefixEnd(key) }, cancelledBy(local.signal));
     return Number(response.deleted);
   } catch (err) {

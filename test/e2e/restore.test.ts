@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -130,7 +130,8 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
     await cluster.waitForStableLeader(60_000);
     expect(await clusterIds()).toEqual(idsBefore);
     await everyMemberHolds(kept);
-    for (const node of cluster.nodes) expect(existsSync(join(node.stateDir, 'restore', 'staging'))).toBe(false);
+    // Nothing staged is left behind on any member.
+    for (const node of cluster.nodes) expect(readdirSync(join(node.stateDir, 'restore')).filter((f) => f !== 'phase.json')).toEqual([]);
     expect((await restoreStatus(cluster.node(leader))).lockHolder).toBe('');
   });
 
