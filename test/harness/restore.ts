@@ -9,8 +9,11 @@ import { runCtl, type StewardCluster, type StewardNode } from './steward-cluster
 export async function userKeys(clientUrl: string): Promise<Record<string, string>> {
   const client = new Etcd3({ hosts: [clientUrl], dialTimeout: 3000 });
   try {
-    const all = await client.getAll().strings();
-    return Object.fromEntries(Object.entries(all).filter(([key]) => !key.startsWith('etcd-steward')));
+    // Keys first and values one by one: a test's large values together pass gRPC's 4 MiB message limit.
+    const keys = (await client.getAll().keys()).filter((key) => !key.startsWith('etcd-steward'));
+    const entries: [string, string][] = [];
+    for (const key of keys) entries.push([key, (await client.get(key).string()) ?? '']);
+    return Object.fromEntries(entries);
   } finally {
     client.close();
   }
