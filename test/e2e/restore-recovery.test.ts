@@ -21,7 +21,13 @@ describe('restore with quorum lost, and crash safety (3 stewards, gzip snapshots
     s3 = await S3Server.start({ bucket: 'snapshots' });
     cluster = await StewardCluster.create({
       size: 3,
-      extraArgs: [...s3.stewardArgs(), '--etcd-disable-snapshots=true', '--etcd-snapshot-compress=true', '--restore-checks-timeout=90s'],
+      extraArgs: [
+        ...s3.stewardArgs(),
+        '--etcd-disable-snapshots=true',
+        '--etcd-snapshot-compress=true',
+        '--restore-checks-timeout=90s',
+        '--control-spec-ttl=2s',
+      ],
     });
     await cluster.startAll();
     await cluster.waitForStableLeader(30_000);
@@ -35,6 +41,17 @@ describe('restore with quorum lost, and crash safety (3 stewards, gzip snapshots
     await putKeys(cluster, a);
     const name = await save(cluster.node(0));
     await putKeys(cluster, { '/b/1': 'lost' });
+    // With etcd down the stewards find each other through the spec, which the leader fills in once they run.
+    await waitUntil(
+      "every steward's address in the spec",
+      async () => {
+        const got = await runCtl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'spec', 'get']);
+        const spec = got.code === 0 ? (JSON.parse(got.stdout) as { members: { grpc?: string }[] }) : undefined;
+        return spec?.members.every((m) => m.grpc) ? true : undefined;
+      },
+      30_000,
+      500,
+    );
     await cluster.stop(1);
     await cluster.stop(2);
     for (const node of cluster.nodes) await rm(node.dataDir, { recursive: true, force: true });
