@@ -139,22 +139,16 @@ describe('restore with quorum lost, and crash safety (3 stewards, gzip snapshots
     const { leader } = await cluster.waitForStableLeader(60_000);
     const name = await save(cluster.node(leader));
     const expected = await userKeys(cluster.node(leader).clientUrl);
+    expect(expected['/c/1']).toBe('before-the-crash');
     await putKeys(cluster, { '/d/1': 'gone-after-restore' });
-    cluster.setNodeEnv(leader, { ETCD_STEWARD_FAILPOINTS: 'restore-coordinator-after-swap' });
-    await cluster.stop(leader);
-    cluster.start(leader);
-    const { leader: coordinator } = await cluster.waitForStableLeader(60_000);
-    if (coordinator !== leader) {
-      // Leadership moved with the restart: arm the one that leads now instead.
-      cluster.setNodeEnv(leader, {});
-      cluster.setNodeEnv(coordinator, { ETCD_STEWARD_FAILPOINTS: 'restore-coordinator-after-swap' });
-      await cluster.stop(coordinator);
-      cluster.start(coordinator);
-    }
+    // Armed everywhere: only the steward that coordinates reaches this failpoint, whichever leads after the restart.
+    for (const n of cluster.nodes) cluster.setNodeEnv(n.index, { ETCD_STEWARD_FAILPOINTS: 'restore-coordinator-after-swap' });
+    await cluster.stopAll();
+    await cluster.startAll();
     const { leader: armed } = await cluster.waitForStableLeader(60_000);
     const result = await restoreCtl(cluster.node(armed), [name, '--yes']);
     expect(result.code).not.toBe(0);
-    cluster.setNodeEnv(armed, {});
+    for (const n of cluster.nodes) cluster.setNodeEnv(n.index, {});
     cluster.start(armed);
     const status = await waitUntil(
       'every member to wait quarantined',
