@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, Option } from 'commander';
-import { InternalError, UsageError, asStewardError, exitCodeFor, renderError } from '../errors/index.js';
+import { InternalError, StewardError, UsageError, asStewardError, exitCodeFor, renderError } from '../errors/index.js';
 import { LIMITS, checkName, checkNames, checkSpecJson, parseDecimalInteger } from '../rpc/bounds.js';
 import { StewardClient } from '../rpc/client.js';
 import type { DeleteFailure, RestoreEvent, RestorePlan, RestoreSummary } from '../rpc/types.js';
@@ -252,7 +252,20 @@ function restoreCommands(root: Command): void {
         withSpec: options.withSpec,
         ...(global.endpoint === DEFAULT_ENDPOINT ? {} : { endpoint: global.endpoint }),
       };
-      await withClient(global, (client) => runRestore(client, global.output, asked));
+      await withClient(global, async (client) => {
+        try {
+          await runRestore(client, global.output, asked);
+        } catch (err) {
+          // With quorum the leader coordinates: any steward may be addressed, the ctl follows it to the leader.
+          if (!(err instanceof StewardError) || err.code !== 'NOT_LEADER') throw err;
+          const status = await client.status(callSignal()).catch(() => undefined);
+          if (!status?.leaderGrpc || status.leaderGrpc === global.endpoint) throw err;
+          process.stderr.write(`note: ${status.node} does not lead; the leader ${status.leader} at ${status.leaderGrpc} coordinates the restore\n`);
+          await withClient({ ...global, endpoint: status.leaderGrpc }, (leader) =>
+            runRestore(leader, global.output, { ...asked, endpoint: status.leaderGrpc }),
+          );
+        }
+      });
     });
 
   const refuseRestoreFlags = (command: Command): void => {

@@ -47,9 +47,11 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
   it('without --yes prints the plan and changes nothing (exit 4); unknown name 3, malformed 2', async () => {
     await putKeys(cluster, a);
     const name = await save(cluster.node(leader));
-    const plan = await restoreCtl(cluster.node(leader), [name]);
+    // Addressed to a follower: with quorum the leader coordinates, and the ctl follows it there.
+    const plan = await restoreCtl(cluster.node(follower), [name]);
     expect(plan.code, plan.stderr).toBe(4);
     expect(plan.stderr).toContain('RESTORE_NOT_CONFIRMED');
+    expect(plan.stderr).toContain(`the leader ${cluster.node(leader).name} at ${cluster.node(leader).grpc} coordinates the restore`);
     expect(plan.stdout).toContain(name);
     for (const node of cluster.nodes) expect(plan.stdout).toContain(node.name);
     expect(plan.stdout).toMatch(/revision|bump/i);
@@ -117,7 +119,8 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
     const name = await save(cluster.node(follower));
     const object = join(s3.dir, 'snapshots', 'backups', `${name}._S3rver_object`);
     const bytes = readFileSync(object);
-    bytes[Math.floor(bytes.length / 2)] ^= 0xff;
+    const middle = Math.floor(bytes.length / 2);
+    bytes[middle] = (bytes[middle] ?? 0) ^ 0xff;
     writeFileSync(object, bytes);
     await putKeys(cluster, { '/d/1': 'kept' });
     const kept = await userKeys(cluster.node(0).clientUrl);

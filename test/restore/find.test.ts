@@ -11,10 +11,9 @@ import { createClusterClient, type Etcd3 } from '../../src/etcd/client.js';
 import { NotFoundError, PreconditionError, exitCodeFor } from '../../src/errors/index.js';
 import { StewardMetrics } from '../../src/observability/metrics.js';
 import { findSnapshot, listStores, type FoundSnapshot, type SnapshotStores } from '../../src/restore/find.js';
-import { restoreCtlPlaceholder, restorePeerPlaceholder } from '../../src/restore/placeholder.js';
 import { PeerPool, type PeerAddress } from '../../src/rpc/peer-pool.js';
 import { RpcServer } from '../../src/rpc/server.js';
-import type { StewardCtlHandlers } from '../../src/rpc/types.js';
+import type { StewardCtlHandlers, StewardPeerHandlers } from '../../src/rpc/types.js';
 import type { SnapshotMetadata } from '../../src/snapshot/metadata.js';
 import { metadataKey } from '../../src/snapshot/names.js';
 import { S3Store } from '../../src/store/s3.js';
@@ -117,8 +116,9 @@ describe('finding snapshots without etcd: own dir, real s3rver, a real peer stew
     peerServer = await RpcServer.start({
       host: '127.0.0.1',
       port: 0,
-      handlers: { ...({} as StewardCtlHandlers), ...restoreCtlPlaceholder, list: (r, ctx) => peer.handlers.list(r, ctx) },
-      peer: { ...restorePeerPlaceholder, ...peer.handlers.peer },
+      // Only List and the snapshot side of the peer API are called here; the restore calls are not served.
+      handlers: { ...({} as StewardCtlHandlers), list: (r, ctx) => peer.handlers.list(r, ctx) },
+      peer: { ...({} as StewardPeerHandlers), ...peer.handlers.peer },
       identity: { node: 'node-2', clusterId: () => '' },
       logger,
     });
