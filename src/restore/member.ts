@@ -274,7 +274,8 @@ export class RestoreMember {
   /** Drops the staging file, or rolls the swap back (the restored dir is kept aside), and starts the old etcd. */
   abort(restoreId: string, signal: AbortSignal, why = 'aborted by the operator'): Promise<RestoreMemberState> {
     checkRestoreId(restoreId);
-    this.receiving?.abort(new PreconditionError('RESTORE_ABORTED', why));
+    // Only the transfer of this restore: a stale abort for another ID must not cut the one in progress.
+    if (this.current?.restoreId === restoreId) this.receiving?.abort(new PreconditionError('RESTORE_ABORTED', why));
     return this.exclusive(async () => {
       const record = this.current;
       if (!record || record.restoreId !== restoreId || !restoreInProgress(record)) return this.state();

@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { dirname, join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
@@ -435,9 +436,12 @@ describe('RestoreMember (real etcdctl 3.4.23, real snapshot, real dirs; recordin
       const transfer = gated(raw, 256 * 1024);
       const receiving = receive(n, 'r-1', transfer.stream);
       await transfer.reached;
-      await n.member.abort('r-stale', signal());
+      // Calls run one at a time: the stale abort is answered once the transfer ended, and must not end it.
+      const aborting = n.member.abort('r-stale', signal());
+      await sleep(50);
       transfer.open();
       expect((await receiving).sha256).toBe(sha256(raw));
+      expect(await aborting).toMatchObject({ restoreId: 'r-1', phase: 'Verify' });
       expect((await readRestorePhase(n.stateDir))?.phase).toBe('Verify');
     });
 
