@@ -232,7 +232,7 @@ export class RestoreMember {
       });
       const restored = await tool.status(join(newDataDir, 'member', 'snap', 'db'), signal);
       const hadData = await exists(dataDir);
-      const oldDataDir = hadData ? oldDataDirFor(dataDir) : undefined;
+      const oldDataDir = hadData ? await unusedAside(dataDir, 'old') : undefined;
       // Recorded before the renames: a crash between them is finished or undone by recover().
       await this.persist({ ...(this.current as RestorePhaseRecord), restoredReady: true, ...(oldDataDir ? { oldDataDir } : {}) });
       if (oldDataDir) await rename(dataDir, oldDataDir);
@@ -287,7 +287,7 @@ export class RestoreMember {
       const oldMoved = record.oldDataDir !== undefined && (await exists(record.oldDataDir));
       if (oldMoved || record.swapped) {
         if (await exists(dataDir)) {
-          abandonedDataDir = `${dataDir}-restored-${Math.floor(Date.now() / 1000)}`;
+          abandonedDataDir = await unusedAside(dataDir, 'restored');
           await this.persist({ ...record, abandonedDataDir });
           await rename(dataDir, abandonedDataDir);
         }
@@ -392,6 +392,18 @@ export class RestoreMember {
 
 export function oldDataDirFor(dataDir: string, at = new Date()): string {
   return `${dataDir}-old-${Math.floor(at.getTime() / 1000)}`;
+}
+
+/**
+ * `<data-dir>-<kind>-<unix-ts>` that does not exist yet: a second restore within the same second (or after the
+ * clock was set back) must neither fail on a kept dir nor record one, which recover() and abort() would then
+ * take for the dir this restore moved aside and put in place. The next free second keeps the name trimmable.
+ */
+async function unusedAside(dataDir: string, kind: 'old' | 'restored', at = new Date()): Promise<string> {
+  for (let ts = Math.floor(at.getTime() / 1000); ; ts++) {
+    const path = `${dataDir}-${kind}-${ts}`;
+    if (!(await exists(path))) return path;
+  }
 }
 
 /** A phase the whole restore is in, for the ctl's progress lines. */
