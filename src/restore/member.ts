@@ -92,7 +92,25 @@ export class RestoreMember {
     this.log.warn({ restore: record.restoreId, phase: record.phase }, 'this steward stopped in the middle of a restore; resuming or rolling back');
     const oldMoved = record.oldDataDir !== undefined && (await exists(record.oldDataDir));
     const dataThere = await exists(dataDir);
-    if (record.swapped || (oldMoved && dataThere && record.restoredReady)) {
+    if (record.abandonedDataDir !== undefined) {
+      // An abort was rolling the swap back (it records the name first): finish its two renames, whichever were left.
+      if (dataThere && !(await exists(record.abandonedDataDir))) await rename(dataDir, record.abandonedDataDir);
+      if (oldMoved && !(await exists(dataDir))) await rename(record.oldDataDir as string, dataDir);
+      this.log.warn({ restore: record.restoreId, dataDir }, 'completed the rollback an abort had begun before a restart');
+      await this.dropStaging(record);
+      await this.persist({
+        ...record,
+        phase: 'Failed',
+        rolledBack: true,
+        error: record.error ?? `the steward restarted while rolling restore ${record.restoreId} back; the rollback was completed`,
+      });
+      this.options.supervisor.resume(this.normalArgs());
+      return;
+    }
+    // swap() records oldDataDir with restoredReady whenever there was a data dir to move aside.
+    const hadNoData = record.restoredReady === true && record.oldDataDir === undefined;
+    const newThere = record.newDataDir !== undefined && (await exists(record.newDataDir));
+    if (record.swapped || (dataThere && record.restoredReady && (oldMoved || (hadNoData && !newThere)))) {
       await this.persist({ ...record, swapped: true, phase: 'RestartCluster' });
       await this.startQuarantined();
       return;

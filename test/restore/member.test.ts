@@ -777,6 +777,19 @@ describe('RestoreMember (real etcdctl 3.4.23, real snapshot, real dirs; recordin
       await rename(newDir, n.dataDir);
       await writeRestorePhase(n.stateDir, { ...base(n), phase: 'Restore', sha256: sha256(raw), newDataDir: newDir, restoredReady: true });
       await expectStartedQuarantined(n, await recovered(n));
+      expect(await beside(n)).toEqual(['etcd']);
+    });
+
+    it('a fresh member killed before the restored dir was renamed into place: its output is dropped, Failed, as it was', async () => {
+      const n = await node({ data: false });
+      const { newDir } = paths(n);
+      await stagedAt(n, true);
+      await restoredDirAt(n, newDir);
+      await writeRestorePhase(n.stateDir, { ...base(n), phase: 'Restore', sha256: sha256(raw), newDataDir: newDir, restoredReady: true });
+      await n.member.recover();
+      expect((await readRestorePhase(n.stateDir))?.phase).toBe('Failed');
+      expect(await beside(n)).toEqual([]);
+      expect(n.supervisor.runningArgs).toEqual(n.normalArgs);
     });
 
     describe('killed while an abort rolled a swapped member back', () => {
@@ -788,6 +801,18 @@ describe('RestoreMember (real etcdctl 3.4.23, real snapshot, real dirs; recordin
         swapped: true,
         oldDataDir: paths(n).oldDir,
         abandonedDataDir: paths(n).abandoned,
+      });
+
+      it('after the name was recorded, before either rename: the rollback is done in full', async () => {
+        const n = await node();
+        const { oldDir, abandoned } = paths(n);
+        await stagedAt(n, true);
+        await rename(n.dataDir, oldDir);
+        await restoredDirAt(n, n.dataDir);
+        await writeRestorePhase(n.stateDir, swappedRecord(n));
+        await expectRolledBackOrUntouched(n, await recovered(n), true);
+        expect(await holdsRestoredData(abandoned)).toBe(true);
+        expect(await beside(n)).toEqual(['etcd', 'etcd-restored-1700000100']);
       });
 
       it('after the restored dir was moved aside, before the old one was back: the rollback is completed', async () => {
