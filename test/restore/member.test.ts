@@ -274,7 +274,7 @@ describe('RestoreMember (real etcdctl 3.4.23, real snapshot, real dirs; recordin
       expect(n.member.state()).toMatchObject({ phase: 'RestartCluster', swapped: true, quarantineEndpoint: endpoint, oldDataDir: record?.oldDataDir });
 
       // A coordinator that resumes asks again: the answer, not a second swap.
-      expect((await n.member.swap('r-1', swapRequest(n, 'r-1'), signal())).state.phase).toBe('RestartCluster');
+      expect((await n.member.swap('r-1', swapRequest(n, 'r-1'), signal())).state?.phase).toBe('RestartCluster');
       expect(n.supervisor.calls).toHaveLength(2);
 
       const finished = await n.member.finish('r-1', signal());
