@@ -92,7 +92,25 @@ export class RestoreMember {
     this.log.warn({ restore: record.restoreId, phase: record.phase }, 'this steward stopped in the middle of a restore; resuming or rolling back');
     const oldMoved = record.oldDataDir !== undefined && (await exists(record.oldDataDir));
     const dataThere = await exists(dataDir);
-    if (record.swapped || (oldMoved && dataThere && record.restoredReady)) {
+    if (record.abandonedDataDir !== undefined) {
+      // An abort was rolling the swap back (it records the name first): finish its two renames, whichever were left.
+      if (dataThere && !(await exists(record.abandonedDataDir))) await rename(dataDir, record.abandonedDataDir);
+      if (oldMoved && !(await exists(dataDir))) await rename(record.oldDataDir as string, dataDir);
+      this.log.warn({ restore: record.restoreId, dataDir }, 'completed the rollback an abort had begun before a restart');
+      await this.dropStaging(record);
+      await this.persist({
+        ...record,
+        phase: 'Failed',
+        rolledBack: true,
+        error: record.error ?? `the steward restarted while rolling restore ${record.restoreId} back; the rollback was completed`,
+      });
+      this.options.supervisor.resume(this.normalArgs());
+      return;
+    }
+    // swap() records oldDataDir with restoredReady whenever there was a data dir to move aside.
+    const hadNoData = record.restoredReady === true && record.oldDataDir === undefined;
+    const newThere = record.newDataDir !== undefined && (await exists(record.newDataDir));
+    if (record.swapped || (dataThere && record.restoredReady && (oldMoved || (hadNoData && !newThere)))) {
       await this.persist({ ...record, swapped: true, phase: 'RestartCluster' });
       await this.startQuarantined();
       return;
@@ -232,7 +250,7 @@ export class RestoreMember {
       });
       const restored = await tool.status(join(newDataDir, 'member', 'snap', 'db'), signal);
       const hadData = await exists(dataDir);
-      const oldDataDir = hadData ? oldDataDirFor(dataDir) : undefined;
+      const oldDataDir = hadData ? await unusedAside(dataDir, 'old') : undefined;
       // Recorded before the renames: a crash between them is finished or undone by recover().
       await this.persist({ ...(this.current as RestorePhaseRecord), restoredReady: true, ...(oldDataDir ? { oldDataDir } : {}) });
       if (oldDataDir) await rename(dataDir, oldDataDir);
@@ -274,7 +292,8 @@ export class RestoreMember {
   /** Drops the staging file, or rolls the swap back (the restored dir is kept aside), and starts the old etcd. */
   abort(restoreId: string, signal: AbortSignal, why = 'aborted by the operator'): Promise<RestoreMemberState> {
     checkRestoreId(restoreId);
-    this.receiving?.abort(new PreconditionError('RESTORE_ABORTED', why));
+    // Only the transfer of this restore: a stale abort for another ID must not cut the one in progress.
+    if (this.current?.restoreId === restoreId) this.receiving?.abort(new PreconditionError('RESTORE_ABORTED', why));
     return this.exclusive(async () => {
       const record = this.current;
       if (!record || record.restoreId !== restoreId || !restoreInProgress(record)) return this.state();
@@ -286,7 +305,7 @@ export class RestoreMember {
       const oldMoved = record.oldDataDir !== undefined && (await exists(record.oldDataDir));
       if (oldMoved || record.swapped) {
         if (await exists(dataDir)) {
-          abandonedDataDir = `${dataDir}-restored-${Math.floor(Date.now() / 1000)}`;
+          abandonedDataDir = await unusedAside(dataDir, 'restored');
           await this.persist({ ...record, abandonedDataDir });
           await rename(dataDir, abandonedDataDir);
         }
@@ -391,6 +410,18 @@ export class RestoreMember {
 
 export function oldDataDirFor(dataDir: string, at = new Date()): string {
   return `${dataDir}-old-${Math.floor(at.getTime() / 1000)}`;
+}
+
+/**
+ * `<data-dir>-<kind>-<unix-ts>` that does not exist yet: a second restore within the same second (or after the
+ * clock was set back) must neither fail on a kept dir nor record one, which recover() and abort() would then
+ * take for the dir this restore moved aside and put in place. The next free second keeps the name trimmable.
+ */
+async function unusedAside(dataDir: string, kind: 'old' | 'restored', at = new Date()): Promise<string> {
+  for (let ts = Math.floor(at.getTime() / 1000); ; ts++) {
+    const path = `${dataDir}-${kind}-${ts}`;
+    if (!(await exists(path))) return path;
+  }
 }
 
 /** A phase the whole restore is in, for the ctl's progress lines. */
