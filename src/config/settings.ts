@@ -147,6 +147,12 @@ export const SETTINGS = {
     'data dirs a restore moved aside (<data-dir>-old-<unix-ts>) kept per member; older ones are removed only after a restore finished',
     { default: '2' },
   ),
+  restorePauseStaticPods: setting(
+    'restore-pause-static-pods',
+    optionalText('/MANIFEST-DIR:FILE[,...]'),
+    "static-pod manifests moved out of the kubelet's dir while a restore replaces this member's data (e.g. /etc/kubernetes/manifests:kube-apiserver.yaml), and back after",
+    { default: '' },
+  ),
   restoreChecksTimeout: setting(
     'restore-checks-timeout',
     duration({ minMs: 5000, maxMs: 3_600_000 }),

@@ -17,6 +17,9 @@ export interface RestoredClusterDraft {
   clusterToken: string;
   clusterId: string;
   members: { name: string; peerUrl: string }[];
+  /** `restore --with-spec`: the flags and version the snapshot's spec had. */
+  etcdFlags?: Record<string, string>;
+  etcdVersion?: string;
 }
 
 export type SpecDraft = Omit<ClusterSpec, 'generation' | 'updatedAt' | 'fencingToken' | 'formatVersion'>;
@@ -161,6 +164,8 @@ export class ControlStore {
       ...(base ?? {}),
       members: base ? [...members, ...base.members.filter((b) => !members.some((m) => m.name === b.name))] : members,
       generation,
+      ...(restored.etcdFlags ? { etcdFlags: restored.etcdFlags } : {}),
+      ...(restored.etcdVersion ? { etcdVersion: restored.etcdVersion } : {}),
       clusterToken: restored.clusterToken,
       clusterId: restored.clusterId,
       startedMembers: restored.members.map((m) => m.name).sort(),

@@ -99,6 +99,16 @@ export class RestoreCoordinator {
       ...(held ? { bumpRevision: held.bumpRevision } : {}),
       problems: found.problems,
     });
+    const withSpec = request.withSpec ? specOfSnapshot(found.metadata) : {};
+    if (request.withSpec) {
+      if (withSpec.etcdFlags === undefined) {
+        plan.blockers.push(`--with-spec: ${request.name} carries no cluster spec (taken by an older steward); restore it without --with-spec`);
+      } else {
+        plan.warnings.push(
+          `--with-spec: the etcd flags (${Object.keys(withSpec.etcdFlags).join(', ') || 'none'}) and etcd version ${withSpec.etcdVersion || '(unset)'} of spec generation ${found.metadata.specGeneration ?? '?'} come back with the snapshot`,
+        );
+      }
+    }
     emit({ plan });
     if (!request.yes) {
       throw new PreconditionError('RESTORE_NOT_CONFIRMED', `nothing was changed: this was the plan of restoring ${request.name}`, {
@@ -144,6 +154,7 @@ export class RestoreCoordinator {
       abortSignal: controller.signal,
       shutdown: this.options.shutdown,
       recordSpec: this.options.recordSpec,
+      withSpec,
     });
     this.running = { restoreId, controller, done: run.catch(() => undefined) };
     const heartbeat = setInterval(() => {
@@ -224,6 +235,14 @@ export class RestoreCoordinator {
       }),
     );
   }
+}
+
+/** The etcd flags and version of the spec a snapshot carries, when it carries a well-formed one. */
+function specOfSnapshot(metadata: SnapshotMetadata): { etcdFlags?: Record<string, string>; etcdVersion?: string } {
+  const spec = metadata.clusterSpec;
+  const flags = spec?.etcdFlags;
+  if (!spec || typeof flags !== 'object' || flags === null || Object.values(flags).some((v) => typeof v !== 'string')) return {};
+  return { etcdFlags: flags as Record<string, string>, etcdVersion: typeof spec.etcdVersion === 'string' ? spec.etcdVersion : '' };
 }
 
 /** A member the coordinator cannot drive, with why. */

@@ -14,6 +14,7 @@ import { readRestorePhase, restoreInProgress, writeRestorePhase, type RestorePha
 import { freeBytes } from './disk.js';
 import { failpoint } from './failpoints.js';
 import { memberState } from './member-state.js';
+import { parseStaticPods, pauseStaticPods, resumeStaticPods, type PausedManifest } from './static-pods.js';
 import { removeStaging, stageSnapshot, type StagedSnapshot } from './staging.js';
 import type { RestoreTool } from './tool.js';
 
@@ -50,9 +51,11 @@ export class RestoreMember {
   private receiving: AbortController | undefined;
   private etcdVersionText: string | undefined;
   private readonly log: Logger;
+  private readonly staticPods: PausedManifest[];
 
   constructor(private readonly options: RestoreMemberOptions) {
     this.log = options.logger.child({ component: 'restore', member: options.config.name });
+    this.staticPods = parseStaticPods(options.config.restorePauseStaticPods);
   }
 
   get record(): RestorePhaseRecord | undefined {
@@ -126,6 +129,7 @@ export class RestoreMember {
       await rename(record.oldDataDir as string, dataDir);
       this.log.warn({ restore: record.restoreId, dataDir }, 'moved the old data dir back after a restart mid-swap');
       await this.dropStaging(record);
+      await resumeStaticPods(record.pausedManifests ?? []);
       await this.persist({
         ...record,
         phase: 'Failed',
@@ -137,6 +141,7 @@ export class RestoreMember {
     // The tool's output dir of an interrupted restore is ours, not data: the snapshot it came from is kept.
     if (record.newDataDir && !record.swapped) await rm(record.newDataDir, { recursive: true, force: true });
     await this.dropStaging(record);
+    await resumeStaticPods(record.pausedManifests ?? []);
     await this.persist({ ...record, phase: 'Failed', error: `the steward restarted during ${record.phase}, before any data dir was touched` });
     this.options.supervisor.resume(this.normalArgs());
   }
@@ -232,7 +237,10 @@ export class RestoreMember {
       }
       const { dataDir } = this.options.config;
       const tool = await this.options.tool();
-      await this.persist({ ...record, phase: 'Shutdown' });
+      await this.persist({ ...record, phase: 'Shutdown', pausedManifests: this.staticPods });
+      const moved = await pauseStaticPods(this.staticPods);
+      if (moved.length > 0)
+        this.log.warn({ restore: restoreId, moved: moved.map((m) => m.from) }, 'static pods paused for the restore: manifests moved out of the kubelet dir');
       await this.options.supervisor.pause(signal);
       const newDataDir = `${dataDir}.restore-${restoreId}`;
       await this.persist({ ...(this.current as RestorePhaseRecord), phase: 'Restore', newDataDir });
@@ -281,6 +289,7 @@ export class RestoreMember {
       }
       await this.options.supervisor.pause(signal);
       this.options.supervisor.resume(this.normalArgs());
+      await resumeStaticPods(record.pausedManifests ?? []);
       await this.dropStaging(record);
       await this.persist({ ...record, phase: 'Finished', error: undefined });
       this.log.info({ restore: restoreId, phase: 'Finished' }, 'restore finished on this member: etcd is back on its client URLs');
@@ -317,6 +326,7 @@ export class RestoreMember {
       await this.dropStaging(record);
       await this.persist({ ...(this.current as RestorePhaseRecord), phase: 'Failed', rolledBack, error: record.error ?? why });
       if (touched) this.options.supervisor.resume(this.normalArgs());
+      await resumeStaticPods(record.pausedManifests ?? []);
       this.log.warn(
         { restore: restoreId, phase: 'Failed', rolledBack, abandonedDataDir },
         rolledBack ? 'restore rolled back on this member' : 'restore ended on this member',

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
+import type { RestoredClusterDraft } from '../control/control-store.js';
 import { PreconditionError, StewardError, asStewardError, errorText } from '../errors/index.js';
 import { deleteKeysWithPrefix, waitForRestoredCluster } from '../etcd/restore-checks.js';
 import type { StewardMetrics } from '../observability/metrics.js';
@@ -17,13 +18,7 @@ import { unreachableState } from './status.js';
 export const STALE_STEWARD_PREFIXES = ['etcd-steward/election/', 'etcd-steward/schedule/', 'etcd-steward/inventory/', 'etcd-steward/orphans/'];
 
 /** What the spec must say after the restore (src/control writes it). */
-export interface RestoredSpec {
-  restoreId: string;
-  snapshot: string;
-  clusterToken: string;
-  clusterId: string;
-  members: { name: string; peerUrl: string }[];
-}
+export type RestoredSpec = RestoredClusterDraft;
 
 export interface RestoreRun {
   config: Config;
@@ -43,6 +38,8 @@ export interface RestoreRun {
   abortSignal: AbortSignal;
   shutdown: AbortSignal;
   recordSpec: (spec: RestoredSpec, quarantineEndpoint: string, signal: AbortSignal) => Promise<void>;
+  /** What `--with-spec` puts back; empty without it. */
+  withSpec: Pick<RestoredSpec, 'etcdFlags' | 'etcdVersion'>;
 }
 
 const PROGRESS_EVERY_BYTES = 4 * 1024 * 1024;
@@ -179,7 +176,7 @@ export async function runRestore(run: RestoreRun): Promise<RestoreSummary> {
     for (const prefix of STALE_STEWARD_PREFIXES) await deleteKeysWithPrefix(first, prefix, during);
     try {
       await run.recordSpec(
-        { restoreId, snapshot: metadata.name, clusterToken: lock.clusterToken, clusterId: report.clusterId, members: run.initialCluster },
+        { restoreId, snapshot: metadata.name, clusterToken: lock.clusterToken, clusterId: report.clusterId, members: run.initialCluster, ...run.withSpec },
         first,
         during,
       );

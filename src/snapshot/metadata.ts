@@ -15,6 +15,9 @@ export const snapshotMetadataSchema = z.object({
   clusterId: z.string(),
   revision: z.number().int().nonnegative(),
   fencingToken: z.string(),
+  /** The cluster spec when the snapshot was taken (generation and a copy), for `restore --with-spec`. */
+  specGeneration: z.number().int().nonnegative().optional(),
+  clusterSpec: z.record(z.string(), z.unknown()).optional(),
   /** Members that were down or unhealthy while the rest kept quorum; absent when every member was healthy. */
   degraded: z.array(z.object({ member: z.string(), problem: z.string() })).optional(),
 });

@@ -52,6 +52,8 @@ export interface SnapshotterOptions {
   remoteIdleTimeoutMs?: number;
   /** Bound on a best-effort copy's commit (complete, read-back, metadata). Default 30 s plus 30 s per GiB. */
   remoteCommitTimeoutMs?: number;
+  /** The cluster spec as this steward knows it now: recorded with the snapshot for `restore --with-spec`. */
+  clusterSpec?: () => ({ generation: number } & Record<string, unknown>) | undefined;
 }
 
 /**
@@ -180,6 +182,7 @@ export class Snapshotter {
       revision,
       fencingToken: request.fencingToken,
       ...(decision.degraded.length > 0 ? { degraded: decision.degraded } : {}),
+      ...specCopy(this.options.clusterSpec?.()),
     };
     // Every copy commits at once; a best-effort copy within its own bound, so it never delays the others.
     const outcomes = await Promise.all(copies.map((copy) => this.commit(copy, metadata, log)));
@@ -343,3 +346,10 @@ const noopWriter = {
   commit: async (): Promise<{ size: number }> => ({ size: 0 }),
   abort: async (): Promise<void> => undefined,
 };
+
+/** The spec's generation and a copy of it, without who wrote it (not needed to put its flags back). */
+function specCopy(spec: ({ generation: number } & Record<string, unknown>) | undefined): Pick<SnapshotMetadata, 'specGeneration' | 'clusterSpec'> {
+  if (!spec) return {};
+  const { fencingToken: _fencingToken, ...copy } = spec;
+  return { specGeneration: spec.generation, clusterSpec: copy };
+}

@@ -35,6 +35,11 @@ const restorePhaseSchema = z.object({
   abandonedDataDir: z.string().optional(),
   /** The quarantined client endpoint the restored etcd listens on until Finished. */
   quarantineEndpoint: z.string().optional(),
+  /** Static-pod manifests moved out of the kubelet's dir for the restore (--restore-pause-static-pods). */
+  pausedManifests: z
+    .array(z.object({ from: z.string(), to: z.string() }))
+    .max(20)
+    .optional(),
   /** Why it failed, in words. */
   error: z.string().max(4096).optional(),
 });

@@ -29,6 +29,8 @@ export interface SnapshotServiceOptions {
   currentTerm: () => LeaderTerm | undefined;
   /** The node name of the leader steward now, if any. */
   leader: () => Promise<string | undefined>;
+  /** The cluster spec as last read, recorded with each snapshot. */
+  clusterSpec?: () => ({ generation: number } & Record<string, unknown>) | undefined;
 }
 
 export interface SaveRequest {
@@ -69,6 +71,7 @@ export class SnapshotService {
       memberClient: options.memberClient,
       metrics: options.metrics,
       logger: options.logger,
+      ...(options.clusterSpec ? { clusterSpec: options.clusterSpec } : {}),
     });
     this.inventory = new Inventory(options.client);
     this.keeper = new InventoryKeeper({

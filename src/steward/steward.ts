@@ -129,6 +129,7 @@ export class Steward {
         metrics: this.metrics,
         logger,
         currentTerm: () => this.election.currentTerm,
+        clusterSpec: () => this.spec.latest,
       },
       s3Store,
     );

@@ -1,10 +1,10 @@
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Server } from '../harness/s3.js';
 import { waitUntil } from '../harness/processes.js';
-import { StewardCluster } from '../harness/steward-cluster.js';
+import { StewardCluster, runCtl } from '../harness/steward-cluster.js';
 import { deleteKeys, keptDataDirs, putKeys, quietStatus, restoreCtl, restoreStatus, save, userKeys } from '../harness/restore.js';
 
 /** Whether something accepts TCP connections at a URL's host:port right now. */
@@ -32,9 +32,16 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
     for (const node of cluster.nodes) expect(await userKeys(node.clientUrl), node.name).toEqual(expected);
   };
 
+  // node-1's kubelet manifest dir, a plain directory: its kube-apiserver.yaml is moved aside during the swap.
+  let manifests = '';
+
   beforeAll(async () => {
     s3 = await S3Server.start({ bucket: 'snapshots' });
     cluster = await StewardCluster.create({ size: 3, extraArgs: [...s3.stewardArgs(), '--etcd-disable-snapshots=true', '--restore-checks-timeout=90s'] });
+    manifests = join(cluster.root, 'manifests');
+    mkdirSync(manifests);
+    writeFileSync(join(manifests, 'kube-apiserver.yaml'), 'kind: Pod\n');
+    cluster.setNodeArgs(0, [`--restore-pause-static-pods=${manifests}:kube-apiserver.yaml,${manifests}:absent.yaml`]);
     await cluster.startAll();
     ({ leader } = await cluster.waitForStableLeader(30_000));
     follower = (leader + 1) % 3;
@@ -79,6 +86,7 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
           const status = await quietStatus(node);
           if (status?.restore?.phase === 'RestartCluster') {
             quarantineSeen += 1;
+            if (node.index === 0 && existsSync(join(manifests, 'kube-apiserver.yaml'))) leaked = 'kube-apiserver.yaml stayed in the manifest dir during the restore';
             if (await accepts(node.clientUrl)) leaked = `${node.name} accepted a client connection on ${node.clientUrl} during RestartCluster`;
           }
         }
@@ -90,6 +98,7 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
     expect(result.stdout).toContain('Finished');
     expect(leaked).toBe('');
     expect(quarantineSeen).toBeGreaterThan(0);
+    expect(readFileSync(join(manifests, 'kube-apiserver.yaml'), 'utf8')).toBe('kind: Pod\n');
     await cluster.waitForStableLeader(60_000);
     await everyMemberHolds(a);
     const after = await clusterIds();
@@ -158,6 +167,33 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
       await control.delete('restore-lock.json', AbortSignal.timeout(10_000));
       control.close();
     }
+  });
+
+  it('restore --with-spec puts back the etcd flags the spec had when the snapshot was taken; the default keeps today\'s', async () => {
+    ({ leader } = await cluster.waitForStableLeader(60_000));
+    const specWith = async (flags: Record<string, string>): Promise<void> => {
+      const got = await runCtl(['--endpoint', cluster.node(leader).grpc, '-o', 'json', 'spec', 'get']);
+      const spec = JSON.parse(got.stdout) as Record<string, unknown>;
+      const file = join(cluster.root, 'spec.json');
+      writeFileSync(file, JSON.stringify({ ...spec, etcdFlags: flags }));
+      const set = await runCtl(['--endpoint', cluster.node(leader).grpc, 'spec', 'set', file]);
+      expect(set.code, set.stderr).toBe(0);
+    };
+    const flagsNow = async (): Promise<unknown> =>
+      (JSON.parse((await runCtl(['--endpoint', cluster.node(leader).grpc, '-o', 'json', 'spec', 'get'])).stdout) as { etcdFlags: unknown }).etcdFlags;
+    await specWith({ 'snapshot-count': '5000' });
+    // The snapshot records the spec its steward has read: wait for the leader to have re-read it.
+    await waitUntil('the leader to know the new spec', async () => ((await quietStatus(cluster.node(leader)))?.specGeneration ?? 0) > 0 ? true : undefined, 10_000);
+    const name = await save(cluster.node(leader));
+    await specWith({ 'snapshot-count': '9000' });
+    const kept = await restoreCtl(cluster.node(leader), [name, '--yes']);
+    expect(kept.code, kept.stderr).toBe(0);
+    ({ leader } = await cluster.waitForStableLeader(60_000));
+    expect(await flagsNow()).toEqual({ 'snapshot-count': '9000' });
+    const back = await restoreCtl(cluster.node(leader), [name, '--yes', '--with-spec']);
+    expect(back.code, back.stderr).toBe(0);
+    ({ leader } = await cluster.waitForStableLeader(60_000));
+    expect(await flagsNow()).toEqual({ 'snapshot-count': '5000' });
   });
 
   it('a peer killed during Distribute: Failed, nothing touched, the cluster keeps serving', async () => {
