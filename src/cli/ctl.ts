@@ -219,7 +219,7 @@ function restoreCommands(root: Command): void {
     .option('--yes', 'confirm: run the restore the plan describes', false)
     .option(
       '--skip-member <node>',
-      "restore without this member (repeatable): it is left out of the restored cluster and re-added afterwards with etcdctl member add",
+      'restore without this member (repeatable): it is left out of the restored cluster and re-added afterwards with etcdctl member add',
       (value: string, previous: string[]) => [...previous, value],
       [] as string[],
     )

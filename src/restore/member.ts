@@ -1,6 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
@@ -10,10 +9,11 @@ import { etcdArgs } from '../etcd/args.js';
 import type { EtcdSupervisor } from '../etcd/supervisor.js';
 import type { RestoreMemberState, RestorePrepareResponse, RestoreSwapRequest, RestoreSwapResponse, SnapshotAnnounce } from '../rpc/types.js';
 import { readLastRevision } from '../state/last-revision.js';
-import { readRestorePhase, restoreInProgress, writeRestorePhase, type RestorePhaseName, type RestorePhaseRecord } from '../state/restore-phase.js';
+import { readRestorePhase, restoreInProgress, writeRestorePhase, type RestorePhaseRecord } from '../state/restore-phase.js';
 import { freeBytes } from './disk.js';
 import { failpoint } from './failpoints.js';
 import { memberState } from './member-state.js';
+import { escapeRegExp, exists, oldDataDirFor, portFree, quarantineEndpoint, unusedAside } from './paths.js';
 import { parseStaticPods, pauseStaticPods, resumeStaticPods, type PausedManifest } from './static-pods.js';
 import { removeStaging, stageSnapshot, type StagedSnapshot } from './staging.js';
 import type { RestoreTool } from './tool.js';
@@ -418,54 +418,4 @@ export class RestoreMember {
   }
 }
 
-export function oldDataDirFor(dataDir: string, at = new Date()): string {
-  return `${dataDir}-old-${Math.floor(at.getTime() / 1000)}`;
-}
-
-/**
- * `<data-dir>-<kind>-<unix-ts>` that does not exist yet: a second restore within the same second (or after the
- * clock was set back) must neither fail on a kept dir nor record one, which recover() and abort() would then
- * take for the dir this restore moved aside and put in place. The next free second keeps the name trimmable.
- */
-async function unusedAside(dataDir: string, kind: 'old' | 'restored', at = new Date()): Promise<string> {
-  for (let ts = Math.floor(at.getTime() / 1000); ; ts++) {
-    const path = `${dataDir}-${kind}-${ts}`;
-    if (!(await exists(path))) return path;
-  }
-}
-
-/** A phase the whole restore is in, for the ctl's progress lines. */
-export type { RestorePhaseName };
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
-  }
-}
-
-function escapeRegExp(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
-
-/** A loopback port of the kernel's choosing: no API server is configured with it. */
-async function quarantineEndpoint(): Promise<string> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => server.listen(0, '127.0.0.1', resolve).once('error', reject));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (!address || typeof address === 'string') throw new Error('no port for the quarantine endpoint');
-  return `http://127.0.0.1:${address.port}`;
-}
-
-async function portFree(endpoint: string): Promise<boolean> {
-  const port = Number(new URL(endpoint).port);
-  const server = createServer();
-  return new Promise<boolean>((resolve) => {
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
+export { oldDataDirFor } from './paths.js';

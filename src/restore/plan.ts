@@ -80,7 +80,10 @@ export function buildPlan(input: PlanInput): RestorePlan {
     if (member.facts instanceof Error) {
       const problem = `its steward does not answer: ${errorText(member.facts)}`;
       base.problem = problem;
-      if (member.skipped) warnings.push(`member ${member.node} is skipped (--skip-member): left out of the restored cluster (its old data cannot rejoin: the cluster ID changed); move its data dir aside and re-add it with etcdctl member add`);
+      if (member.skipped)
+        warnings.push(
+          `member ${member.node} is skipped (--skip-member): left out of the restored cluster (its old data cannot rejoin: the cluster ID changed); move its data dir aside and re-add it with etcdctl member add`,
+        );
       else blockers.push(`member ${member.node}: ${problem} — bring it back, or pass --skip-member ${member.node} to restore without it`);
       members.push(base);
       continue;
@@ -98,7 +101,9 @@ export function buildPlan(input: PlanInput): RestorePlan {
       phase: facts.state?.phase ?? '',
     });
     if (member.skipped) {
-      warnings.push(`member ${member.node} answers but is skipped (--skip-member): left out of the restored cluster (its old data cannot rejoin: the cluster ID changed); move its data dir aside and re-add it with etcdctl member add`);
+      warnings.push(
+        `member ${member.node} answers but is skipped (--skip-member): left out of the restored cluster (its old data cannot rejoin: the cluster ID changed); move its data dir aside and re-add it with etcdctl member add`,
+      );
     } else {
       if (free < needed) {
         base.problem = `not enough disk: ${free} bytes free on the state dir or the data dir's volume, ${needed} needed (staging file and restored data dir)`;

@@ -86,7 +86,8 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
           const status = await quietStatus(node);
           if (status?.restore?.phase === 'RestartCluster') {
             quarantineSeen += 1;
-            if (node.index === 0 && existsSync(join(manifests, 'kube-apiserver.yaml'))) leaked = 'kube-apiserver.yaml stayed in the manifest dir during the restore';
+            if (node.index === 0 && existsSync(join(manifests, 'kube-apiserver.yaml')))
+              leaked = 'kube-apiserver.yaml stayed in the manifest dir during the restore';
             if (await accepts(node.clientUrl)) leaked = `${node.name} accepted a client connection on ${node.clientUrl} during RestartCluster`;
           }
         }
@@ -169,7 +170,7 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
     }
   });
 
-  it('restore --with-spec puts back the etcd flags the spec had when the snapshot was taken; the default keeps today\'s', async () => {
+  it("restore --with-spec puts back the etcd flags the spec had when the snapshot was taken; the default keeps today's", async () => {
     ({ leader } = await cluster.waitForStableLeader(60_000));
     const specWith = async (flags: Record<string, string>): Promise<void> => {
       const got = await runCtl(['--endpoint', cluster.node(leader).grpc, '-o', 'json', 'spec', 'get']);
@@ -183,7 +184,11 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
       (JSON.parse((await runCtl(['--endpoint', cluster.node(leader).grpc, '-o', 'json', 'spec', 'get'])).stdout) as { etcdFlags: unknown }).etcdFlags;
     await specWith({ 'snapshot-count': '5000' });
     // The snapshot records the spec its steward has read: wait for the leader to have re-read it.
-    await waitUntil('the leader to know the new spec', async () => ((await quietStatus(cluster.node(leader)))?.specGeneration ?? 0) > 0 ? true : undefined, 10_000);
+    await waitUntil(
+      'the leader to know the new spec',
+      async () => (((await quietStatus(cluster.node(leader)))?.specGeneration ?? 0) > 0 ? true : undefined),
+      10_000,
+    );
     const name = await save(cluster.node(leader));
     await specWith({ 'snapshot-count': '9000' });
     const kept = await restoreCtl(cluster.node(leader), [name, '--yes']);
