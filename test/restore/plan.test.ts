@@ -80,7 +80,9 @@ describe('buildPlan', () => {
 
     const skipped = plan([answering('node-1'), answering('node-2'), { ...down, skipped: true }]);
     expect(skipped.blockers).toEqual([]);
-    expect(skipped.warnings).toEqual(['member node-3 is skipped (--skip-member): it is not restored and is held back until it is re-added']);
+    expect(skipped.warnings).toEqual([
+      'member node-3 is skipped (--skip-member): left out of the restored cluster (its old data cannot rejoin: the cluster ID changed); move its data dir aside and re-add it with etcdctl member add',
+    ]);
     expect(skipped.members[2]?.skipped).toBe(true);
   });
 
