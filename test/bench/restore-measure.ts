@@ -38,8 +38,21 @@ export interface RssSamples {
   /** When the maximum was seen (ms since the epoch). */
   maxAt: number;
   count: number;
-  /** Every sample as [ms since the epoch, MB], for a phase-by-phase view. */
-  samples: Array<[number, number]>;
+  /** Every sample as [ms since the epoch, MB, CPU seconds used so far], for a phase-by-phase view. */
+  samples: Array<[number, number, number]>;
+}
+
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** utime + stime of stat(5) in seconds (fields 14 and 15). */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+  } catch {
+    return NaN;
+  }
 }
 
 /**
@@ -47,7 +60,7 @@ export interface RssSamples {
  * first; resolves with what it saw. A pid that exits simply stops adding samples.
  */
 export async function sampleRss(pids: number[], intervalMs: number, limitMs: number, signal: AbortSignal): Promise<RssSamples[]> {
-  const results = pids.map((pid) => ({ pid, maxMb: 0, maxAt: 0, count: 0, samples: [] as Array<[number, number]> }));
+  const results = pids.map((pid) => ({ pid, maxMb: 0, maxAt: 0, count: 0, samples: [] as Array<[number, number, number]> }));
   const deadline = Date.now() + limitMs;
   while (!signal.aborted && Date.now() < deadline) {
     const now = Date.now();
@@ -56,7 +69,7 @@ export async function sampleRss(pids: number[], intervalMs: number, limitMs: num
       if (kb === undefined) continue;
       const mb = kb / 1024;
       result.count += 1;
-      result.samples.push([now, mb]);
+      result.samples.push([now, mb, cpuSeconds(result.pid)]);
       if (mb > result.maxMb) {
         result.maxMb = mb;
         result.maxAt = now;
@@ -157,11 +170,20 @@ export function timeline(events: RestoreEventLine[]): Timeline {
   return result;
 }
 
-/** Max of the samples that fall in [from, to). */
-export function maxBetween(samples: Array<[number, number]>, from: number, to: number): number {
+/** Max RSS of the samples that fall in [from, to). */
+export function maxBetween(samples: Array<[number, number, number]>, from: number, to: number): number {
   let max = 0;
   for (const [at, mb] of samples) if (at >= from && at < to && mb > max) max = mb;
   return max;
+}
+
+/** Share of one core used between the first and the last sample in [from, to], in percent (NaN with < 2 samples). */
+export function cpuPercentBetween(samples: Array<[number, number, number]>, from: number, to: number): number {
+  const inside = samples.filter(([at]) => at >= from && at <= to);
+  const first = inside[0];
+  const last = inside[inside.length - 1];
+  if (!first || !last || last[0] === first[0]) return NaN;
+  return ((last[2] - first[2]) / ((last[0] - first[0]) / 1000)) * 100;
 }
 
 /** What one steward's log says about its etcd during a window: every stop (SIGTERM to exit) and its restore step. */

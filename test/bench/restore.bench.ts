@@ -21,7 +21,18 @@ import { freePort } from '../harness/ports.js';
 import { killGroup, waitUntil } from '../harness/processes.js';
 import { S3Server } from '../harness/s3.js';
 import { runCtl, StewardCluster } from '../harness/steward-cluster.js';
-import { etcdStops, fillConcurrently, maxBetween, parseEvents, peakRssMb, resetPeakRss, sampleRss, timedRun, timeline } from './restore-measure.js';
+import {
+  cpuPercentBetween,
+  etcdStops,
+  fillConcurrently,
+  maxBetween,
+  parseEvents,
+  peakRssMb,
+  resetPeakRss,
+  sampleRss,
+  timedRun,
+  timeline,
+} from './restore-measure.js';
 
 const DB_MB = Number(process.env.BENCH_DB_MB ?? 1024);
 const FILL_CONCURRENCY = Number(process.env.BENCH_FILL_CONCURRENCY ?? 8);
@@ -203,7 +214,7 @@ describe('restore benchmark', () => {
     report(`\n== steward RSS during the restore (VmRSS every 100 ms; VmHWM after a clear_refs reset) ==`);
     const phaseNames = t.phases.map((p) => p.phase);
     report(
-      `  steward  ${'sampled max'.padStart(11)} ${'VmHWM'.padStart(7)}  ${phaseNames
+      `  steward  ${'at start'.padStart(8)} ${'sampled max'.padStart(11)} ${'VmHWM'.padStart(7)}  ${phaseNames
         .slice(0, -1)
         .map((p) => p.padStart(16))
         .join('')}`,
@@ -216,8 +227,19 @@ describe('restore benchmark', () => {
       worst = Math.max(worst, peak);
       const perPhase = t.phases.slice(0, -1).map((p, j) => maxBetween(r.samples, p.at, t.phases[j + 1]?.at ?? p.at));
       report(
-        `  ${node.name.padEnd(7)}${i === leader ? '*' : ' '} ${r.maxMb.toFixed(0).padStart(11)} ${(resets[i] ? (hwm[i] ?? NaN).toFixed(0) : 'n/a').padStart(7)}  ${perPhase.map((mb) => (mb > 0 ? mb.toFixed(0) : '-').padStart(16)).join('')}   (${r.count} samples)`,
+        `  ${node.name.padEnd(7)}${i === leader ? '*' : ' '} ${(r.samples[0]?.[1] ?? NaN).toFixed(0).padStart(8)} ${r.maxMb.toFixed(0).padStart(11)} ${(resets[i] ? (hwm[i] ?? NaN).toFixed(0) : 'n/a').padStart(7)}  ${perPhase.map((mb) => (mb > 0 ? mb.toFixed(0) : '-').padStart(16)).join('')}   (${r.count} samples)`,
       );
+    });
+    report('steward CPU, % of one core (Distribute, Shutdown, RestartCluster):');
+    c.nodes.forEach((node, i) => {
+      const r = rss[i];
+      if (!r) return;
+      const cpu = ['Distribute', 'Shutdown', 'RestartCluster'].map((p) => {
+        const from = at(p);
+        const to = t.phases.find((q) => q.at > from)?.at ?? from;
+        return `${cpuPercentBetween(r.samples, from, to).toFixed(0)} %`;
+      });
+      report(`  ${node.name}${i === leader ? '*' : ' '} ${cpu.join(', ')}`);
     });
     report(`  (* the coordinator) worst steward peak ${worst.toFixed(0)} MB (target ≤ ${RSS_LIMIT_MB} MB: ${worst <= RSS_LIMIT_MB ? 'met' : 'NOT met'})`);
     console.log(`\nSUMMARY\n${lines.join('\n')}`);
