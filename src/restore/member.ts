@@ -13,7 +13,7 @@ import { readRestorePhase, restoreInProgress, writeRestorePhase, type RestorePha
 import { freeBytes } from './disk.js';
 import { failpoint } from './failpoints.js';
 import { memberState } from './member-state.js';
-import { escapeRegExp, exists, oldDataDirFor, portFree, quarantineEndpoint, unusedAside } from './paths.js';
+import { accepts, escapeRegExp, exists, oldDataDirFor, portFree, quarantineEndpoint, unusedAside } from './paths.js';
 import { parseStaticPods, pauseStaticPods, resumeStaticPods, type PausedManifest } from './static-pods.js';
 import { removeStaging, stageSnapshot, type StagedSnapshot } from './staging.js';
 import type { RestoreTool } from './tool.js';
@@ -27,6 +27,10 @@ export interface RestoreMemberOptions {
   logger: Logger;
   /** Told of every persisted phase (metrics, status). */
   onPhase?: (record: RestorePhaseRecord | undefined) => void;
+  /** Whether this member's etcd was the raft leader at the last probe. */
+  isRaftLeader?: () => boolean;
+  /** How long finish waits for etcd to listen on its client URL again (default 30 s). */
+  clientReadyTimeoutMs?: number;
 }
 
 /** A restore ID names files and dirs: nothing but what a path segment can hold safely. */
@@ -139,7 +143,7 @@ export class RestoreMember {
       return;
     }
     // The tool's output dir of an interrupted restore is ours, not data: the snapshot it came from is kept.
-    if (record.newDataDir && !record.swapped) await rm(record.newDataDir, { recursive: true, force: true });
+    if (record.newDataDir && !record.swapped) await removeRestoreOutput(record.newDataDir);
     await this.dropStaging(record);
     await resumeStaticPods(record.pausedManifests ?? []);
     await this.persist({ ...record, phase: 'Failed', error: `the steward restarted during ${record.phase}, before any data dir was touched` });
@@ -175,7 +179,7 @@ export class RestoreMember {
   }
 
   /** Stages and verifies the snapshot a coordinator streams here; a new restore starts here on this member. */
-  receive(
+  async receive(
     restoreId: string,
     coordinator: string,
     announce: SnapshotAnnounce | null,
@@ -215,7 +219,7 @@ export class RestoreMember {
   }
 
   /** Pauses etcd, restores the verified staging file into a fresh dir, swaps it in and starts etcd quarantined. */
-  swap(restoreId: string, request: RestoreSwapRequest, signal: AbortSignal): Promise<Omit<RestoreSwapResponse, 'header'>> {
+  async swap(restoreId: string, request: RestoreSwapRequest, signal: AbortSignal): Promise<Omit<RestoreSwapResponse, 'header'>> {
     checkRestoreId(restoreId);
     return this.exclusive(async () => {
       const record = this.checkRestore(restoreId, 'same');
@@ -238,6 +242,7 @@ export class RestoreMember {
       const { dataDir } = this.options.config;
       const tool = await this.options.tool();
       await this.persist({ ...record, phase: 'Shutdown', pausedManifests: this.staticPods });
+      await this.stopLastIfLeader(request.initialCluster, signal);
       const moved = await pauseStaticPods(this.staticPods);
       if (moved.length > 0)
         this.log.warn({ restore: restoreId, moved: moved.map((m) => m.from) }, 'static pods paused for the restore: manifests moved out of the kubelet dir');
@@ -273,7 +278,7 @@ export class RestoreMember {
   }
 
   /** Restarts etcd on its real client URLs, ends this member's restore and trims old data dirs. */
-  finish(restoreId: string, signal: AbortSignal): Promise<RestoreMemberState> {
+  async finish(restoreId: string, signal: AbortSignal): Promise<RestoreMemberState> {
     checkRestoreId(restoreId);
     return this.exclusive(async () => {
       const record = this.checkRestore(restoreId, 'same-or-final');
@@ -289,6 +294,10 @@ export class RestoreMember {
       }
       await this.options.supervisor.pause(signal);
       this.options.supervisor.resume(this.normalArgs());
+      // Answered once etcd listens on its client URL again: the coordinator restarts the next member then.
+      const clientUrl = this.options.config.listenClientUrls[0];
+      const readyBy = Date.now() + (this.options.clientReadyTimeoutMs ?? 30_000);
+      while (clientUrl && Date.now() < readyBy && !(await accepts(clientUrl))) await new Promise((r) => setTimeout(r, 200));
       await resumeStaticPods(record.pausedManifests ?? []);
       await this.dropStaging(record);
       await this.persist({ ...record, phase: 'Finished', error: undefined });
@@ -299,7 +308,7 @@ export class RestoreMember {
   }
 
   /** Drops the staging file, or rolls the swap back (the restored dir is kept aside), and starts the old etcd. */
-  abort(restoreId: string, signal: AbortSignal, why = 'aborted by the operator'): Promise<RestoreMemberState> {
+  async abort(restoreId: string, signal: AbortSignal, why = 'aborted by the operator'): Promise<RestoreMemberState> {
     checkRestoreId(restoreId);
     // Only the transfer of this restore: a stale abort for another ID must not cut the one in progress.
     if (this.current?.restoreId === restoreId) this.receiving?.abort(new PreconditionError('RESTORE_ABORTED', why));
@@ -340,6 +349,23 @@ export class RestoreMember {
     await this.exclusive(async () => {
       if (this.current?.restoreId === restoreId && restoreInProgress(this.current)) await this.persist({ ...this.current, error });
     });
+  }
+
+  /**
+   * Every member stops at once for the swap; a raft leader stopped while its peers still run first tries to
+   * hand leadership to one of them, which is stopping too, and waits out etcd's 7 s request timeout (seen in
+   * the bench, once per restore). With no peer left to hand it to, it stops at once: so the leader goes last.
+   */
+  private async stopLastIfLeader(cluster: { name: string; peerUrl: string }[], signal: AbortSignal): Promise<void> {
+    if (!this.options.isRaftLeader?.()) return;
+    const peers = cluster.filter((m) => m.name !== this.options.config.name).map((m) => m.peerUrl);
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline && !signal.aborted) {
+      const up = await Promise.all(peers.map((url) => accepts(url)));
+      if (!up.some(Boolean)) return;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    this.log.info({ phase: 'Shutdown' }, 'peers still run after 15 s; stopping this raft leader anyway');
   }
 
   /** Refuses calls for another restore while one is in progress here. */
@@ -419,3 +445,13 @@ export class RestoreMember {
 }
 
 export { oldDataDirFor } from './paths.js';
+
+/** The restore tool's output for one attempt, and the private temp dir it writes first (tool.ts), if a kill left it. */
+async function removeRestoreOutput(newDataDir: string): Promise<void> {
+  await rm(newDataDir, { recursive: true, force: true });
+  const parent = dirname(newDataDir);
+  const temp = `.${basename(newDataDir)}.restoring-`;
+  for (const entry of await readdir(parent).catch(() => [])) {
+    if (entry.startsWith(temp)) await rm(join(parent, entry), { recursive: true, force: true });
+  }
+}

@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 
 /** Where a restore keeps a member's replaced data dir: beside it, named by the time, never deleted but by retention. */
 export function oldDataDirFor(dataDir: string, at = new Date()): string {
@@ -48,5 +48,20 @@ export async function portFree(endpoint: string): Promise<boolean> {
   return new Promise<boolean>((resolve) => {
     server.once('error', () => resolve(false));
     server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/** Whether something accepts TCP connections at a URL's host:port now (1 s at most). */
+export function accepts(url: string): Promise<boolean> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = connect({ host: hostname.replace(/^\[|\]$/g, ''), port: Number(port) });
+    const done = (result: boolean): void => {
+      socket.destroy();
+      resolve(result);
+    };
+    socket.setTimeout(1000, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
   });
 }

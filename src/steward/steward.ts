@@ -155,6 +155,7 @@ export class Steward {
           throw err;
         })),
       logger,
+      isRaftLeader: () => this.health.lastHealth?.members.find((m) => m.name === config.name)?.isRaftLeader === true,
       onPhase: (record) => {
         for (const phase of RESTORE_PHASES) this.metrics.restorePhase.set({ phase }, record && restoreInProgress(record) && record.phase === phase ? 1 : 0);
       },

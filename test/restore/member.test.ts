@@ -184,7 +184,8 @@ describe('RestoreMember (real etcdctl 3.4.23, real snapshot, real dirs; recordin
     });
     const normalArgs = probe.normalArgs();
     const supervisor = new RecordingSupervisor(stateDir, normalArgs);
-    const member = new RestoreMember({ config, supervisor, tool: async () => tool, logger: pino({ level: 'silent' }) });
+    // No etcd behind the recording supervisor: finish does not wait for one to listen.
+    const member = new RestoreMember({ config, supervisor, tool: async () => tool, logger: pino({ level: 'silent' }), clientReadyTimeoutMs: 0 });
     return { dir, dataDir, stateDir, clientUrl, peerUrl, config, supervisor, member, normalArgs };
   }
 
