@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { InternalError, InvalidArgumentError, PreconditionError, StewardError, UnavailableError, abortedError, errorText, prefixOf } from '../errors/index.js';
 import { EtcdIntegrityCheck } from '../snapshot/integrity.js';
-import { STATE_FILE_MODE, ensureStateDir } from '../state/atomic.js';
+import { STATE_FILE_MODE, ensureStateDir, fsyncDir } from '../state/atomic.js';
 import type { RestoreTool } from './tool.js';
 
 /** What the sender says it will send, before the first byte: the stored object as it sits in its location. */
@@ -276,13 +276,4 @@ class FileSink extends Writable {
 async function writeAll(handle: FileHandle, chunk: Buffer): Promise<void> {
   let offset = 0;
   while (offset < chunk.length) offset += (await handle.write(chunk, offset, chunk.length - offset)).bytesWritten;
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }

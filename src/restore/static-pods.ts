@@ -1,6 +1,7 @@
-import { mkdir, rename, stat } from 'node:fs/promises';
+import { mkdir, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ConfigError } from '../errors/index.js';
+import { exists } from './paths.js';
 
 export interface PausedManifest {
   /** Where the kubelet reads it. */
@@ -46,15 +47,5 @@ export async function pauseStaticPods(manifests: PausedManifest[]): Promise<Paus
 export async function resumeStaticPods(manifests: PausedManifest[]): Promise<void> {
   for (const manifest of manifests) {
     if (await exists(manifest.to)) await rename(manifest.to, manifest.from);
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
   }
 }

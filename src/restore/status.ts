@@ -1,26 +1,13 @@
 import { errorText } from '../errors/index.js';
 import type { RestoreMemberState, RestoreStatusResponse } from '../rpc/types.js';
 import { lockIsStale, type RestoreLock } from './lock.js';
+import { memberState } from './member-state.js';
 import { withDeadline } from './find.js';
 import type { Participant } from './participants.js';
 
 /** A member whose steward could not be asked, for status and summaries. */
 export function unreachableState(node: string, err: unknown): RestoreMemberState {
-  return {
-    node,
-    restoreId: '',
-    snapshot: '',
-    phase: '',
-    startedAt: '',
-    updatedAt: '',
-    oldDataDir: '',
-    error: '',
-    nextStep: '',
-    quarantineEndpoint: '',
-    swapped: false,
-    rolledBack: false,
-    unreachable: errorText(err) || 'unreachable',
-  };
+  return { ...memberState(node, undefined, ''), unreachable: errorText(err) || 'unreachable' };
 }
 
 /** The current or last restore as the lock and every reachable member record it, and what to do next. */

@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { access, chmod, constants, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { access, chmod, constants, lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { basename, delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { InternalError, InvalidArgumentError, PreconditionError, StewardError, abortedError, errorText, prefixOf } from '../errors/index.js';
-import { STATE_DIR_MODE, STATE_FILE_MODE } from '../state/atomic.js';
+import { STATE_DIR_MODE, STATE_FILE_MODE, fsyncDir } from '../state/atomic.js';
 
 export interface RestoreToolInfo {
   binary: string;
@@ -239,15 +239,6 @@ async function exists(path: string): Promise<boolean> {
       hint: `check the permissions of ${dirname(path)}`,
       cause: err,
     });
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

@@ -44,7 +44,7 @@ export async function writeFileAtomic(path: string, data: string | Buffer, signa
 }
 
 /** Without this the rename itself may not survive a power loss. */
-async function fsyncDir(dir: string): Promise<void> {
+export async function fsyncDir(dir: string): Promise<void> {
   const handle = await open(dir, 'r');
   try {
     await handle.sync();

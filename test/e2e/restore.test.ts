@@ -109,6 +109,10 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
     const status = await restoreStatus(cluster.node(follower));
     expect(status.members.map((m) => m.phase)).toEqual(['Finished', 'Finished', 'Finished']);
     expect(status.lockHolder).toBe('');
+    const metrics = await (await fetch(`http://${cluster.node(leader).http}/metrics`)).text();
+    expect(metrics).toMatch(/etcd_steward_restore_last_timestamp_seconds\{result="Finished"\} \d/);
+    expect(metrics).toMatch(/etcd_steward_restore_bytes_distributed_total [1-9]/);
+    expect(metrics).toMatch(/etcd_steward_restore_phase\{phase="Finished"\} 1/);
   });
 
   it('restores from S3 a snapshot the coordinator has no local copy of', async () => {
