@@ -114,10 +114,11 @@ export async function runRestore(run: RestoreRun): Promise<RestoreSummary> {
     const before = await states(run.abortSignal);
     const swappedAlready = new Set(before.filter((s) => s.restoreId === restoreId && s.swapped && s.phase === 'RestartCluster').map((s) => s.node));
     const toDistribute = participants.filter((p) => !swappedAlready.has(p.node));
+    let verified: Verified[] = [];
     const beforeSwap = AbortSignal.any([run.callSignal, run.abortSignal, run.shutdown]);
     if (toDistribute.length > 0) {
       phase('Distribute', '', `streaming ${metadata.name} from ${run.sources[0]?.url ?? '?'} to ${toDistribute.map((p) => p.node).join(', ')}`);
-      const verified = await distribute(run, toDistribute, beforeSwap, (bytes) => (bytesDistributed += bytes), phase);
+      verified = await distribute(run, toDistribute, beforeSwap, (bytes) => (bytesDistributed += bytes), phase);
       metrics.restoreBytes.inc(bytesDistributed);
       const raw = new Set(verified.map((v) => v.rawSha256));
       const revisions = new Set(verified.map((v) => v.revision));
@@ -152,6 +153,13 @@ export async function runRestore(run: RestoreRun): Promise<RestoreSummary> {
         }),
       );
       const failed = swaps.flatMap((s, i) => (s.status === 'rejected' ? [`${toDistribute[i]?.node}: ${errorText(s.reason)}`] : []));
+      // The same tool counted both, so the counts compare (etcd 3.5 and 3.6 count differently: never across versions).
+      const expectedKeys = verified[0]?.totalKeys ?? 0;
+      swaps.forEach((s, i) => {
+        if (s.status === 'fulfilled' && s.value.restoredTotalKeys !== expectedKeys) {
+          failed.push(`${toDistribute[i]?.node}: the restored db holds ${s.value.restoredTotalKeys} keys, the snapshot ${expectedKeys}`);
+        }
+      });
       failpoint('restore-coordinator-after-swap');
       if (failed.length > 0)
         throw new PreconditionError('RESTORE_SWAP_FAILED', `the swap failed on ${failed.join('; ')}`, {
