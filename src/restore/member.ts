@@ -92,6 +92,8 @@ export class RestoreMember {
     this.current = await readRestorePhase(this.options.config.stateDir);
     const record = this.current;
     if (!record || !restoreInProgress(record)) {
+      // A steward killed between recording Finished and tidying up: the manifests and staging file still wait.
+      if (record?.phase === 'Finished') await this.tidyAfterFinish(record);
       this.options.onPhase?.(record);
       return;
     }
@@ -292,15 +294,16 @@ export class RestoreMember {
           },
         );
       }
+      // Finished is recorded first: the checks passed, and RestartCluster must mean "quarantined". A steward
+      // killed right after starts etcd on its client URLs, and recover() completes the rest.
+      await this.persist({ ...record, phase: 'Finished', error: undefined });
       await this.options.supervisor.pause(signal);
       this.options.supervisor.resume(this.normalArgs());
       // Answered once etcd listens on its client URL again: the coordinator restarts the next member then.
       const clientUrl = this.options.config.listenClientUrls[0];
       const readyBy = Date.now() + (this.options.clientReadyTimeoutMs ?? 30_000);
       while (clientUrl && Date.now() < readyBy && !(await accepts(clientUrl))) await new Promise((r) => setTimeout(r, 200));
-      await resumeStaticPods(record.pausedManifests ?? []);
-      await this.dropStaging(record);
-      await this.persist({ ...record, phase: 'Finished', error: undefined });
+      await this.tidyAfterFinish(record);
       this.log.info({ restore: restoreId, phase: 'Finished' }, 'restore finished on this member: etcd is back on its client URLs');
       await this.trimOldDataDirs().catch((err: unknown) => this.log.warn({ err: errorText(err) }, 'cannot trim old data dirs; they stay'));
       return this.state();
@@ -366,6 +369,12 @@ export class RestoreMember {
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     this.log.info({ phase: 'Shutdown' }, 'peers still run after 15 s; stopping this raft leader anyway');
+  }
+
+  /** Puts paused static pods back and drops the staging file; each step is a no-op once done. */
+  private async tidyAfterFinish(record: RestorePhaseRecord): Promise<void> {
+    await resumeStaticPods(record.pausedManifests ?? []);
+    await this.dropStaging(record);
   }
 
   /** Refuses calls for another restore while one is in progress here. */
