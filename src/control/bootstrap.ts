@@ -74,6 +74,7 @@ export type Verdict =
       kind:
         | 'restore-in-progress'
         | 'restore-phase-unreadable'
+        | 'skipped-by-restore'
         | 'data-dir-unreadable'
         | 'lost-member'
         | 'spec-unreadable'
@@ -136,7 +137,22 @@ export function decideBootstrap(facts: BootstrapFacts, context: GateContext): Ve
     };
   }
   const restore = facts.restore ?? undefined;
-  if (facts.hasData) return { allowed: true, kind: 'resume', why: '' };
+  if (facts.hasData) {
+    // The one thing that holds back a member with data: a restore left it out, so its data is the old
+    // cluster's. The spec is read for it, and a spec that cannot be read never holds a member back.
+    if (facts.spec === undefined) return { need: 'spec' };
+    const spec = facts.spec instanceof Error ? undefined : (facts.spec ?? undefined);
+    const skippedBy = spec?.lastRestore?.skipped?.includes(config.name) && !(spec.startedMembers ?? []).includes(config.name) ? spec.lastRestore : undefined;
+    if (!skippedBy) return { allowed: true, kind: 'resume', why: '' };
+    const peerUrl = config.initialCluster.find((m) => m.name === config.name)?.peerUrl ?? '<its peer URL>';
+    return {
+      allowed: false,
+      kind: 'skipped-by-restore',
+      level: 'error',
+      reason: `not starting etcd: restore ${skippedBy.restoreId} of ${skippedBy.snapshot} (${skippedBy.at}) left this member out (--skip-member), so its data dir ${config.dataDir} holds the old cluster, which the restored one refuses`,
+      fix: `move ${config.dataDir} aside (never delete it), add this member to the restored cluster (etcdctl member add ${config.name} --peer-urls=${peerUrl}), and restart this steward with --initial-cluster-state=existing`,
+    };
+  }
   // A restore moved the data dir aside and has not put the restored one in place: not a member that lost its data.
   if (restore && restoreInProgress(restore)) {
     const moved = restore.oldDataDir ? `; the old data dir is at ${restore.oldDataDir}` : '';
@@ -285,7 +301,8 @@ export interface BootstrapGateOptions {
 
 /**
  * Asked before every start of etcd, restarts included (rules: decideBootstrap). A persisted restore phase is
- * read first. A data dir holding a member always passes: etcd resumes it. An empty one is held back while a
+ * read first. A data dir holding a member passes (etcd resumes it) unless a restore left that member out. An
+ * empty one is held back while a
  * restore is in progress, when a running member lists this one as started, or the spec records it among the
  * members that ran (it lost its data); a member that never ran may join running members, never start a
  * cluster of its own; before formation it bootstraps only from a matching spec with no snapshot anywhere.

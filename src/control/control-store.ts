@@ -17,6 +17,8 @@ export interface RestoredClusterDraft {
   clusterToken: string;
   clusterId: string;
   members: { name: string; peerUrl: string }[];
+  /** Members left out with --skip-member. */
+  skipped?: string[];
   /** `restore --with-spec`: the flags and version the snapshot's spec had. */
   etcdFlags?: Record<string, string>;
   etcdVersion?: string;
@@ -169,7 +171,12 @@ export class ControlStore {
       clusterToken: restored.clusterToken,
       clusterId: restored.clusterId,
       startedMembers: restored.members.map((m) => m.name).sort(),
-      lastRestore: { restoreId: restored.restoreId, snapshot: restored.snapshot, at: new Date().toISOString() },
+      lastRestore: {
+        restoreId: restored.restoreId,
+        snapshot: restored.snapshot,
+        at: new Date().toISOString(),
+        ...(restored.skipped && restored.skipped.length > 0 ? { skipped: restored.skipped } : {}),
+      },
       updatedAt: new Date().toISOString(),
       fencingToken: '',
     };

@@ -81,6 +81,8 @@ export const clusterSpecSchema = z
         restoreId: z.string().max(64),
         snapshot: z.string().max(255),
         at: z.string().max(64),
+        /** Members the restore left out (--skip-member): their data is the old cluster's; held back until re-added. */
+        skipped: z.array(z.string().refine(isMemberName, 'a member name')).max(100).optional(),
       })
       .optional(),
     /** Extra etcd flags the cluster runs with, by name without dashes. */

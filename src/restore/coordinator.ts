@@ -71,11 +71,20 @@ export class RestoreCoordinator {
       }
     }
     const found = await findSnapshot(request.name, this.options.stores(), signal);
-    const held = await lock.read(signal);
-    const resume = held !== undefined && held.snapshot === request.name && (lockIsStale(held) || held.coordinator === config.name);
+    const members = await this.options.clusterMembers(signal);
+    let held = await lock.read(signal);
+    const abandoned = held !== undefined && (lockIsStale(held) || held.coordinator === config.name);
+    const asked = members.filter((m) => !request.skipMembers.includes(m.name));
+    if (held && abandoned && (await this.endedEverywhere(held.restoreId, asked, signal))) {
+      // Its coordinator is gone and every member ended that restore (e.g. one came back after the coordinator
+      // gave up on it, and rolled itself back): nothing holds the lock any more.
+      this.log.warn({ restore: held.restoreId }, 'releasing the lock of a restore that has ended on every member');
+      await lock.release(held.restoreId, signal);
+      held = undefined;
+    }
+    const resume = held !== undefined && held.snapshot === request.name && abandoned;
     if (held && !resume) throw lockedError(held, lock.location);
     const restoreId = held?.restoreId ?? `r-${Math.floor(Date.now() / 1000)}-${randomBytes(3).toString('hex')}`;
-    const members = await this.options.clusterMembers(signal);
     const unknown = request.skipMembers.filter((name) => !members.some((m) => m.name === name));
     if (unknown.length > 0) {
       throw new PreconditionError(
@@ -155,6 +164,7 @@ export class RestoreCoordinator {
       shutdown: this.options.shutdown,
       recordSpec: this.options.recordSpec,
       withSpec,
+      skipped: members.map((m) => m.name).filter((name) => !record.members.includes(name)),
     });
     this.running = { restoreId, controller, done: run.catch(() => undefined) };
     const heartbeat = setInterval(() => {
@@ -200,6 +210,17 @@ export class RestoreCoordinator {
     const results = await Promise.allSettled(participants.map((p) => (p instanceof Error ? Promise.reject(p) : p.abort(restoreId, signal))));
     if (results.every((r) => r.status === 'fulfilled')) await this.options.lock.release(restoreId, signal);
     return this.status(signal);
+  }
+
+  /** Every member asked answers and none is still in restore `restoreId` (a skipped member is not asked). */
+  private async endedEverywhere(restoreId: string, members: ClusterMember[], signal: AbortSignal): Promise<boolean> {
+    const participants = await this.participants(members, signal);
+    const states = await Promise.all(
+      participants.map((p) =>
+        p instanceof NamedError ? Promise.resolve(undefined) : withDeadline(signal, 10_000, (bounded) => p.status(restoreId, bounded)).catch(() => undefined),
+      ),
+    );
+    return states.every((s) => s !== undefined && !(s.restoreId === restoreId && s.phase !== 'Finished' && s.phase !== 'Failed'));
   }
 
   /** This steward's own member in-process, every other one over the peer API; an Error for one without an address. */

@@ -38,6 +38,8 @@ export interface RestoreRun {
   abortSignal: AbortSignal;
   shutdown: AbortSignal;
   recordSpec: (spec: RestoredSpec, quarantineEndpoint: string, signal: AbortSignal) => Promise<void>;
+  /** Members left out with --skip-member. */
+  skipped: string[];
   /** What `--with-spec` puts back; empty without it. */
   withSpec: Pick<RestoredSpec, 'etcdFlags' | 'etcdVersion'>;
 }
@@ -100,9 +102,13 @@ export async function runRestore(run: RestoreRun): Promise<RestoreSummary> {
     if (!run.shutdown.aborted) {
       const ended = await Promise.allSettled(participants.map((p) => p.abort(restoreId, cleanup)));
       const stuck = ended.flatMap((r, i) => (r.status === 'rejected' ? [`${participants[i]?.node}: ${errorText(r.reason)}`] : []));
-      if (stuck.length === 0)
+      // Before the swap a member that could not be told has nothing to undo: restarted, it drops its staging
+      // file itself (recover). Only a member that may hold a swapped data dir keeps the lock held.
+      if (stuck.length === 0 || !touched)
         await run.lockStore.release(restoreId, cleanup).catch((e: unknown) => warnings.push(`cannot release the restore lock: ${errorText(e)}`));
-      else warnings.push(`could not end the restore on ${stuck.join('; ')}: the restore lock stays; run etcd-stewardctl restore abort once they are back`);
+      if (stuck.length > 0 && touched)
+        warnings.push(`could not end the restore on ${stuck.join('; ')}: the restore lock stays; run etcd-stewardctl restore abort once they are back`);
+      else if (stuck.length > 0) warnings.push(`could not tell ${stuck.join('; ')}: nothing was swapped there, and it drops its staging file when it is back`);
     }
     emit({ result: await summary('Failed', touched ? `${failure.message} (rolled back)` : `${failure.message} (no data dir was touched)`) });
     throw failure;
@@ -190,7 +196,15 @@ export async function runRestore(run: RestoreRun): Promise<RestoreSummary> {
     for (const prefix of STALE_STEWARD_PREFIXES) await deleteKeysWithPrefix(first, prefix, during);
     try {
       await run.recordSpec(
-        { restoreId, snapshot: metadata.name, clusterToken: lock.clusterToken, clusterId: report.clusterId, members: run.initialCluster, ...run.withSpec },
+        {
+          restoreId,
+          snapshot: metadata.name,
+          clusterToken: lock.clusterToken,
+          clusterId: report.clusterId,
+          members: run.initialCluster,
+          skipped: run.skipped,
+          ...run.withSpec,
+        },
         first,
         during,
       );

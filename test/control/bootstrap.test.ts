@@ -62,10 +62,13 @@ function decide(facts: BootstrapFacts, ctx: GateContext = context): Verdict {
 }
 
 describe('bootstrap gate verdicts (pure)', () => {
-  it('reads the restore phase first, then the data dir, and asks nothing else for a data dir with a member', () => {
+  it('reads the restore phase first, then the data dir; for a data dir with a member only the spec, and nothing else', () => {
     expect(decideBootstrap({}, context)).toEqual({ need: 'restore' });
     expect(decideBootstrap({ restore: null }, context)).toEqual({ need: 'hasData' });
-    expect(decide({ restore: null, hasData: true })).toMatchObject({ allowed: true, kind: 'resume' });
+    expect(decideBootstrap({ restore: null, hasData: true }, context)).toEqual({ need: 'spec' });
+    expect(decide({ restore: null, hasData: true, spec: null })).toMatchObject({ allowed: true, kind: 'resume' });
+    // A spec that cannot be read never holds back a member with data.
+    expect(decide({ restore: null, hasData: true, spec: new Error('S3 down') })).toMatchObject({ allowed: true, kind: 'resume' });
     expect(decideBootstrap({ restore: null, hasData: false }, context)).toEqual({ need: 'peers' });
     expect(decideBootstrap({ restore: null, hasData: false, peers: noPeers }, context)).toEqual({ need: 'spec' });
     expect(decideBootstrap({ restore: null, hasData: false, peers: noPeers, spec: null }, context)).toEqual({ need: 'snapshots' });
@@ -85,10 +88,22 @@ describe('bootstrap gate verdicts (pure)', () => {
   });
 
   it('a restore that put its data dir in place lets etcd start; a finished or failed one no longer holds anything back', () => {
-    expect(decide({ restore: restoring('RestartCluster'), hasData: true })).toMatchObject({ allowed: true, kind: 'resume' });
+    expect(decide({ restore: restoring('RestartCluster'), hasData: true, spec: null })).toMatchObject({ allowed: true, kind: 'resume' });
     for (const phase of ['Finished', 'Failed'] as const) {
       expect(decide({ restore: restoring(phase), hasData: false, peers: peersListingMe })).toMatchObject({ allowed: false, kind: 'lost-member' });
     }
+  });
+
+  it('a member a restore left out (--skip-member) is held back with its data until it is re-added; once it has run again it resumes', () => {
+    const lastRestore = { restoreId: 'r-9', snapshot: 'on-demand-node-1-1700000000', at: '2026-01-01T00:00:00Z', skipped: [context.config.name] };
+    const left = decide({ restore: null, hasData: true, spec: spec({ clusterId: 'c2', startedMembers: ['node-1'], lastRestore }) });
+    expect(left).toMatchObject({ allowed: false, kind: 'skipped-by-restore', level: 'error' });
+    if (left.allowed) throw new Error('allowed');
+    expect(left.reason).toContain('restore r-9');
+    expect(left.fix).toContain('etcdctl member add');
+    expect(left.fix).toContain('--initial-cluster-state=existing');
+    const readded = decide({ restore: null, hasData: true, spec: spec({ clusterId: 'c2', startedMembers: ['node-1', context.config.name], lastRestore }) });
+    expect(readded).toMatchObject({ allowed: true, kind: 'resume' });
   });
 
   it('an unreadable restore phase or data dir holds etcd back, never passes for "none"', () => {
