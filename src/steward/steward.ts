@@ -312,8 +312,17 @@ export class Steward {
     if (this.election.currentTerm) return { isLeader: true, leader: this.config.name, leaderGrpc: '' };
     const view = await this.election.leaderView().catch(() => ({ leader: undefined }));
     const leader = view.leader ?? '';
-    const peer = leader ? await this.peers.byNode(leader, AbortSignal.timeout(2000)).catch(() => undefined) : undefined;
-    return { isLeader: false, leader, leaderGrpc: peer?.address.grpc ?? '' };
+    return { isLeader: false, leader, leaderGrpc: leader ? await this.grpcOf(leader) : '' };
+  }
+
+  /**
+   * A steward's gRPC address: the spec in memory, else the registry in etcd, read without a deadline that
+   * would cancel it (status is polled; a cancelled etcd3 call resets its channels, and connections churn).
+   */
+  private async grpcOf(node: string): Promise<string> {
+    const fromSpec = this.spec.latest?.members.find((m) => m.name === node)?.grpc;
+    if (fromSpec) return fromSpec;
+    return (await this.registry.list().catch(() => [])).find((e) => e.node === node)?.grpc ?? '';
   }
 
   /** Publishes this steward's gRPC address for its peers; retried until etcd answers, then refreshed. */
@@ -356,8 +365,7 @@ export class Steward {
       specGeneration: this.spec.state.generation,
       specProblem: this.spec.state.problem,
       leaderProblem: leader ? '' : leaderProblem(view),
-      leaderGrpc:
-        leader && leader !== this.config.name ? ((await this.peers.byNode(leader, AbortSignal.timeout(2000)).catch(() => undefined))?.address.grpc ?? '') : '',
+      leaderGrpc: leader && leader !== this.config.name ? await this.grpcOf(leader) : '',
       restore: this.restoreMember.record ? this.restoreMember.state() : null,
       members: health.members.map((m) => ({ ...m, id: etcdIdHex(m.id) })),
     };
