@@ -75,11 +75,16 @@ export class RestoreCoordinator {
     let held = await lock.read(signal);
     const abandoned = held !== undefined && (lockIsStale(held) || held.coordinator === config.name);
     const asked = members.filter((m) => !request.skipMembers.includes(m.name));
+    let staleLockNote = '';
     if (held && abandoned && (await this.endedEverywhere(held.restoreId, asked, signal))) {
       // Its coordinator is gone and every member ended that restore (e.g. one came back after the coordinator
-      // gave up on it, and rolled itself back): nothing holds the lock any more.
-      this.log.warn({ restore: held.restoreId }, 'releasing the lock of a restore that has ended on every member');
-      await lock.release(held.restoreId, signal);
+      // gave up on it, and rolled itself back): nothing holds the lock any more. Only --yes removes it.
+      if (request.yes) {
+        this.log.warn({ restore: held.restoreId }, 'releasing the lock of a restore that has ended on every member');
+        await lock.release(held.restoreId, signal);
+      } else {
+        staleLockNote = `the lock of restore ${held.restoreId} is left by a restore that ended on every member: --yes releases it`;
+      }
       held = undefined;
     }
     const resume = held !== undefined && held.snapshot === request.name && abandoned;
@@ -108,6 +113,7 @@ export class RestoreCoordinator {
       ...(held ? { bumpRevision: held.bumpRevision } : {}),
       problems: found.problems,
     });
+    if (staleLockNote) plan.warnings.push(staleLockNote);
     const withSpec = request.withSpec ? specOfSnapshot(found.metadata) : {};
     if (request.withSpec) {
       if (withSpec.etcdFlags === undefined) {
