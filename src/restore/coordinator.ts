@@ -153,12 +153,17 @@ export class RestoreCoordinator {
     else await lock.take(record, signal);
     this.log.warn({ restore: restoreId, snapshot: request.name, phase: 'Started', resume, members: record.members }, 'restore started');
     const controller = new AbortController();
+    const heartbeat = lockHeartbeat(lock, record, this.options.shutdown, this.log);
     const run = runRestore({
       config,
       logger: this.options.logger,
       metrics: this.options.metrics,
       lock: record,
-      lockStore: lock,
+      // A refresh in flight must not write the lock back after the release: the heartbeat stops first.
+      releaseLock: async (signal) => {
+        await heartbeat.stop();
+        await lock.release(restoreId, signal);
+      },
       metadata: found.metadata,
       sources: found.sources,
       participants: participants.filter((p): p is Participant => !(p instanceof Error) && record.members.includes(p.node)),
@@ -173,15 +178,10 @@ export class RestoreCoordinator {
       skipped: members.map((m) => m.name).filter((name) => !record.members.includes(name)),
     });
     this.running = { restoreId, controller, done: run.catch(() => undefined) };
-    const heartbeat = setInterval(() => {
-      lock
-        .refresh(record, this.options.shutdown)
-        .catch((err: unknown) => this.log.warn({ err: errorText(err), restore: restoreId }, 'cannot refresh the restore lock'));
-    }, LOCK_HEARTBEAT_MS);
     try {
       return await run;
     } finally {
-      clearInterval(heartbeat);
+      await heartbeat.stop();
       this.running = undefined;
     }
   }
@@ -262,6 +262,22 @@ export class RestoreCoordinator {
       }),
     );
   }
+}
+
+/** Refreshes the lock every LOCK_HEARTBEAT_MS; `stop()` resolves once no refresh is in flight. */
+function lockHeartbeat(lock: RestoreLock, record: RestoreLockRecord, shutdown: AbortSignal, log: Logger): { stop(): Promise<void> } {
+  let inflight: Promise<unknown> = Promise.resolve();
+  const timer = setInterval(() => {
+    inflight = lock
+      .refresh(record, shutdown)
+      .catch((err: unknown) => log.warn({ err: errorText(err), restore: record.restoreId }, 'cannot refresh the restore lock'));
+  }, LOCK_HEARTBEAT_MS);
+  return {
+    stop: async () => {
+      clearInterval(timer);
+      await inflight;
+    },
+  };
 }
 
 /** The etcd flags and version of the spec a snapshot carries, when it carries a well-formed one. */

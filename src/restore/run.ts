@@ -10,7 +10,7 @@ import type { RestorePhaseName } from '../state/restore-phase.js';
 import { broadcast } from './broadcast.js';
 import { failpoint } from './failpoints.js';
 import { withDeadline, type SnapshotSource } from './find.js';
-import type { RestoreLock, RestoreLockRecord } from './lock.js';
+import type { RestoreLockRecord } from './lock.js';
 import type { Participant, Verified } from './participants.js';
 import { unreachableState } from './status.js';
 
@@ -25,7 +25,8 @@ export interface RestoreRun {
   logger: Logger;
   metrics: StewardMetrics;
   lock: RestoreLockRecord;
-  lockStore: RestoreLock;
+  /** Stops the lock's heartbeat and removes the lock. */
+  releaseLock: (signal: AbortSignal) => Promise<void>;
   metadata: SnapshotMetadata;
   sources: SnapshotSource[];
   participants: Participant[];
@@ -105,7 +106,7 @@ export async function runRestore(run: RestoreRun): Promise<RestoreSummary> {
       // Before the swap a member that could not be told has nothing to undo: restarted, it drops its staging
       // file itself (recover). Only a member that may hold a swapped data dir keeps the lock held.
       if (stuck.length === 0 || !touched)
-        await run.lockStore.release(restoreId, cleanup).catch((e: unknown) => warnings.push(`cannot release the restore lock: ${errorText(e)}`));
+        await run.releaseLock(cleanup).catch((e: unknown) => warnings.push(`cannot release the restore lock: ${errorText(e)}`));
       if (stuck.length > 0 && touched)
         warnings.push(`could not end the restore on ${stuck.join('; ')}: the restore lock stays; run etcd-stewardctl restore abort once they are back`);
       else if (stuck.length > 0) warnings.push(`could not tell ${stuck.join('; ')}: nothing was swapped there, and it drops its staging file when it is back`);
@@ -225,7 +226,7 @@ export async function runRestore(run: RestoreRun): Promise<RestoreSummary> {
       );
     }
     if (notFinished.length > 0) warnings.push(`not yet back on its client URLs: ${notFinished.join('; ')} — run the restore with --yes again to finish`);
-    else await run.lockStore.release(restoreId, during);
+    else await run.releaseLock(during);
     phase('Finished', '', `restored ${metadata.name}: cluster ${report.clusterId} at revision ${report.revision}`);
     const result = await summary('Finished', '', report.clusterId);
     log.warn({ phase: 'Finished', clusterId: report.clusterId, seconds: result.durationSeconds }, 'restore finished');
