@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { unusedPeerHandlers } from '../harness/unused-handlers.js';
 import { freePort } from '../harness/ports.js';
 import { assertBuilt, runCtl } from '../harness/steward-cluster.js';
 
@@ -88,19 +89,7 @@ describe('etcd-stewardctl Ctrl-C', () => {
         restoreStatus: unused,
         restoreAbort: unused,
       },
-      peer: {
-        listLocalSnapshots: unused,
-        deleteLocalSnapshot: unused,
-        forwardDelete: unused,
-        forwardPrune: unused,
-        receiveSnapshot: unused,
-        readLocalSnapshot: unused,
-        restorePrepare: unused,
-        restoreSwap: unused,
-        restoreFinish: unused,
-        restoreAbort: unused,
-        restoreMemberStatus: unused,
-      },
+      peer: unusedPeerHandlers(),
       identity: { node: 'n1', clusterId: () => '' },
       logger: pino({ level: 'silent' }),
     });

@@ -1,5 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { unusedPeerHandlers } from '../harness/unused-handlers.js';
 import { pino } from 'pino';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { InternalError, PreconditionError } from '../../src/errors/index.js';
@@ -220,19 +220,7 @@ describe('etcd-stewardctl restore against a scripted steward', () => {
       host: '127.0.0.1',
       port: 0,
       handlers,
-      peer: {
-        listLocalSnapshots: unused,
-        deleteLocalSnapshot: unused,
-        forwardDelete: unused,
-        forwardPrune: unused,
-        receiveSnapshot: unused,
-        readLocalSnapshot: unused,
-        restorePrepare: unused,
-        restoreSwap: unused,
-        restoreFinish: unused,
-        restoreAbort: unused,
-        restoreMemberStatus: unused,
-      },
+      peer: unusedPeerHandlers(),
       identity: { node: 'node-1', clusterId: () => '' },
       logger: pino({ level: 'silent' }),
     });
@@ -516,8 +504,9 @@ describe('etcd-stewardctl restore against a scripted steward', () => {
     await expect.poll(() => (stoppedBy as { code?: string } | undefined)?.code).toBe('CANCELLED');
   });
 
-  // A real pseudo-terminal (util-linux `script`) so stderr is a TTY: cli-progress draws one bar per member.
-  it.skipIf(!existsSync('/usr/bin/script'))('on a terminal: a progress bar per member, "verified" after Distribute, phase lines above', async () => {
+  // A real pseudo-terminal (util-linux `script`, in Debian's essential bsdutils) so stderr is a TTY: cli-progress
+  // draws one bar per member. Without `script` this fails rather than passing unseen.
+  it('on a terminal: a progress bar per member, "verified" after Distribute, phase lines above', async () => {
     const command = [process.execPath, CTL_JS, '--endpoint', endpoint, 'restore', SNAPSHOT, '--yes'].map((a) => `'${a}'`).join(' ');
     const output = await new Promise<{ code: number; out: string }>((resolve) => {
       execFile('/usr/bin/script', ['-qec', command, '/dev/null'], { timeout: 30_000, env: { ...process.env, COLUMNS: '160' } }, (err, stdout) => {
