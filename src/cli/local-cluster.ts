@@ -9,7 +9,7 @@ import { Command, Option } from 'commander';
 import { PreconditionError, StewardError, UnavailableError, asStewardError, exitCodeFor, renderError } from '../errors/index.js';
 import { StewardClient } from '../rpc/client.js';
 import { hasMemberData } from '../control/bootstrap.js';
-import { STEWARD_NODE_FLAGS } from './node-flags.js';
+import { STEWARD_NODE_FLAGS, STEWARD_PROCESS_ENV } from './node-flags.js';
 import { ChildRestarter } from './child-restarter.js';
 import { rootSignalFromProcess } from './signals.js';
 
@@ -161,7 +161,7 @@ function startSteward(member: Member, nodes: Member[], logs: string, s3: { port:
       `--etcd-s3-config-file=${s3.credentials}`,
     ],
     // Own process groups: a terminal's Ctrl-C reaches only this process, which then stops each child once.
-    { stdio: ['ignore', log, log], detached: true },
+    { stdio: ['ignore', log, log], detached: true, env: { ...STEWARD_PROCESS_ENV, ...process.env } },
   );
   closeSync(log);
   return child;

@@ -2,6 +2,7 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { credentials, type Client, type ClientReadableStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
 import { InternalError, abortedError, fromGrpcError } from '../errors/index.js';
+import { CLIENT_WINDOW_OPTIONS } from './flow-window.js';
 import { StewardCtlClient, StewardPeerClient } from './proto.js';
 import type {
   DeleteResponse,
@@ -189,7 +190,7 @@ export class PeerClient extends BaseClient {
 
   constructor(endpoint: string, timeoutMs = 30_000) {
     super(endpoint, timeoutMs);
-    this.client = new StewardPeerClient(endpoint, credentials.createInsecure(), KEEPALIVE);
+    this.client = new StewardPeerClient(endpoint, credentials.createInsecure(), { ...KEEPALIVE, ...CLIENT_WINDOW_OPTIONS });
   }
 
   listLocalSnapshots(header: PeerHeader, signal: AbortSignal): Promise<LocalListing & { header: PeerReplyHeader | null }> {

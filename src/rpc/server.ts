@@ -1,5 +1,6 @@
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { raiseServerFlowWindow } from './flow-window.js';
 import { LIMITS, checkInteger, checkName, checkNames, checkSpecJson } from './bounds.js';
 import { peerByteStream, peerClientStream, peerUnary, serverStream, unary, type AdapterOptions, type PeerAdapterOptions } from './adapters.js';
 import { stewardCtlService, stewardPeerService } from './proto.js';
@@ -57,6 +58,7 @@ export class RpcServer {
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(`${options.host}:${options.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
     });
+    raiseServerFlowWindow(server, log);
     log.warn({ address: `${options.host}:${port}` }, 'gRPC API listening in PLAINTEXT (no TLS, no client authentication): loopback dev use only');
     return new RpcServer(server, port, shutdown);
   }

@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { STEWARD_NODE_FLAGS } from '../../src/cli/node-flags.js';
+import { STEWARD_NODE_FLAGS, STEWARD_PROCESS_ENV } from '../../src/cli/node-flags.js';
 import { hasMemberData } from '../../src/control/bootstrap.js';
 import { StewardClient } from '../../src/rpc/client.js';
 import type { StatusResponse } from '../../src/rpc/types.js';
@@ -142,7 +142,7 @@ export class StewardCluster {
     const child = spawn(process.execPath, [...STEWARD_NODE_FLAGS, STEWARD_JS, ...this.args(node)], {
       stdio: ['ignore', log, log],
       detached: true,
-      env: { ...process.env, ...this.options.env, ...this.options.nodeEnv?.[index] },
+      env: { ...STEWARD_PROCESS_ENV, ...process.env, ...this.options.env, ...this.options.nodeEnv?.[index] },
     });
     closeSync(log);
     node.process = child;
