@@ -4,6 +4,7 @@ import { inventoryRecordSchema, orphanRecordSchema, type InventoryRecord, type O
 import { findInStore, scanStore } from '../inventory/scan.js';
 import type { LocalListing } from '../rpc/types.js';
 import type { SnapshotMetadata } from '../snapshot/metadata.js';
+import { LocalStore } from '../store/local.js';
 import type { NamedStore } from '../store/store.js';
 
 /**
@@ -22,6 +23,8 @@ export interface SnapshotSource {
   url: string;
   /** The stored bytes (gzipped when the snapshot is compressed), streamed; the signal stops the read. */
   open(signal: AbortSignal): AsyncIterable<Buffer>;
+  /** This steward's own dir only: the stored file, which its own member can stage without a stream. */
+  file?: string;
 }
 
 export interface FoundSnapshot {
@@ -316,6 +319,7 @@ function storeSource(kind: 'local' | 's3', node: string, named: NamedStore, key:
     node,
     url: named.store.urlFor(key),
     open: (signal) => streamOf(named, key, signal),
+    ...(kind === 'local' && named.store instanceof LocalStore ? { file: named.store.pathOf(key) } : {}),
   };
 }
 

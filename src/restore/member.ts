@@ -15,7 +15,7 @@ import { failpoint } from './failpoints.js';
 import { memberState } from './member-state.js';
 import { accepts, escapeRegExp, exists, oldDataDirFor, portFree, quarantineEndpoint, unusedAside } from './paths.js';
 import { parseStaticPods, pauseStaticPods, resumeStaticPods, type PausedManifest } from './static-pods.js';
-import { removeStaging, stageSnapshot, type StagedSnapshot } from './staging.js';
+import { removeStaging, stageSnapshot, type LocalCopy, type StagedSnapshot } from './staging.js';
 import type { RestoreTool } from './tool.js';
 
 const run = promisify(execFile);
@@ -185,7 +185,7 @@ export class RestoreMember {
     restoreId: string,
     coordinator: string,
     announce: SnapshotAnnounce | null,
-    data: AsyncIterable<Buffer>,
+    data: AsyncIterable<Buffer> | LocalCopy,
     signal: AbortSignal,
   ): Promise<StagedSnapshot> {
     checkRestoreId(restoreId);

@@ -28,6 +28,8 @@ export interface Participant {
   readonly node: string;
   prepare(restoreId: string, stagingBytes: number, signal: AbortSignal): Promise<Omit<RestorePrepareResponse, 'header'>>;
   receive(restoreId: string, announce: SnapshotAnnounce, data: AsyncIterable<Buffer>, signal: AbortSignal): Promise<Verified>;
+  /** Only the coordinator's own member: stage from the coordinator's stored file, without the stream. */
+  receiveLocalCopy?(restoreId: string, announce: SnapshotAnnounce, file: string, signal: AbortSignal): Promise<Verified>;
   swap(restoreId: string, request: SwapRequest, signal: AbortSignal): Promise<Omit<RestoreSwapResponse, 'header'>>;
   finish(restoreId: string, signal: AbortSignal): Promise<RestoreMemberState>;
   abort(restoreId: string, signal: AbortSignal): Promise<RestoreMemberState>;
@@ -46,6 +48,10 @@ export class LocalParticipant implements Participant {
 
   receive(restoreId: string, announce: SnapshotAnnounce, data: AsyncIterable<Buffer>, signal: AbortSignal): Promise<Verified> {
     return this.member.receive(restoreId, this.node, announce, data, signal);
+  }
+
+  receiveLocalCopy(restoreId: string, announce: SnapshotAnnounce, file: string, signal: AbortSignal): Promise<Verified> {
+    return this.member.receive(restoreId, this.node, announce, { file }, signal);
   }
 
   swap(restoreId: string, request: SwapRequest, signal: AbortSignal): Promise<Omit<RestoreSwapResponse, 'header'>> {

@@ -249,15 +249,19 @@ async function distribute(
   if (!source) throw new PreconditionError('RESTORE_NO_SOURCE', `no store holds ${run.metadata.name}`);
   const controller = new AbortController();
   const streamSignal = AbortSignal.any([signal, controller.signal]);
-  const outputs = broadcast(inBlocks(source.open(streamSignal), DISTRIBUTION_BLOCK_BYTES), members.length, streamSignal);
+  // The coordinator's own member stages its own stored copy by a link; the stream goes to the others.
+  const localFile = source.kind === 'local' ? source.file : undefined;
+  const fromFile = (member: Participant): boolean => localFile !== undefined && member.receiveLocalCopy !== undefined;
+  const streamed = members.filter((member) => !fromFile(member));
+  const outputs = broadcast(inBlocks(source.open(streamSignal), DISTRIBUTION_BLOCK_BYTES), streamed.length, streamSignal);
   const announce = { snapshot: run.metadata.name, size: run.metadata.size, sha256: run.metadata.sha256, compressed: run.metadata.compressed };
   const total = run.metadata.size;
   const results = await Promise.allSettled(
-    members.map(async (member, i) => {
+    members.map(async (member) => {
       let sent = 0;
       let reported = 0;
-      const counting = (async function* (): AsyncGenerator<Buffer> {
-        for await (const chunk of outputs[i] as AsyncIterable<Buffer>) {
+      const counting = async function* (output: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+        for await (const chunk of output) {
           sent += chunk.length;
           counted(chunk.length);
           if (sent - reported >= PROGRESS_EVERY_BYTES || sent === total) {
@@ -266,9 +270,18 @@ async function distribute(
           }
           yield chunk;
         }
-      })();
+      };
+      const receive = async (): Promise<Verified> => {
+        if (localFile !== undefined && member.receiveLocalCopy && fromFile(member)) {
+          const verified = await member.receiveLocalCopy(run.lock.restoreId, announce, localFile, streamSignal);
+          sent = total;
+          phase('Distribute', member.node, 'staged from its own stored copy', sent, total);
+          return verified;
+        }
+        return member.receive(run.lock.restoreId, announce, counting(outputs[streamed.indexOf(member)] as AsyncIterable<Buffer>), streamSignal);
+      };
       try {
-        const verified = await member.receive(run.lock.restoreId, announce, counting, streamSignal);
+        const verified = await receive();
         phase(
           'Verify',
           member.node,

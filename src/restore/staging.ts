@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { link, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -45,7 +46,7 @@ const inProgress = new Set<string>();
  * neither file is left.
  */
 export async function stageSnapshot(
-  data: AsyncIterable<Buffer>,
+  data: AsyncIterable<Buffer> | LocalCopy,
   announce: StageAnnounce,
   path: string,
   tool: RestoreTool,
@@ -67,21 +68,28 @@ export async function stageSnapshot(
     await ensureStateDir(dirname(target));
     // A .part left by a crashed steward is no transfer of ours: start afresh.
     await removeStaging(target);
-    handle = await open(part, 'wx', STATE_FILE_MODE);
-    await handle.chmod(STATE_FILE_MODE);
+    const linked = 'file' in data && !announce.compressed && (await linkCopy(data.file, part));
+    const source = 'file' in data ? createReadStream(linked ? part : data.file, { highWaterMark: FILE_READ_BYTES }) : sourceOf(data);
     // Uncompressed, the trailer check's running hash is the stored bytes' SHA-256 too: 1 GB is hashed once.
     const stored = new AnnouncedBytes(announce, announce.compressed);
     const check = new EtcdIntegrityCheck();
     const gunzip = announce.compressed ? createGunzip() : undefined;
-    const file = new FileSink(handle);
     let diskError: unknown;
-    file.once('error', (err) => (diskError = err));
+    let sink: Writable;
+    if (linked) {
+      sink = new Writable({ write: (_chunk, _encoding, callback) => callback() });
+    } else {
+      handle = await open(part, 'wx', STATE_FILE_MODE);
+      await handle.chmod(STATE_FILE_MODE);
+      sink = new FileSink(handle);
+      sink.once('error', (err) => (diskError = err));
+    }
     try {
-      await pipeline([sourceOf(data), stored, ...(gunzip ? [gunzip] : []), check, file], { signal });
+      await pipeline([source, stored, ...(gunzip ? [gunzip] : []), check, sink], { signal });
     } catch (err) {
       throw classify(err, { compressed: gunzip !== undefined, diskError, received: stored.bytes }, announce, signal);
     }
-    await handle.close();
+    await handle?.close();
     handle = undefined;
     signal.throwIfAborted();
     const storedSha256 = announce.compressed ? stored.sha256 : check.fileSha256;
@@ -111,6 +119,31 @@ export async function stageSnapshot(
     });
   } finally {
     inProgress.delete(target);
+  }
+}
+
+/** This steward's own stored copy of the snapshot, staged without the network. */
+export interface LocalCopy {
+  file: string;
+}
+
+const FILE_READ_BYTES = 1024 * 1024;
+
+/**
+ * A hard link stages the steward's own copy without writing it again: writing 1 GB into the page cache
+ * costs ~2.7 s of CPU on the machines we measured, as much as the restore tool's own copy. The link is
+ * then read back through the same checks as a received stream. Safe because nothing writes a staged
+ * file: `snapshot restore` and `snapshot status` open it read-only, and removing it only unlinks a name.
+ * Another filesystem (EXDEV) or one without links falls back to a copy.
+ */
+async function linkCopy(file: string, part: string): Promise<boolean> {
+  try {
+    await link(file, part);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EXDEV' || code === 'EPERM' || code === 'EMLINK' || code === 'ENOTSUP' || code === 'EOPNOTSUPP') return false;
+    throw err;
   }
 }
 

@@ -36,8 +36,13 @@ export class LocalStore implements BackupStore {
   }
 
   urlFor(key: string): string {
+    return pathToFileURL(this.pathOf(key)).href;
+  }
+
+  /** The file that holds `key`. */
+  pathOf(key: string): string {
     checkKey(key);
-    return pathToFileURL(join(this.dir, key)).href;
+    return join(this.dir, key);
   }
 
   async createWriter(key: string, signal: AbortSignal, options: PutOptions = {}): Promise<ObjectWriter> {

@@ -125,6 +125,43 @@ describe('stageSnapshot (real etcd snapshot, real etcdctl)', () => {
     expect(await readdir(dir)).toEqual(['snapshot.db']);
   });
 
+  it("stages this steward's own stored copy by a hard link (nothing written again), through the same checks", async () => {
+    const { dir, path } = await nextPath();
+    const stored = join(root, `stored-${n}.db`);
+    await writeFile(stored, raw, { mode: 0o600 });
+    const staged = await stageSnapshot({ file: stored }, announceOf(raw), path, tool, AbortSignal.timeout(30_000));
+    expect(staged.sha256).toBe(sha256(raw));
+    expect(staged.revision).toBe(expected.revision);
+    expect(staged.totalKeys).toBe(expected.totalKey);
+    expect((await stat(path)).ino).toBe((await stat(stored)).ino);
+    expect(await readdir(dir)).toEqual(['snapshot.db']);
+    // Removing the staged file only unlinks its name: the stored snapshot stays whole.
+    await removeStaging(path);
+    expect(sha256(await readFile(stored))).toBe(sha256(raw));
+  });
+
+  it('refuses a stored copy that does not match the announce, leaving the stored file as it was and nothing staged', async () => {
+    const { dir, path } = await nextPath();
+    const stored = join(root, `stored-${n}.db`);
+    const bad = flipped(raw, 100);
+    await writeFile(stored, bad, { mode: 0o600 });
+    const err = await rejection(stageSnapshot({ file: stored }, announceOf(raw), path, tool, AbortSignal.timeout(30_000)));
+    expect(err).toBeInstanceOf(PreconditionError);
+    expect(err.code).toBe('RESTORE_VERIFY_FAILED');
+    await expectNothingLeft(dir);
+    expect(sha256(await readFile(stored))).toBe(sha256(bad));
+  });
+
+  it('stages a compressed stored copy by reading and decompressing it (a link would stage gzip bytes)', async () => {
+    const { path } = await nextPath();
+    const stored = join(root, `stored-${n}.db.gz`);
+    await writeFile(stored, gz, { mode: 0o600 });
+    const staged = await stageSnapshot({ file: stored }, announceOf(gz, true), path, tool, AbortSignal.timeout(30_000));
+    expect(staged.rawSha256).toBe(sha256(raw));
+    expect((await stat(path)).ino).not.toBe((await stat(stored)).ino);
+    expect(sha256(await readFile(path))).toBe(sha256(raw));
+  });
+
   it('refuses a flipped byte against the announced SHA-256, naming expected and got, and leaves nothing', async () => {
     for (const [bytes, compressed] of [
       [raw, false],
