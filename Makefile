@@ -55,7 +55,7 @@ test: deps build typecheck lint
 run: deps build
 	node dist/cli/local-cluster.js
 
-# Prints numbers (snapshot and restore: BENCH_DB_MB, BENCH_RUNS, BENCH_FILL_CONCURRENCY; idle cost: BENCH_IDLE_SECONDS); not part of `make test`.
+# Prints numbers (snapshot and restore: BENCH_DB_MB, BENCH_RUNS, BENCH_FILL_CONCURRENCY, BENCH_MEMBERS; idle cost: BENCH_IDLE_SECONDS); not part of `make test`.
 bench: deps build
 	npx vitest run --config vitest.bench.config.ts
 

@@ -151,6 +151,7 @@ function startSteward(member: Member, nodes: Member[], logs: string, s3: { port:
       `--initial-cluster=${nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
       `--etcd-endpoints=${nodes.map((n) => n.clientUrl).join(',')}`,
       `--grpc-listen=${member.grpc}`,
+      '--grpc-plaintext-dev=true',
       `--http-listen=${member.http}`,
       '--etcd-s3=true',
       `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,

@@ -27,6 +27,7 @@ export function daemonCommand(version: string): Command {
     let description = `${spec.description}; ${spec.kind.allowed}`;
     if (spec.derived) description += ` (default: ${spec.derived})`;
     const option = new Option(`--${spec.flag} <value>`, description).env(envName(spec));
+    if (spec.repeatable) option.argParser((value: string, previous: unknown) => [...(Array.isArray(previous) ? (previous as string[]) : []), value]);
     if (spec.default !== undefined) option.default(spec.default);
     command.addOption(option);
   }
@@ -171,10 +172,62 @@ function checkConsistency(config: Config): void {
     throw new ConfigError(`--etcd-s3-folder: ${JSON.stringify(config.etcdS3Folder)} is not allowed: expected a key prefix without a leading slash or '..'`);
   }
   checkControlPrefix(config);
+  checkTls(config);
+}
+
+/** Every TLS setting comes with what it needs, and the gRPC API is plaintext only when asked, on loopback. */
+function checkTls(config: Config): void {
+  const pair = (cert: SettingKey, key: SettingKey): void => {
+    if (Boolean(config[cert]) !== Boolean(config[key])) {
+      const [given, missing] = config[cert] ? [cert, key] : [key, cert];
+      throw new ConfigError(`--${SETTINGS[missing].flag}: empty is not allowed with --${SETTINGS[given].flag}`, {
+        hint: 'a certificate needs its key and a key its certificate: give both, or neither',
+      });
+    }
+  };
+  pair('etcdCertFile', 'etcdKeyFile');
+  pair('etcdPeerCertFile', 'etcdPeerKeyFile');
+  pair('etcdCert', 'etcdKey');
+  if (config.etcdClientCertAuth && !config.etcdTrustedCaFile) {
+    throw new ConfigError('--etcd-trusted-ca-file: empty is not allowed with --etcd-client-cert-auth', { hint: "name the CA of the clients' certificates" });
+  }
+  if (config.etcdPeerClientCertAuth && !config.etcdPeerTrustedCaFile) {
+    throw new ConfigError('--etcd-peer-trusted-ca-file: empty is not allowed with --etcd-peer-client-cert-auth', { hint: "name the CA of the peers' certificates" });
+  }
+  const scheme = (urls: string[], tls: boolean, flag: string, certFlag: string): void => {
+    for (const url of urls) {
+      if (url.startsWith('https:') !== tls) {
+        throw new ConfigError(`--${flag}: ${url} is not allowed ${tls ? `with --${certFlag}: etcd serves TLS there, so the URL is https` : `without --${certFlag}: an https URL needs etcd's certificate`}`, {
+          hint: tls ? `write https:// in --${flag}` : `give --${certFlag} and its key, or write http://`,
+        });
+      }
+    }
+  };
+  scheme(config.listenClientUrls, Boolean(config.etcdCertFile), 'listen-client-urls', 'etcd-cert-file');
+  scheme(config.advertiseClientUrls, Boolean(config.etcdCertFile), 'advertise-client-urls', 'etcd-cert-file');
+  scheme(config.listenPeerUrls, Boolean(config.etcdPeerCertFile), 'listen-peer-urls', 'etcd-peer-cert-file');
+  scheme(config.initialAdvertisePeerUrls, Boolean(config.etcdPeerCertFile), 'initial-advertise-peer-urls', 'etcd-peer-cert-file');
+  if (config.etcdUser && !config.etcdPassword) {
+    throw new ConfigError('--etcd-password: empty is not allowed with --etcd-user', { hint: "give the user's password, or leave --etcd-user empty" });
+  }
+  const tls = [config.tlsCa, config.tlsCert, config.tlsKey].filter(Boolean).length;
+  if (tls > 0 && tls < 3) {
+    throw new ConfigError('--tls-ca, --tls-cert and --tls-key: give all three or none', {
+      hint: 'mTLS needs the cluster CA, this steward\'s certificate and its key',
+    });
+  }
+  if (tls === 3 && config.grpcPlaintextDev) {
+    throw new ConfigError('--grpc-plaintext-dev: true is not allowed with --tls-cert', { hint: 'choose mTLS or the development plaintext mode, not both' });
+  }
+  if (tls === 0 && !config.grpcPlaintextDev) {
+    throw new ConfigError('--tls-cert: the gRPC API needs mTLS (--tls-ca, --tls-cert, --tls-key)', {
+      hint: 'give the cluster CA and this steward\'s certificate and key; for development on one machine only, --grpc-plaintext-dev=true',
+    });
+  }
   const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(config.grpcListen.host) || config.grpcListen.host.startsWith('127.');
-  if (!loopback && !config.grpcInsecureNonLoopback) {
-    throw new ConfigError(`--grpc-listen: ${config.grpcListen.host} is not a loopback address and the gRPC API has no TLS yet`, {
-      hint: 'listen on 127.0.0.1, or pass --grpc-insecure-non-loopback=true if you accept an unauthenticated API on the network',
+  if (config.grpcPlaintextDev && !loopback) {
+    throw new ConfigError(`--grpc-listen: ${config.grpcListen.host} is not a loopback address and --grpc-plaintext-dev serves without TLS`, {
+      hint: 'listen on 127.0.0.1 for development, or use mTLS (--tls-ca, --tls-cert, --tls-key) on the network',
     });
   }
 }

@@ -4,6 +4,7 @@ import {
   boolean,
   cronExpression,
   duration,
+  flagList,
   integer,
   hostPort,
   initialCluster,
@@ -11,6 +12,7 @@ import {
   oneOf,
   optionalText,
   text,
+  textList,
   urlList,
   type ValueKind,
 } from './values.js';
@@ -26,9 +28,16 @@ export interface SettingSpec<T> {
   description: string;
   default?: string;
   derived?: string;
+  /** The flag may be given more than once; every value is kept, in order. */
+  repeatable?: boolean;
 }
 
-function setting<T>(flag: string, kind: ValueKind<T>, description: string, more: { default?: string; derived?: string } = {}): SettingSpec<T> {
+function setting<T>(
+  flag: string,
+  kind: ValueKind<T>,
+  description: string,
+  more: { default?: string; derived?: string; repeatable?: boolean } = {},
+): SettingSpec<T> {
   return { flag, kind, description, ...more };
 }
 
@@ -61,6 +70,38 @@ export const SETTINGS = {
   etcdEndpoints: setting('etcd-endpoints', urlList(), "client URLs of every member, for the steward's own etcd client", {
     derived: '--advertise-client-urls',
   }),
+  etcdCertFile: setting('etcd-cert-file', optionalText('a PEM file path'), "etcd's certificate for clients (etcd --cert-file)", { default: '' }),
+  etcdKeyFile: setting('etcd-key-file', optionalText('a PEM file path'), "etcd's key for clients (etcd --key-file)", { default: '' }),
+  etcdTrustedCaFile: setting('etcd-trusted-ca-file', optionalText('a PEM file path'), 'CA of the client certificates etcd accepts (etcd --trusted-ca-file)', {
+    default: '',
+  }),
+  etcdClientCertAuth: setting('etcd-client-cert-auth', boolean(), 'etcd requires a client certificate (etcd --client-cert-auth)', { default: 'false' }),
+  etcdPeerCertFile: setting('etcd-peer-cert-file', optionalText('a PEM file path'), "etcd's certificate for its peers (etcd --peer-cert-file)", {
+    default: '',
+  }),
+  etcdPeerKeyFile: setting('etcd-peer-key-file', optionalText('a PEM file path'), "etcd's key for its peers (etcd --peer-key-file)", { default: '' }),
+  etcdPeerTrustedCaFile: setting(
+    'etcd-peer-trusted-ca-file',
+    optionalText('a PEM file path'),
+    "CA of the peers' certificates (etcd --peer-trusted-ca-file)",
+    { default: '' },
+  ),
+  etcdPeerClientCertAuth: setting('etcd-peer-client-cert-auth', boolean(), 'etcd requires a certificate from its peers (etcd --peer-client-cert-auth)', {
+    default: 'false',
+  }),
+  etcdCacert: setting('etcd-cacert', optionalText('a PEM file path'), "CA the steward checks etcd's certificates with (etcdctl --cacert)", {
+    default: '',
+  }),
+  etcdCert: setting('etcd-cert', optionalText('a PEM file path'), "the steward's client certificate for etcd (etcdctl --cert)", { default: '' }),
+  etcdKey: setting('etcd-key', optionalText('a PEM file path'), "the steward's client key for etcd (etcdctl --key; never logged)", { default: '' }),
+  etcdUser: setting('etcd-user', optionalText('an etcd user name'), 'etcd user of the steward when etcd auth is on', { default: '' }),
+  etcdPassword: setting('etcd-password', optionalText('a password'), 'password of --etcd-user (never logged)', { default: '' }),
+  etcdArg: setting(
+    'etcd-arg',
+    flagList(),
+    'an etcd flag the steward does not own, passed to etcd as given (quota, timeouts, compaction, metrics URLs...); repeatable',
+    { default: '', repeatable: true },
+  ),
   etcdStopGrace: setting('etcd-stop-grace', duration({ minMs: 1000, maxMs: 300_000 }), 'time etcd gets after SIGTERM before SIGKILL', {
     default: '10s',
   }),
@@ -75,10 +116,21 @@ export const SETTINGS = {
   }),
   grpcListen: setting('grpc-listen', hostPort(), 'address of the gRPC API (ctl and peers)', { default: '127.0.0.1:7401' }),
   httpListen: setting('http-listen', hostPort(), 'address of /metrics, /healthz and /readyz', { default: '127.0.0.1:7481' }),
-  grpcInsecureNonLoopback: setting(
-    'grpc-insecure-non-loopback',
+  tlsCa: setting('tls-ca', optionalText('a PEM file path'), 'CA that signs every steward and ctl certificate (mTLS on the gRPC API)', { default: '' }),
+  tlsCert: setting('tls-cert', optionalText('a PEM file path'), "this steward's certificate, for the gRPC API and its calls to peers", {
+    default: '',
+  }),
+  tlsKey: setting('tls-key', optionalText('a PEM file path'), "this steward's private key (never logged; 0600)", { default: '' }),
+  adminCn: setting(
+    'admin-cn',
+    textList('comma-separated certificate common names, * matching any run of characters', (item) => /^[A-Za-z0-9*._@:-]+$/.test(item)),
+    'client certificate identities allowed the destructive verbs (delete, prune, restore, restore abort, init, spec set)',
+    { default: 'etcd-steward-admin' },
+  ),
+  grpcPlaintextDev: setting(
+    'grpc-plaintext-dev',
     boolean(),
-    'allow plaintext gRPC on a non-loopback address (unsafe: anyone on the network can drive the steward)',
+    'serve the gRPC API without TLS or client authentication: development on loopback only, warned about every minute',
     { default: 'false' },
   ),
   advertiseGrpc: setting('advertise-grpc', hostPort(), 'gRPC address other stewards use to reach this one', { derived: '--grpc-listen' }),

@@ -121,6 +121,37 @@ export function cronExpression(validate: (expr: string) => boolean): ValueKind<s
   };
 }
 
+/** Comma-separated items (a YAML list works too), each checked by `valid`; empty means none. */
+export function textList(description: string, valid: (item: string) => boolean = () => true): ValueKind<string[]> {
+  const schema = z.union([z.string(), z.array(z.string())]).transform((value, ctx) => {
+    const items = (Array.isArray(value) ? value : value.split(',')).map((s) => s.trim()).filter(Boolean);
+    if (!items.every(valid)) {
+      ctx.addIssue({ code: 'custom', message: 'bad item' });
+      return z.NEVER;
+    }
+    return items;
+  });
+  return { schema, allowed: description };
+}
+
+/**
+ * Flags for another program, `--flag=value` or `--flag`: repeated on the command line (`--etcd-arg=--x=1`),
+ * a YAML list in the config file, whitespace-separated in the env variable.
+ */
+export function flagList(): ValueKind<string[]> {
+  const schema = z.union([z.string(), z.array(z.string())]).transform((value, ctx) => {
+    // The env variable reaches commander's collector as one value: every value is split, so no flag's
+    // value may hold whitespace (no etcd flag a member needs does).
+    const items = (Array.isArray(value) ? value : [value]).flatMap((item) => item.split(/\s+/)).filter(Boolean);
+    if (!items.every((item) => /^--[a-z0-9][a-z0-9-]*(=\S*)?$/.test(item))) {
+      ctx.addIssue({ code: 'custom', message: 'bad flag' });
+      return z.NEVER;
+    }
+    return items;
+  });
+  return { schema, allowed: 'flags written --name=value (or --name), one per --etcd-arg' };
+}
+
 /** Free text that may be empty (an S3 folder, an optional endpoint). */
 export function optionalText(description: string): ValueKind<string> {
   return { schema: z.union([z.string(), z.number()]).transform((v) => String(v).trim()), allowed: description };

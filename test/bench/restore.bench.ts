@@ -6,7 +6,7 @@
  *             for its peak RSS), then etcd started on that dir until `etcdctl endpoint health` passes
  *   memory:   every steward's VmRSS sampled every 100 ms during the restore, and its VmHWM (reset first)
  * Targets (issue): restore ≤ 2 × (etcdctl restore + etcd start-up); every steward ≤ 150 MB RSS throughout.
- * Run: BENCH_DB_MB=1024 npx vitest run --config vitest.bench.config.ts test/bench/restore.bench.ts
+ * Run: BENCH_DB_MB=1024 [BENCH_MEMBERS=1] npx vitest run --config vitest.bench.config.ts test/bench/restore.bench.ts
  * (`make bench` runs it with the others). The snapshot is saved to local + S3 (s3rver); the restore streams
  * it from the leader's local copy. etcd's default 2 GiB quota holds 1 GB: the steward has no quota setting.
  */
@@ -35,6 +35,9 @@ import {
 } from './restore-measure.js';
 
 const DB_MB = Number(process.env.BENCH_DB_MB ?? 1024);
+// 3 is the issue's case. On one machine the three members share its 2 cores and one disk, which hosts of
+// their own would not: BENCH_MEMBERS=1 measures one member's whole path against the same baseline.
+const MEMBERS = Number(process.env.BENCH_MEMBERS ?? 3);
 const FILL_CONCURRENCY = Number(process.env.BENCH_FILL_CONCURRENCY ?? 8);
 const RSS_LIMIT_MB = 150;
 const RESTORE_TIMEOUT_MS = 60 * 60_000;
@@ -72,7 +75,7 @@ describe('restore benchmark', () => {
     report(`load average at start: ${loadAverage()} (2 cores; other runs may share them)`);
     s3 = await S3Server.start({ bucket: 'bench' });
     cluster = await StewardCluster.create({
-      size: 3,
+      size: MEMBERS,
       extraArgs: [...s3.stewardArgs(), '--etcd-disable-snapshots=true', '--etcd-snapshot-timeout=2h', '--etcd-s3-timeout=1h', '--restore-checks-timeout=30m'],
     });
     const c = cluster;

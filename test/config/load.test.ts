@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -11,7 +11,7 @@ import { STEWARD_JS, assertBuilt } from '../harness/steward-cluster.js';
 function runSteward(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   assertBuilt();
   return new Promise((resolve) => {
-    execFile(process.execPath, [STEWARD_JS, ...args], { env: { ...process.env, ...env }, timeout: 20_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [STEWARD_JS, ...args], { env: { ETCD_STEWARD_GRPC_PLAINTEXT_DEV: 'true', ...process.env, ...env }, timeout: 20_000 }, (err, stdout, stderr) => {
       resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -22,7 +22,7 @@ describe('configuration', () => {
     const dir = await mkdtemp(join(tmpdir(), 'steward-config-'));
     const file = join(dir, 'steward.yaml');
     await writeFile(file, 'name: from-file\nelection-ttl: 7s\nhealth-interval: 3\ngrpc-listen: 127.0.0.1:9999\n');
-    const config = await loadConfig(['--config', file, '--grpc-listen', '127.0.0.1:7777'], '0.0.0');
+    const config = await loadConfig(['--grpc-plaintext-dev=true', '--config', file, '--grpc-listen', '127.0.0.1:7777'], '0.0.0');
     expect(config.name).toBe('from-file');
     expect(config.electionTtl).toBe(7000);
     expect(config.healthInterval).toBe(3000);
@@ -33,9 +33,9 @@ describe('configuration', () => {
 
     process.env.ETCD_STEWARD_ELECTION_TTL = '12s';
     try {
-      const fromEnv = await loadConfig(['--config', file], '0.0.0');
+      const fromEnv = await loadConfig(['--grpc-plaintext-dev=true', '--config', file], '0.0.0');
       expect(fromEnv.electionTtl).toBe(12_000);
-      const fromFlag = await loadConfig(['--config', file, '--election-ttl', '4s'], '0.0.0');
+      const fromFlag = await loadConfig(['--grpc-plaintext-dev=true', '--config', file, '--election-ttl', '4s'], '0.0.0');
       expect(fromFlag.electionTtl).toBe(4000);
     } finally {
       delete process.env.ETCD_STEWARD_ELECTION_TTL;
@@ -52,14 +52,14 @@ describe('configuration', () => {
   });
 
   it('rejects bad values with the setting, the value and what is allowed', async () => {
-    await expect(loadConfig(['--election-ttl', '-5s'], '0')).rejects.toThrow(/--election-ttl: "-5s" is not allowed: expected a duration/);
-    await expect(loadConfig(['--grpc-listen', '127.0.0.1:70000'], '0')).rejects.toBeInstanceOf(ConfigError);
-    await expect(loadConfig(['--initial-cluster', 'a=http://127.0.0.1:2380', '--name', 'b'], '0')).rejects.toThrow(/not one of its members/);
-    await expect(loadConfig(['--no-such-flag'], '0')).rejects.toBeInstanceOf(UsageError);
-    await expect(loadConfig(['--help'], '0')).rejects.toBeInstanceOf(HelpShown);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--election-ttl', '-5s'], '0')).rejects.toThrow(/--election-ttl: "-5s" is not allowed: expected a duration/);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--grpc-listen', '127.0.0.1:70000'], '0')).rejects.toBeInstanceOf(ConfigError);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--initial-cluster', 'a=http://127.0.0.1:2380', '--name', 'b'], '0')).rejects.toThrow(/not one of its members/);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--no-such-flag'], '0')).rejects.toBeInstanceOf(UsageError);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--help'], '0')).rejects.toBeInstanceOf(HelpShown);
     process.env.ETCD_STEWARD_HEALTH_INTERVAL = 'often';
     try {
-      await expect(loadConfig([], '0')).rejects.toThrow(/ETCD_STEWARD_HEALTH_INTERVAL: "often" is not allowed/);
+      await expect(loadConfig(['--grpc-plaintext-dev=true', ], '0')).rejects.toThrow(/ETCD_STEWARD_HEALTH_INTERVAL: "often" is not allowed/);
     } finally {
       delete process.env.ETCD_STEWARD_HEALTH_INTERVAL;
     }
@@ -69,13 +69,13 @@ describe('configuration', () => {
     const dir = await mkdtemp(join(tmpdir(), 'steward-config-'));
     const unknown = join(dir, 'unknown.yaml');
     await writeFile(unknown, 'election-tll: 5s\n');
-    await expect(loadConfig(['--config', unknown], '0')).rejects.toThrow(/unknown setting 'election-tll'/);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--config', unknown], '0')).rejects.toThrow(/unknown setting 'election-tll'/);
     const broken = join(dir, 'broken.yaml');
     await writeFile(broken, 'name: [unclosed\n');
-    await expect(loadConfig(['--config', broken], '0')).rejects.toThrow(/is not valid YAML/);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--config', broken], '0')).rejects.toThrow(/is not valid YAML/);
     const badValue = join(dir, 'bad.yaml');
     await writeFile(badValue, 'grpc-listen: 127.0.0.1:http\n');
-    await expect(loadConfig(['--config', badValue], '0')).rejects.toThrow(new RegExp(`grpc-listen in ${badValue}: "127.0.0.1:http" is not allowed`));
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--config', badValue], '0')).rejects.toThrow(new RegExp(`grpc-listen in ${badValue}: "127.0.0.1:http" is not allowed`));
   });
 
   it('the daemon exits 2 with one line naming the setting, and starts nothing', async () => {
@@ -113,6 +113,49 @@ describe('configuration', () => {
     const env = await runSteward([], { ETCD_STEWARD_ELECTION_TTL: '-1s' });
     expect(env.code).toBe(2);
     expect(env.stderr).toMatch(/ETCD_STEWARD_ELECTION_TTL: "-1s"/);
+  });
+
+  it('TLS settings come with what they need, and plaintext gRPC only when asked for, on loopback', async () => {
+    const refused: Array<[string[], RegExp]> = [
+      [['--etcd-cert-file=/c.pem'], /--etcd-key-file: empty is not allowed with --etcd-cert-file/],
+      [['--etcd-peer-key-file=/k.pem'], /--etcd-peer-cert-file: empty is not allowed with --etcd-peer-key-file/],
+      [['--etcd-cert=/c.pem'], /--etcd-key: empty is not allowed with --etcd-cert/],
+      [['--etcd-client-cert-auth=true'], /--etcd-trusted-ca-file: empty is not allowed with --etcd-client-cert-auth/],
+      [['--etcd-peer-client-cert-auth=true'], /--etcd-peer-trusted-ca-file: empty/],
+      [['--etcd-cert-file=/c.pem', '--etcd-key-file=/k.pem'], /--listen-client-urls: http:\/\/127.0.0.1:2379 is not allowed with --etcd-cert-file/],
+      [['--listen-peer-urls=https://127.0.0.1:2380'], /--listen-peer-urls: https:\/\/127.0.0.1:2380 is not allowed without --etcd-peer-cert-file/],
+      [['--etcd-user=root'], /--etcd-password: empty is not allowed with --etcd-user/],
+      [['--tls-cert=/c.pem'], /--tls-ca, --tls-cert and --tls-key: give all three or none/],
+      [['--tls-ca=/a', '--tls-cert=/c', '--tls-key=/k'], /--grpc-plaintext-dev: true is not allowed with --tls-cert/],
+      [['--etcd-arg=quota-backend-bytes=1'], /--etcd-arg: \["quota-backend-bytes=1"\] is not allowed: expected flags written --name=value/],
+    ];
+    for (const [args, message] of refused) {
+      await expect(loadConfig(['--grpc-plaintext-dev=true', ...args], '0'), args.join(' ')).rejects.toThrow(message);
+    }
+    await expect(loadConfig([], '0')).rejects.toThrow(/the gRPC API needs mTLS \(--tls-ca, --tls-cert, --tls-key\)/);
+    const tls = await loadConfig(['--tls-ca=/a', '--tls-cert=/c', '--tls-key=/k', '--etcd-cert-file=/c', '--etcd-key-file=/k', '--listen-client-urls=https://127.0.0.1:2379'], '0');
+    expect(tls.tlsCert).toBe('/c');
+    expect(tls.advertiseClientUrls).toEqual(['https://127.0.0.1:2379']);
+    expect(tls.adminCn).toEqual(['etcd-steward-admin']);
+  });
+
+  it('--etcd-arg is repeatable on the command line, a list in the file and whitespace-separated in the env', async () => {
+    const flags = await loadConfig(['--grpc-plaintext-dev=true', '--etcd-arg=--quota-backend-bytes=8589934592', '--etcd-arg=--snapshot-count=5000'], '0');
+    expect(flags.etcdArg).toEqual(['--quota-backend-bytes=8589934592', '--snapshot-count=5000']);
+    expect((await loadConfig(['--grpc-plaintext-dev=true'], '0')).etcdArg).toEqual([]);
+    const dir = await mkdtemp(join(tmpdir(), 'steward-config-'));
+    const file = join(dir, 'config.yaml');
+    await writeFile(file, 'etcd-arg:\n  - --heartbeat-interval=250\n  - --election-timeout=2500\nadmin-cn: ops-*,break-glass\n');
+    const fromFile = await loadConfig(['--grpc-plaintext-dev=true', '--config', file], '0');
+    expect(fromFile.etcdArg).toEqual(['--heartbeat-interval=250', '--election-timeout=2500']);
+    expect(fromFile.adminCn).toEqual(['ops-*', 'break-glass']);
+    process.env.ETCD_STEWARD_ETCD_ARG = '--auto-compaction-retention=1  --quota-backend-bytes=1';
+    try {
+      expect((await loadConfig(['--grpc-plaintext-dev=true'], '0')).etcdArg).toEqual(['--auto-compaction-retention=1', '--quota-backend-bytes=1']);
+    } finally {
+      delete process.env.ETCD_STEWARD_ETCD_ARG;
+    }
+    await rm(dir, { recursive: true, force: true });
   });
 
   it('--help lists every setting with its default and env variable', async () => {

@@ -4,7 +4,7 @@ import { etcdArgs } from '../../src/etcd/args.js';
 
 describe('etcd flags from the config', () => {
   it('derives every flag, and a restore can override the token, client URLs and bootstrap state for one start', async () => {
-    const config = await loadConfig(['--name=node-1', '--data-dir=/d', '--listen-client-urls=http://127.0.0.1:2379', '--initial-cluster-token=old'], '0.0.0');
+    const config = await loadConfig(['--grpc-plaintext-dev=true', '--name=node-1', '--data-dir=/d', '--listen-client-urls=http://127.0.0.1:2379', '--initial-cluster-token=old'], '0.0.0');
     const base = etcdArgs(config);
     expect(base).toContain('--name=node-1');
     expect(base).toContain('--initial-cluster-token=old');

@@ -88,6 +88,7 @@ export class StewardCluster {
       `--initial-cluster=${this.nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
       `--etcd-endpoints=${this.nodes.map((n) => n.clientUrl).join(',')}`,
       `--grpc-listen=${node.grpc}`,
+      '--grpc-plaintext-dev=true',
       `--http-listen=${node.http}`,
       `--election-ttl=${this.options.electionTtl ?? '5s'}`,
       '--health-interval=1s',
