@@ -7,6 +7,7 @@ export type ErrorFamily =
   | 'invalid' // bad input or configuration: exit 2
   | 'not-found' // exit 3
   | 'precondition' // refused because the cluster or the request is not in a safe state: exit 4
+  | 'permission' // refused because of who is asking (mTLS identity): exit 4, like every refusal
   | 'unavailable' // cannot reach a peer or a dependency: exit 5 from the ctl
   | 'deadline' // a deadline or timeout passed before the work finished: exit 6
   | 'cancelled' // the caller cancelled (Ctrl-C) or the steward is shutting down: exit 130
@@ -66,6 +67,13 @@ export class NotFoundError extends StewardError {
 export class PreconditionError extends StewardError {
   constructor(code: string, message: string, options: StewardErrorOptions = {}) {
     super('precondition', code, message, options);
+  }
+}
+
+/** Refused because of who asks: no valid client certificate, or one whose identity may not do this. */
+export class PermissionError extends StewardError {
+  constructor(code: string, message: string, options: StewardErrorOptions = {}) {
+    super('permission', code, message, options);
   }
 }
 

@@ -1,11 +1,23 @@
 import { Metadata, status as GrpcStatus, type ServiceError, type StatusObject } from '@grpc/grpc-js';
-import { CancelledError, DeadlineError, InternalError, StewardError, UnavailableError, errorText, prefixOf, type ErrorFamily } from './errors.js';
+import {
+  CancelledError,
+  DeadlineError,
+  InternalError,
+  PermissionError,
+  StewardError,
+  UnavailableError,
+  errorText,
+  prefixOf,
+  type ErrorFamily,
+} from './errors.js';
 
 /** The one table that ties an error family to a gRPC status and a ctl exit code. */
 const FAMILY: Record<ErrorFamily, { grpc: GrpcStatus; exit: number }> = {
   invalid: { grpc: GrpcStatus.INVALID_ARGUMENT, exit: 2 },
   'not-found': { grpc: GrpcStatus.NOT_FOUND, exit: 3 },
   precondition: { grpc: GrpcStatus.FAILED_PRECONDITION, exit: 4 },
+  // A refusal like a precondition for scripts (exit 4); its own status so gRPC clients see PERMISSION_DENIED.
+  permission: { grpc: GrpcStatus.PERMISSION_DENIED, exit: 4 },
   unavailable: { grpc: GrpcStatus.UNAVAILABLE, exit: 5 },
   deadline: { grpc: GrpcStatus.DEADLINE_EXCEEDED, exit: 6 },
   // 130 = 128 + SIGINT, what a shell reports for a command stopped with Ctrl-C.
@@ -82,9 +94,11 @@ export function fromGrpcError(err: ServiceError, endpoint: string): StewardError
     switch (err.code) {
       case GrpcStatus.UNAVAILABLE:
         return new UnavailableError('STEWARD_UNREACHABLE', `cannot reach the steward at ${endpoint} (${message})`, {
-          hint: 'check that etcd-steward is running there and that --endpoint / ETCD_STEWARD_ENDPOINT points at its gRPC address',
+          hint: 'check that etcd-steward is running there and that --endpoint / ETCD_STEWARD_ENDPOINT points at its gRPC address; a steward with mTLS needs --cacert, --cert and --key (or ETCD_STEWARD_CACERT, _CERT, _KEY)',
           cause: err,
         });
+      case GrpcStatus.PERMISSION_DENIED:
+        return new PermissionError('PERMISSION_DENIED', `the steward at ${endpoint} refused the call: ${message}`, { cause: err });
       case GrpcStatus.DEADLINE_EXCEEDED:
         return new DeadlineError(`the call to ${endpoint} did not finish before its deadline (${message})`, {
           hint: 'the steward may be overloaded or unreachable; check it with etcd-stewardctl status and try again',

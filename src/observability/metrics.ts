@@ -122,6 +122,13 @@ export class StewardMetrics {
     registers: [this.registry],
   });
 
+  readonly certificateExpiry = new Gauge({
+    name: 'etcd_steward_certificate_expiry_timestamp_seconds',
+    help: 'when each configured certificate file expires (its earliest certificate); alert when it nears now',
+    labelNames: ['file'] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'etcd_steward_' });
   }

@@ -1,6 +1,7 @@
 import type { Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { CancelledError, DeadlineError, abortedError, asStewardError, prefixOf, toGrpcStatus, type StewardError } from '../errors/index.js';
+import { certificateCn } from '../security/access.js';
 import { checkRequestHeader, replyHeader } from './peer-header.js';
 import type { CallContext, PeerCallContext, PeerHeader, PeerIdentity, PeerReplyHeader } from './types.js';
 
@@ -13,10 +14,13 @@ export interface AdapterOptions {
   log: Logger;
   /** Aborted when the steward shuts down: every call in flight stops its work. */
   shutdown: AbortSignal;
+  /** mTLS on: every call has a verified client certificate (security/access.ts refused the others). */
+  tls: boolean;
 }
 
 interface AnyCall {
   metadata: Metadata;
+  getAuthContext(): ReturnType<ServerUnaryCall<unknown, unknown>['getAuthContext']> | null;
   getDeadline(): Date | number;
   on(event: 'cancelled', listener: () => void): unknown;
   removeListener(event: 'cancelled', listener: () => void): unknown;
@@ -42,7 +46,7 @@ export function callContext(call: AnyCall, shutdown: AbortSignal): { ctx: CallCo
   const timer = Number.isFinite(ms) ? setTimeout(() => controller.abort(new DeadlineError('the call passed its deadline')), Math.max(0, ms)) : undefined;
   timer?.unref();
   return {
-    ctx: { signal: controller.signal, metadata: call.metadata },
+    ctx: { signal: controller.signal, metadata: call.metadata, caller: certificateCn(call.getAuthContext()?.sslPeerCertificate) },
     done: () => {
       clearTimeout(timer);
       call.removeListener('cancelled', onCancel);
@@ -115,6 +119,11 @@ export interface PeerAdapterOptions extends AdapterOptions {
   identity: PeerIdentity;
 }
 
+/** With mTLS, who the certificate says called (checked against the header); null without TLS: nothing to check. */
+function callerOf(ctx: CallContext, options: AdapterOptions): string | null {
+  return options.tls ? (ctx.caller ?? '') : null;
+}
+
 /** A peer unary call: the header is checked before the handler runs and the reply names who answered. */
 export function peerUnary<Req extends { header: PeerHeader | null }, Res extends object>(
   method: string,
@@ -126,7 +135,7 @@ export function peerUnary<Req extends { header: PeerHeader | null }, Res extends
     method,
     options,
     async (request, ctx) => {
-      const peer = checkRequestHeader(request.header, options.identity);
+      const peer = checkRequestHeader(request.header, options.identity, callerOf(ctx, options));
       const response = await handler(request, { ...ctx, peer });
       return { ...response, header: replyHeader(options.identity) };
     },
@@ -150,7 +159,7 @@ export function peerClientStream<Chunk extends { header?: PeerHeader | null; dat
     const run = async (): Promise<Res & { header: PeerReplyHeader }> => {
       const messages = call[Symbol.asyncIterator]() as AsyncIterator<Chunk>;
       const first = await messages.next();
-      const peer = checkRequestHeader(first.done ? undefined : first.value.header, options.identity);
+      const peer = checkRequestHeader(first.done ? undefined : first.value.header, options.identity, callerOf(ctx, options));
       const data = (async function* (): AsyncGenerator<Buffer> {
         // Data in the first message (beside the header) is part of the stream too.
         if (!first.done && first.value.data && first.value.data.length > 0) yield first.value.data;
@@ -194,7 +203,7 @@ export function peerByteStream<Req extends { header: PeerHeader | null }>(
     const { ctx, done } = callContext(call, options.shutdown);
     const run = async (): Promise<void> => {
       validate(call.request);
-      const peer = checkRequestHeader(call.request.header, options.identity);
+      const peer = checkRequestHeader(call.request.header, options.identity, callerOf(ctx, options));
       const source = await handler(call.request, { ...ctx, peer });
       call.write({ header: replyHeader(options.identity) });
       for await (const data of source) {

@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { credentials, type Client, type ClientReadableStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials, type ChannelCredentials, type Client, type ClientReadableStream, type ClientWritableStream, type ServiceError } from '@grpc/grpc-js';
 import { InternalError, abortedError, fromGrpcError } from '../errors/index.js';
 import { CLIENT_WINDOW_OPTIONS } from './flow-window.js';
 import { StewardCtlClient, StewardPeerClient } from './proto.js';
@@ -104,10 +104,11 @@ const KEEPALIVE = { 'grpc.keepalive_time_ms': 20_000, 'grpc.keepalive_timeout_ms
 export class StewardClient extends BaseClient {
   protected readonly client: Client;
 
-  constructor(endpoint: string, timeoutMs = 15_000) {
+  /** `channelCredentials`: mTLS (security/ctl-tls.ts) or, by default, plaintext for a --grpc-plaintext-dev steward. */
+  constructor(endpoint: string, timeoutMs = 15_000, channelCredentials: ChannelCredentials = credentials.createInsecure()) {
     super(endpoint, timeoutMs);
     // Keepalive: a save has no deadline, so a steward host that vanishes mid-save must still be noticed.
-    this.client = new StewardCtlClient(endpoint, credentials.createInsecure(), KEEPALIVE);
+    this.client = new StewardCtlClient(endpoint, channelCredentials, KEEPALIVE);
   }
 
   status(signal?: AbortSignal): Promise<StatusResponse> {
@@ -188,9 +189,10 @@ export class StewardClient extends BaseClient {
 export class PeerClient extends BaseClient {
   protected readonly client: Client;
 
-  constructor(endpoint: string, timeoutMs = 30_000) {
+  /** `channelCredentials`: the steward's own mTLS identity (TlsFiles.channelCredentials), or plaintext in dev mode. */
+  constructor(endpoint: string, timeoutMs = 30_000, channelCredentials: ChannelCredentials = credentials.createInsecure()) {
     super(endpoint, timeoutMs);
-    this.client = new StewardPeerClient(endpoint, credentials.createInsecure(), { ...KEEPALIVE, ...CLIENT_WINDOW_OPTIONS });
+    this.client = new StewardPeerClient(endpoint, channelCredentials, { ...KEEPALIVE, ...CLIENT_WINDOW_OPTIONS });
   }
 
   listLocalSnapshots(header: PeerHeader, signal: AbortSignal): Promise<LocalListing & { header: PeerReplyHeader | null }> {

@@ -23,13 +23,14 @@ type AnyHttp2Server = Http2Server | Http2SecureServer;
  * default window and says so once.
  */
 export function raiseServerFlowWindow(server: Server, log: Logger): void {
-  // Private grpc-js state: typed loosely on purpose and checked before use.
-  const listeners = (server as unknown as { http2Servers?: unknown }).http2Servers;
-  if (!(listeners instanceof Map) || listeners.size === 0) {
-    log.warn('cannot raise the HTTP/2 flow-control window of the gRPC server (grpc-js internals changed): snapshot transfers to this steward run at the 64 KiB default, several times slower');
+  const listeners = http2Listeners(server);
+  if (!listeners) {
+    log.warn(
+      'cannot raise the HTTP/2 flow-control window of the gRPC server (grpc-js internals changed): snapshot transfers to this steward run at the 64 KiB default, several times slower',
+    );
     return;
   }
-  for (const listener of listeners.keys() as IterableIterator<AnyHttp2Server>) {
+  for (const listener of listeners) {
     listener.updateSettings({ initialWindowSize: FLOW_CONTROL_WINDOW_BYTES });
     listener.on('session', (session: Http2Session) => {
       try {
@@ -39,4 +40,12 @@ export function raiseServerFlowWindow(server: Server, log: Logger): void {
       }
     });
   }
+}
+
+/** The bound server's HTTP/2 listeners (plain or TLS), or undefined if grpc-js no longer keeps them there. */
+export function http2Listeners(server: Server): AnyHttp2Server[] | undefined {
+  // Private grpc-js state: typed loosely on purpose and checked before use.
+  const listeners = (server as unknown as { http2Servers?: unknown }).http2Servers;
+  if (!(listeners instanceof Map) || listeners.size === 0) return undefined;
+  return [...(listeners.keys() as IterableIterator<AnyHttp2Server>)];
 }

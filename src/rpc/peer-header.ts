@@ -1,4 +1,4 @@
-import { InvalidArgumentError, PreconditionError, UnavailableError } from '../errors/index.js';
+import { InvalidArgumentError, PermissionError, PreconditionError, UnavailableError } from '../errors/index.js';
 import { checkHeaderField } from './bounds.js';
 import type { PeerHeader, PeerIdentity, PeerReplyHeader } from './types.js';
 
@@ -8,10 +8,21 @@ import type { PeerHeader, PeerIdentity, PeerReplyHeader } from './types.js';
  * advertising 127.0.0.1:7401) is then refused instead of being taken for the node it was meant to be.
  */
 
-/** Receiver side: refuses a request meant for another node or another etcd cluster, before any work. */
-export function checkRequestHeader(header: PeerHeader | null | undefined, self: PeerIdentity): PeerHeader {
+/**
+ * Receiver side: refuses a request meant for another node or another etcd cluster, before any work.
+ * With mTLS (`certCn` not null) the caller the header names must be the one its certificate names: a
+ * member cannot act in another member's name (the fencing and restore checks trust `caller`).
+ */
+export function checkRequestHeader(header: PeerHeader | null | undefined, self: PeerIdentity, certCn: string | null = null): PeerHeader {
   if (!header) throw new InvalidArgumentError('peer request without a header', { hint: 'the caller is not a steward of this version; upgrade it' });
   for (const [what, value] of Object.entries(header)) if (typeof value === 'string') checkHeaderField(value, what);
+  if (certCn !== null && header.caller !== certCn) {
+    throw new PermissionError(
+      'PEER_IDENTITY_MISMATCH',
+      `the peer call claims to come from ${header.caller || '(no caller named)'} but its certificate names ${certCn || '(no CN)'}`,
+      { hint: `a steward calls its peers with its own certificate (CN = its --name); check --tls-cert on ${certCn || 'the caller'}` },
+    );
+  }
   if (header.node !== self.node) {
     throw new PreconditionError('WRONG_PEER', `this is steward ${self.node}, not ${header.node || '(none named)'}: the caller reached the wrong steward`, {
       hint: `the address ${header.caller || 'the caller'} has for ${header.node} belongs to ${self.node}; fix --advertise-grpc on ${header.node}`,

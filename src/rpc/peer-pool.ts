@@ -1,3 +1,4 @@
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { InternalError } from '../errors/index.js';
 import { PeerClient } from './client.js';
 import { checkReplyHeader } from './peer-header.js';
@@ -142,6 +143,8 @@ export class PeerPool {
     private readonly directory: PeerDirectory,
     private readonly self: CallerIdentity,
     private readonly timeoutMs = 30_000,
+    /** One credentials object for every peer: with mTLS it follows the files on disk (security/tls-files.ts). */
+    private readonly credentials?: ChannelCredentials,
   ) {}
 
   /** Every other steward the directory knows (this steward, by name, left out). */
@@ -158,7 +161,7 @@ export class PeerPool {
   peer(address: PeerAddress): Peer {
     let client = this.clients.get(address.grpc);
     if (!client) {
-      client = new PeerClient(address.grpc, this.timeoutMs);
+      client = new PeerClient(address.grpc, this.timeoutMs, this.credentials);
       this.clients.set(address.grpc, client);
     }
     return new Peer(address, client, this.self);

@@ -1,5 +1,8 @@
+import { setInterval as every } from 'node:timers/promises';
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { TlsRefusals, accessInterceptor, type AccessPolicy } from '../security/access.js';
+import { ReloadingServerCredentials, TLS_MIN_VERSION, type TlsFiles } from '../security/tls-files.js';
 import { raiseServerFlowWindow } from './flow-window.js';
 import { LIMITS, checkInteger, checkName, checkNames, checkSpecJson } from './bounds.js';
 import { peerByteStream, peerClientStream, peerUnary, serverStream, unary, type AdapterOptions, type PeerAdapterOptions } from './adapters.js';
@@ -26,6 +29,8 @@ import type {
 } from './types.js';
 
 const SHUTDOWN_GRACE_MS = 5000;
+/** How often a plaintext API says again that it is one: a forgotten dev flag must stay visible in the log. */
+export const PLAINTEXT_WARNING_MS = 60_000;
 
 export interface RpcServerOptions {
   host: string;
@@ -34,12 +39,14 @@ export interface RpcServerOptions {
   peer: StewardPeerHandlers;
   identity: PeerIdentity;
   logger: Logger;
+  /**
+   * mTLS (TLS 1.3 at least, client certificate verified against the CA, access by CN: security/access.ts).
+   * Undefined: plaintext (--grpc-plaintext-dev, which config allows on loopback only), every call allowed.
+   */
+  tls?: { files: TlsFiles; policy: AccessPolicy } | undefined;
 }
 
-/**
- * The steward's gRPC listener. Plaintext for now, which config only allows on loopback; mTLS plugs in
- * at `credentials` when the production-hardening issue lands.
- */
+/** The steward's gRPC listener: mTLS, or plaintext on loopback for development. */
 export class RpcServer {
   private constructor(
     private readonly server: Server,
@@ -50,16 +57,33 @@ export class RpcServer {
   static async start(options: RpcServerOptions): Promise<RpcServer> {
     const log = options.logger.child({ component: 'rpc' });
     const shutdown = new AbortController();
-    const server = new Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000 });
-    const adapter: PeerAdapterOptions = { log, shutdown: shutdown.signal, identity: options.identity };
+    const { tls } = options;
+    let refusals: TlsRefusals | undefined;
+    const server = new Server({
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      ...(tls ? { interceptors: [accessInterceptor(tls.policy, () => refusals, log)] } : {}),
+    });
+    const adapter: PeerAdapterOptions = { log, shutdown: shutdown.signal, identity: options.identity, tls: tls !== undefined };
     server.addService(stewardCtlService, ctlImplementation(options.handlers, adapter));
     server.addService(stewardPeerService, peerImplementation(options.peer, adapter));
-    const credentials = ServerCredentials.createInsecure();
+    const credentials = tls ? new ReloadingServerCredentials(tls.files) : ServerCredentials.createInsecure();
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(`${options.host}:${options.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
     });
     raiseServerFlowWindow(server, log);
-    log.warn({ address: `${options.host}:${port}` }, 'gRPC API listening in PLAINTEXT (no TLS, no client authentication): loopback dev use only');
+    const address = `${options.host}:${port}`;
+    if (tls) {
+      refusals = TlsRefusals.watch(server, log);
+      log.info({ address, minVersion: TLS_MIN_VERSION, subject: tls.files.current.subject, adminCn: tls.policy.adminCn }, 'gRPC API listening with mTLS');
+    } else {
+      const warn = (): void => log.warn({ address }, 'gRPC API listening in PLAINTEXT (no TLS, no client authentication): loopback dev use only');
+      warn();
+      // Not awaited: ends (quietly) when stop() aborts `shutdown`; unref'd, so it never keeps the process up.
+      void (async () => {
+        for await (const _ of every(PLAINTEXT_WARNING_MS, undefined, { signal: shutdown.signal, ref: false })) warn();
+      })().catch(() => undefined);
+    }
     return new RpcServer(server, port, shutdown);
   }
 

@@ -67,6 +67,8 @@ export interface CallContext {
   /** Fires when the client cancels, the call's deadline passes, or the steward shuts down. */
   signal: AbortSignal;
   metadata: Metadata;
+  /** The CN of the caller's verified client certificate; undefined without mTLS. */
+  caller?: string | undefined;
 }
 
 /** A peer handler's context: the request header, already checked against this steward's identity. */
