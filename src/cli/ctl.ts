@@ -20,9 +20,10 @@ import {
   type RestoreAsked,
 } from './restore-output.js';
 import { rootSignalFromProcess } from './signals.js';
+import { ctlCredentials, type CtlTlsOptions } from '../security/ctl-tls.js';
 
 type Output = 'text' | 'json';
-interface GlobalOptions {
+interface GlobalOptions extends CtlTlsOptions {
   endpoint: string;
   output: Output;
 }
@@ -41,7 +42,11 @@ function program(): Command {
     .exitOverride()
     .configureOutput({ outputError: () => undefined })
     .addOption(new Option('--endpoint <host:port>', 'steward gRPC address').env('ETCD_STEWARD_ENDPOINT').default(DEFAULT_ENDPOINT))
-    .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'));
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
+    // mTLS: without any of these the ctl speaks plaintext (a steward started with --grpc-plaintext-dev).
+    .addOption(new Option('--cacert <file>', 'CA that signed the steward certificates (PEM)').env('ETCD_STEWARD_CACERT'))
+    .addOption(new Option('--cert <file>', 'your client certificate (PEM); its CN is your identity').env('ETCD_STEWARD_CERT'))
+    .addOption(new Option('--key <file>', 'your private key (PEM, mode 0600)').env('ETCD_STEWARD_KEY'));
 
   root
     .command('status')
@@ -362,7 +367,7 @@ async function withClient(global: GlobalOptions, fn: (client: StewardClient) => 
   if (!/^[^\s:]+:\d{1,5}$/.test(global.endpoint) && !/^\[[0-9a-fA-F:]+\]:\d{1,5}$/.test(global.endpoint)) {
     throw new UsageError(`--endpoint: '${global.endpoint}' is not host:port`, { hint: 'pass e.g. --endpoint 127.0.0.1:7401' });
   }
-  const client = new StewardClient(global.endpoint);
+  const client = new StewardClient(global.endpoint, undefined, await ctlCredentials(global));
   try {
     await fn(client);
   } finally {
