@@ -38,6 +38,8 @@ import { RestoreTool } from '../restore/tool.js';
 import { RestoreCoordinator } from '../restore/coordinator.js';
 import { RestoreLock } from '../restore/lock.js';
 import { restorePeerHandlers } from '../restore/handlers.js';
+import { TlsFiles } from '../security/tls-files.js';
+import { CertificateExpiry, certificateFilesOf } from '../security/cert-expiry.js';
 
 /**
  * One steward: supervises the local etcd member, takes part in the election, serves the API.
@@ -80,6 +82,8 @@ export class Steward {
     private readonly metrics: StewardMetrics,
     s3Store: S3Store | undefined,
     controlStore: BackupStore,
+    /** mTLS material of the gRPC API and of calls to peers; undefined with --grpc-plaintext-dev. */
+    private readonly tls: TlsFiles | undefined,
   ) {
     this.log = logger.child({ component: 'steward' });
     this.supervisor = new EtcdSupervisor({
@@ -117,7 +121,12 @@ export class Steward {
     this.peerDirectory = new SpecPeerDirectory({ control: this.control, stateDir: config.stateDir, latest: () => this.spec.latest, logger });
     // The spec's addresses work with etcd down; the registry in etcd only fills gaps an older spec leaves.
     const directory = new LayeredPeerDirectory(this.peerDirectory, this.registry, logger);
-    this.peers = new PeerPool(directory, { ...this.identity, fencingToken: () => this.election.currentTerm?.fencingToken ?? '' });
+    this.peers = new PeerPool(
+      directory,
+      { ...this.identity, fencingToken: () => this.election.currentTerm?.fencingToken ?? '' },
+      undefined,
+      tls?.channelCredentials(),
+    );
     this.snapshots = new SnapshotService(
       {
         config,
@@ -218,7 +227,8 @@ export class Steward {
     const control =
       (await loadS3Store(config, metrics, { bucket: config.controlS3Bucket, folder: config.controlS3Folder })) ??
       new LocalStore(join(config.stateDir, 'control'));
-    return new Steward(config, logger, metrics, s3, control);
+    const tls = config.tlsCert ? await TlsFiles.load({ ca: config.tlsCa, cert: config.tlsCert, key: config.tlsKey }, logger) : undefined;
+    return new Steward(config, logger, metrics, s3, control, tls);
   }
 
   async run(signal: AbortSignal): Promise<void> {
@@ -271,6 +281,11 @@ export class Steward {
         peer: { ...this.snapshotHandlers.peer, ...restorePeerHandlers(this.restoreMember) },
         identity: this.identity,
         logger: this.logger,
+        tls: this.tls && {
+          files: this.tls,
+          // Who may call the peer API: the spec's members (kept current by the spec watch), else --initial-cluster.
+          policy: { adminCn: config.adminCn, members: () => (this.spec.latest?.members ?? config.initialCluster).map((m) => m.name) },
+        },
       });
       // Each loop gets its handler the moment it starts: one that throws early (while the election below is
       // still running) must not become an unhandled rejection, nor die silently. A loop that fails is a bug:
@@ -285,12 +300,15 @@ export class Steward {
       const registering = background('registry', this.register(probingStop.signal));
       const canary = background('s3-canary', this.snapshots.runS3Canary(probingStop.signal));
       const specWatch = background('spec', this.spec.run(probingStop.signal));
+      const tlsFiles = background('tls-files', this.tls?.run(probingStop.signal) ?? Promise.resolve());
+      const expiry = new CertificateExpiry(certificateFilesOf(config), this.metrics.certificateExpiry, this.logger);
+      const certificates = background('cert-expiry', expiry.run(probingStop.signal));
       await this.election.run(leadershipStop.signal);
       await Promise.all(this.leaderWork);
       this.log.info('shutting down: leadership released');
       await this.rpc.stop();
       probingStop.abort();
-      await Promise.all([probing, registering, canary, specWatch]);
+      await Promise.all([probing, registering, canary, specWatch, tlsFiles, certificates]);
     } finally {
       signal.removeEventListener('abort', onStop);
       probingStop.abort();
