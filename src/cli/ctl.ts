@@ -21,6 +21,7 @@ import {
 } from './restore-output.js';
 import { rootSignalFromProcess } from './signals.js';
 import { ctlCredentials, type CtlTlsOptions } from '../security/ctl-tls.js';
+import { quietIpServernameWarning } from './warnings.js';
 
 type Output = 'text' | 'json';
 interface GlobalOptions extends CtlTlsOptions {
@@ -392,6 +393,7 @@ function print(output: Output, json: unknown, text: () => string): void {
 }
 
 async function main(argv: string[]): Promise<number> {
+  quietIpServernameWarning();
   try {
     await program().parseAsync(argv, { from: 'user' });
     return 0;
