@@ -9,6 +9,8 @@ import { STEWARD_NODE_FLAGS, STEWARD_PROCESS_ENV } from '../../src/cli/node-flag
 import { hasMemberData } from '../../src/control/bootstrap.js';
 import { StewardClient } from '../../src/rpc/client.js';
 import type { StatusResponse } from '../../src/rpc/types.js';
+import { ctlCredentials, type CtlTlsOptions } from '../../src/security/ctl-tls.js';
+import { makeDevPki, type DevPki } from '../../src/security/dev-pki.js';
 import { freePort } from './ports.js';
 import { isAlive, killGroup, waitUntil } from './processes.js';
 
@@ -43,7 +45,18 @@ export interface ClusterOptions {
   env?: NodeJS.ProcessEnv;
   /** Extra environment for single nodes, by index (e.g. a restore failpoint). */
   nodeEnv?: Record<number, NodeJS.ProcessEnv>;
+  /**
+   * mTLS on the gRPC API: a dev PKI under <root>/pki, stewards started with --tls-* instead of
+   * --grpc-plaintext-dev, and ctl() / status() calling with a certificate (admin unless told otherwise).
+   */
+  grpcTls?: boolean;
 }
+
+/**
+ * Who a ctl run is, with grpcTls: the dev admin (default) or viewer, 'none' (the CA but no certificate:
+ * TLS without a client identity), or files of its own. Passed as ETCD_STEWARD_CACERT / _CERT / _KEY.
+ */
+export type CtlIdentity = 'admin' | 'viewer' | 'none' | CtlTlsOptions;
 
 /**
  * N real steward processes, each supervising a real etcd on free loopback ports, in one temp dir.
@@ -55,6 +68,8 @@ export class StewardCluster {
     readonly root: string,
     readonly nodes: StewardNode[],
     private readonly options: ClusterOptions,
+    /** With grpcTls: the dev CA, every node's steward certificate, admin and viewer. */
+    readonly pki?: DevPki,
   ) {}
 
   static async create(options: ClusterOptions = {}): Promise<StewardCluster> {
@@ -75,7 +90,38 @@ export class StewardCluster {
         logFile: join(root, `${name}.log`),
       });
     }
-    return new StewardCluster(root, nodes, options);
+    const pki = options.grpcTls
+      ? await makeDevPki(
+          join(root, 'pki'),
+          nodes.map((n) => n.name),
+        )
+      : undefined;
+    return new StewardCluster(root, nodes, options, pki);
+  }
+
+  /** The node's --tls-* flags with grpcTls, else the plaintext dev flag. */
+  private grpcSecurityArgs(node: StewardNode): string[] {
+    const files = this.pki?.nodes[node.name]?.steward;
+    if (!this.pki || !files) return ['--grpc-plaintext-dev=true'];
+    return [`--tls-ca=${this.pki.ca}`, `--tls-cert=${files.cert}`, `--tls-key=${files.key}`];
+  }
+
+  /** The ETCD_STEWARD_CACERT / _CERT / _KEY a ctl run gets for `identity` (nothing without grpcTls). */
+  ctlEnv(identity: CtlIdentity = 'admin'): NodeJS.ProcessEnv {
+    const files = this.ctlFiles(identity);
+    const env: NodeJS.ProcessEnv = {};
+    if (files.cacert) env.ETCD_STEWARD_CACERT = files.cacert;
+    if (files.cert) env.ETCD_STEWARD_CERT = files.cert;
+    if (files.key) env.ETCD_STEWARD_KEY = files.key;
+    return env;
+  }
+
+  private ctlFiles(identity: CtlIdentity): CtlTlsOptions {
+    if (typeof identity === 'object') return identity;
+    if (!this.pki) return {};
+    if (identity === 'none') return { cacert: this.pki.ca };
+    const pair = this.pki[identity];
+    return { cacert: this.pki.ca, cert: pair.cert, key: pair.key };
   }
 
   args(node: StewardNode): string[] {
@@ -88,7 +134,7 @@ export class StewardCluster {
       `--initial-cluster=${this.nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
       `--etcd-endpoints=${this.nodes.map((n) => n.clientUrl).join(',')}`,
       `--grpc-listen=${node.grpc}`,
-      '--grpc-plaintext-dev=true',
+      ...this.grpcSecurityArgs(node),
       `--http-listen=${node.http}`,
       `--election-ttl=${this.options.electionTtl ?? '5s'}`,
       '--health-interval=1s',
@@ -126,7 +172,7 @@ export class StewardCluster {
     await waitUntil(
       'init --yes to be answered',
       async () => {
-        const result = await runCtl(['--endpoint', this.node(0).grpc, 'init', '--yes']);
+        const result = await this.ctl(['--endpoint', this.node(0).grpc, 'init', '--yes']);
         if (result.code === 0 || result.stderr.startsWith('error[SPEC_EXISTS]')) return true;
         // Any other refusal (CLUSTER_RUNNING, SNAPSHOTS_EXIST, ...) is a test set-up error, not "fine".
         if (result.code === 4) throw new Error(`init --yes was refused: ${result.stderr}`);
@@ -189,7 +235,7 @@ export class StewardCluster {
   }
 
   async status(index: number): Promise<StatusResponse> {
-    const client = new StewardClient(this.node(index).grpc, 5000);
+    const client = new StewardClient(this.node(index).grpc, 5000, await ctlCredentials(this.ctlFiles('viewer')));
     try {
       return await client.status();
     } finally {
@@ -214,8 +260,9 @@ export class StewardCluster {
     );
   }
 
-  async ctl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-    return runCtl(args, env);
+  /** A ctl run; with grpcTls as `identity` (admin by default), its files passed through the environment. */
+  async ctl(args: string[], env: NodeJS.ProcessEnv = {}, identity: CtlIdentity = 'admin'): Promise<{ code: number; stdout: string; stderr: string }> {
+    return runCtl(args, { ...this.ctlEnv(identity), ...env });
   }
 
   logs(index: number): string {
