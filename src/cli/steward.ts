@@ -5,11 +5,14 @@ import { createLogger } from '../observability/logger.js';
 import { Steward } from '../steward/steward.js';
 import { STEWARD_VERSION } from '../steward/version.js';
 import { rootSignalFromProcess } from './signals.js';
+import { quietIpServernameWarning } from './warnings.js';
 
 /** Shutdown must finish well inside the kubelet's 30 s grace period; past this the process exits anyway. */
 const SHUTDOWN_DEADLINE_MS = 28_000;
 
 async function main(): Promise<number> {
+  // Peer calls over TLS to IP addresses: the same warning the ctl keeps off stderr, not a log line.
+  quietIpServernameWarning();
   let config;
   try {
     config = await loadConfig(process.argv.slice(2), STEWARD_VERSION);

@@ -44,6 +44,8 @@ export interface RpcServerOptions {
    * Undefined: plaintext (--grpc-plaintext-dev, which config allows on loopback only), every call allowed.
    */
   tls?: { files: TlsFiles; policy: AccessPolicy } | undefined;
+  /** Without TLS, how often the plaintext warning repeats (default PLAINTEXT_WARNING_MS). */
+  plaintextWarningMs?: number;
 }
 
 /** The steward's gRPC listener: mTLS, or plaintext on loopback for development. */
@@ -81,7 +83,7 @@ export class RpcServer {
       warn();
       // Not awaited: ends (quietly) when stop() aborts `shutdown`; unref'd, so it never keeps the process up.
       void (async () => {
-        for await (const _ of every(PLAINTEXT_WARNING_MS, undefined, { signal: shutdown.signal, ref: false })) warn();
+        for await (const _ of every(options.plaintextWarningMs ?? PLAINTEXT_WARNING_MS, undefined, { signal: shutdown.signal, ref: false })) warn();
       })().catch(() => undefined);
     }
     return new RpcServer(server, port, shutdown);

@@ -1,4 +1,6 @@
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import { connect as http2Connect } from 'node:http2';
 import { copyFile, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { connect, type PeerCertificate } from 'node:tls';
 import { tmpdir } from 'node:os';
@@ -7,6 +9,7 @@ import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { StewardError, exitCodeFor } from '../../src/errors/index.js';
 import { StewardClient } from '../../src/rpc/client.js';
+import { FLOW_CONTROL_WINDOW_BYTES } from '../../src/rpc/flow-window.js';
 import { PeerPool } from '../../src/rpc/peer-pool.js';
 import { RpcServer } from '../../src/rpc/server.js';
 import type { StewardCtlHandlers, StewardPeerHandlers } from '../../src/rpc/types.js';
@@ -214,6 +217,22 @@ describe('mTLS on the ctl API: who may do what', () => {
     expect(err.message).toMatch(/protocol version/i);
   });
 
+  it('the raised HTTP/2 flow-control window (rpc/flow-window.ts) applies to the TLS listener too', async () => {
+    const { endpoint } = await startServer();
+    const session = http2Connect(`https://${endpoint}`, {
+      ca: readFileSync(pki.ca),
+      cert: readFileSync(pki.admin.cert),
+      key: readFileSync(pki.admin.key),
+      servername: 'localhost',
+    });
+    try {
+      await once(session, 'remoteSettings');
+      expect(session.remoteSettings.initialWindowSize).toBe(FLOW_CONTROL_WINDOW_BYTES);
+    } finally {
+      session.destroy();
+    }
+  });
+
   it('a key file readable by group or others is refused before connecting', async () => {
     const loose = join(root, 'loose-key.pem');
     await writeFile(loose, await readFile(pki.admin.key), { mode: 0o644 });
@@ -341,5 +360,33 @@ describe('certificate rotation without a restart', () => {
     expect((await refusal(stale.peer({ node: 'n1', grpc: endpoint }).listLocal(AbortSignal.timeout(5000)))).code).toBe('TLS_CLIENT_CERT_UNTRUSTED');
     const oldAdmin = await refusal((await ctl(endpoint, { ...pki.admin, cacert: newCa.ca })).status());
     expect(oldAdmin.code).toBe('TLS_CLIENT_CERT_UNTRUSTED');
+  });
+});
+
+describe('without TLS (--grpc-plaintext-dev)', () => {
+  it('everything is allowed, and the server warns again and again until it stops', async () => {
+    const warnings: string[] = [];
+    const server = await RpcServer.start({
+      host: '127.0.0.1',
+      port: 0,
+      handlers: ctlHandlers,
+      peer: peerHandlers,
+      identity: { node: 'n1', clusterId: () => 'c1' },
+      logger: pino({ level: 'warn' }, { write: (line: string) => warnings.push(line) }),
+      plaintextWarningMs: 50,
+    });
+    const plaintext = (): number => warnings.filter((w) => w.includes('PLAINTEXT')).length;
+    const client = new StewardClient(`127.0.0.1:${server.port}`, 5000);
+    try {
+      await client.delete(['a-n1-1700000000']);
+      await expect.poll(plaintext, { timeout: 2000 }).toBeGreaterThanOrEqual(3);
+    } finally {
+      client.close();
+      await server.stop();
+    }
+    const atStop = plaintext();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(plaintext()).toBe(atStop);
+    expect(calls).toEqual(['delete:a-n1-1700000000']);
   });
 });
