@@ -51,7 +51,15 @@ export class TlsFiles implements experimental.CertificateProvider {
   static async load(paths: TlsFilePaths, logger: Logger): Promise<TlsFiles> {
     const signature = await signatureOf(paths);
     const pem = await readPem(paths);
-    return new TlsFiles(paths, pem, signature, logger.child({ component: 'tls' }));
+    const log = logger.child({ component: 'tls' });
+    // A warning, not a refusal: Kubernetes mounts secrets 0644 unless defaultMode says otherwise.
+    const mode = (await stat(paths.key)).mode & 0o777;
+    if ((mode & 0o077) !== 0)
+      log.warn(
+        { key: paths.key, mode: mode.toString(8) },
+        'the --tls-key file is readable by group or others: restrict it to the steward (0600, or defaultMode: 0400 on the secret volume)',
+      );
+    return new TlsFiles(paths, pem, signature, log);
   }
 
   get current(): TlsPem {
