@@ -93,6 +93,12 @@ const ctlHandlers: StewardCtlHandlers = {
 };
 const peerHandlers: StewardPeerHandlers = {
   ...unusedPeerHandlers(),
+  receiveSnapshot: async (_announce, data, ctx) => {
+    let bytes = 0;
+    for await (const chunk of data) bytes += chunk.length;
+    calls.push(`receive ${bytes} from ${ctx.caller}`);
+    return { bytes, sha256: '', revision: 0, totalKeys: 0, rawSha256: '', rawBytes: 0 };
+  },
   listLocalSnapshots: async (ctx) => {
     calls.push(`listLocal from ${ctx.peer.caller} (cert ${ctx.caller})`);
     return { snapshots: [], orphans: [] };
@@ -286,6 +292,19 @@ describe('mTLS on the peer API: members only, in their own name', () => {
     expect(impostor.message).toContain('claims to come from n3');
     expect(impostor.message).toContain('certificate names n2');
     expect(calls).toHaveLength(1);
+  });
+
+  it('a client stream (a snapshot sent to a member) passes the access check and arrives whole', async () => {
+    const { endpoint } = await startServer();
+    const n3 = await peerFiles(pki.nodes.n3?.steward as CertFiles);
+    async function* source(): AsyncGenerator<Buffer> {
+      for (let i = 0; i < 8; i++) yield Buffer.alloc(256 * 1024, i);
+    }
+    const reply = await pool(n3, 'n3')
+      .peer({ node: 'n1', grpc: endpoint })
+      .sendSnapshot('r1', { snapshot: 's', size: 8 * 256 * 1024, sha256: '', compressed: false }, source(), AbortSignal.timeout(10_000));
+    expect(reply.bytes).toBe(8 * 256 * 1024);
+    expect(calls).toEqual([`receive ${8 * 256 * 1024} from n3`]);
   });
 });
 
