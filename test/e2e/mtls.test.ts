@@ -94,9 +94,18 @@ describe('mTLS between ctl and stewards and among stewards (3 stewards, real etc
     expect(plaintext.code).toBe(5);
   });
 
-  it('a steward certificate of a non-member cannot call the peer API', async () => {
-    const tls = await TlsFiles.load({ ca: cluster.pki?.ca ?? '', ...files.outsider }, pino({ level: 'silent' }));
-    const pool = new PeerPool({ list: async () => [] }, { node: 'node-9', clusterId: () => '', fencingToken: () => '' }, 5000, tls.channelCredentials());
+  it.each([
+    ['a non-member', 'node-9', () => files.outsider, 'NOT_A_MEMBER', 'node-9 may not call the steward peer API'],
+    [
+      'a member claiming another node',
+      'node-3',
+      () => cluster.pki?.nodes['node-2']?.steward as CertFiles,
+      'PEER_IDENTITY_MISMATCH',
+      'claims to come from node-3 but its certificate names node-2',
+    ],
+  ])('the peer API of a real steward refuses %s', async (_what, claimed, cert, code, text) => {
+    const tls = await TlsFiles.load({ ca: cluster.pki?.ca ?? '', ...cert() }, pino({ level: 'silent' }));
+    const pool = new PeerPool({ list: async () => [] }, { node: claimed, clusterId: () => '', fencingToken: () => '' }, 5000, tls.channelCredentials());
     try {
       const err = await pool
         .peer({ node: 'node-1', grpc: cluster.node(0).grpc })
@@ -106,8 +115,8 @@ describe('mTLS between ctl and stewards and among stewards (3 stewards, real etc
           (e: unknown) => e,
         );
       expect(err).toBeInstanceOf(StewardError);
-      expect((err as StewardError).code).toBe('NOT_A_MEMBER');
-      expect((err as StewardError).message).toContain('node-9');
+      expect((err as StewardError).code).toBe(code);
+      expect((err as StewardError).message).toContain(text);
     } finally {
       pool.close();
     }
