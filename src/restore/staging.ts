@@ -5,7 +5,17 @@ import { dirname, resolve } from 'node:path';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { DeadlineError, InternalError, InvalidArgumentError, PreconditionError, StewardError, UnavailableError, abortedError, errorText, prefixOf } from '../errors/index.js';
+import {
+  DeadlineError,
+  InternalError,
+  InvalidArgumentError,
+  PreconditionError,
+  StewardError,
+  UnavailableError,
+  abortedError,
+  errorText,
+  prefixOf,
+} from '../errors/index.js';
 import { EtcdIntegrityCheck } from '../snapshot/integrity.js';
 import { STATE_FILE_MODE, ensureStateDir, fsyncDir } from '../state/atomic.js';
 import type { RestoreTool } from './tool.js';
@@ -70,7 +80,8 @@ export async function stageSnapshot(
     // A .part left by a crashed steward is no transfer of ours: start afresh.
     await removeStaging(target);
     const linked = 'file' in data && !announce.compressed && (await linkCopy(data.file, part));
-    const source = 'file' in data ? createReadStream(linked ? part : data.file, { highWaterMark: FILE_READ_BYTES }) : sourceOf(data, idleTimeoutMs, announce.snapshot);
+    const source =
+      'file' in data ? createReadStream(linked ? part : data.file, { highWaterMark: FILE_READ_BYTES }) : sourceOf(data, idleTimeoutMs, announce.snapshot);
     // Uncompressed, the trailer check's running hash is the stored bytes' SHA-256 too: 1 GB is hashed once.
     const stored = new AnnouncedBytes(announce, announce.compressed);
     const check = new EtcdIntegrityCheck();
@@ -339,11 +350,17 @@ class FileSink extends Writable {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
-    writeAll(this.handle, chunk).then(() => callback(), (err: Error) => callback((this.failure = err)));
+    writeAll(this.handle, chunk).then(
+      () => callback(),
+      (err: Error) => callback((this.failure = err)),
+    );
   }
 
   override _final(callback: (err?: Error | null) => void): void {
-    this.handle.sync().then(() => callback(), (err: Error) => callback((this.failure = err)));
+    this.handle.sync().then(
+      () => callback(),
+      (err: Error) => callback((this.failure = err)),
+    );
   }
 }
 

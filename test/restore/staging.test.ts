@@ -255,7 +255,16 @@ describe('stageSnapshot (real etcd snapshot, real etcdctl)', () => {
   it('gives up on a sender that goes quiet mid-stream (DEADLINE_EXCEEDED), and leaves nothing', async () => {
     const { dir, path } = await nextPath();
     const started = Date.now();
-    const err = await rejection(stageSnapshot(thenHang(raw, () => undefined), announceOf(raw), path, tool, AbortSignal.timeout(30_000), 300));
+    const err = await rejection(
+      stageSnapshot(
+        thenHang(raw, () => undefined),
+        announceOf(raw),
+        path,
+        tool,
+        AbortSignal.timeout(30_000),
+        300,
+      ),
+    );
     expect(err.code, err.message).toBe('RESTORE_SENDER_IDLE');
     expect(err.family).toBe('deadline');
     expect(err.message).toMatch(/sent nothing for 0 s/);
