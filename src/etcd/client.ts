@@ -1,5 +1,8 @@
+import { readFileSync } from 'node:fs';
 import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, noop } from 'cockatiel';
 import { Etcd3, isRecoverableError, type IOptions } from 'etcd3';
+import type { Config } from '../config/settings.js';
+import { ConfigError } from '../errors/index.js';
 
 /**
  * The one door to etcd3 (microsoft/etcd3 1.1.2, unmaintained): the rest of src/ takes its types from here and
@@ -14,15 +17,56 @@ export async function leaseSecondsLeft(client: Etcd3, leaseId: string): Promise<
   return Number(response.TTL);
 }
 
+/** How the steward proves itself to etcd, etcdctl-style: its CA, client certificate and key, and an etcd user. */
+export type EtcdClientSecurity = Pick<Config, 'etcdCacert' | 'etcdCert' | 'etcdKey' | 'etcdUser' | 'etcdPassword'>;
+
 export interface EtcdClientOptions {
   /** Deadline for every unary call; streams (watch, keepalive, snapshot) set their own. */
   callTimeoutMs?: number;
+  /** TLS files and etcd auth; without them the client speaks plaintext (or TLS with the public CAs for https). */
+  security?: EtcdClientSecurity;
+}
+
+/**
+ * The steward's TLS files, read now: each new client reads them again, so a rotated certificate is used by the
+ * next client without a restart. Only paths go into an error, never the contents.
+ */
+export function readClientTls(security: Partial<EtcdClientSecurity> | undefined): { ca?: Buffer; cert?: Buffer; key?: Buffer } {
+  if (!security) return {};
+  const read = (path: string | undefined, flag: string): Buffer | undefined => {
+    if (!path) return undefined;
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new ConfigError(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, {
+        hint: `make ${path} readable by the steward`,
+        cause: err,
+      });
+    }
+  };
+  const ca = read(security.etcdCacert, 'etcd-cacert');
+  const cert = read(security.etcdCert, 'etcd-cert');
+  const key = read(security.etcdKey, 'etcd-key');
+  return { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+}
+
+function securityOptions(security: EtcdClientSecurity | undefined): Pick<IOptions, 'credentials' | 'auth'> {
+  const out: Pick<IOptions, 'credentials' | 'auth'> = {};
+  const tls = readClientTls(security);
+  // etcd3 switches to TLS on its own for https hosts, with the public CAs; our own CA or a certificate needs this.
+  if (tls.ca || tls.cert) {
+    // etcd3 types rootCertificate as required, but grpc-js takes null as "the public bundle" (etcdctl without --cacert).
+    out.credentials = { rootCertificate: tls.ca as Buffer, ...(tls.cert && tls.key ? { certChain: tls.cert, privateKey: tls.key } : {}) };
+  }
+  if (security?.etcdUser) out.auth = { username: security.etcdUser, password: security.etcdPassword };
+  return out;
 }
 
 function baseOptions(hosts: string[], options: EtcdClientOptions): IOptions {
   const timeout = options.callTimeoutMs ?? 10_000;
   return {
     hosts,
+    ...securityOptions(options.security),
     // A function, not an object: a plain object's deadline is computed once and goes stale.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeout }),
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000 },
