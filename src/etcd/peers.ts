@@ -1,5 +1,6 @@
 import { get as httpGet } from 'node:http';
 import { get as httpsGet } from 'node:https';
+import { isIP } from 'node:net';
 import type { Config } from '../config/settings.js';
 import { readClientTls, type EtcdClientSecurity } from './client.js';
 
@@ -74,7 +75,9 @@ export const MAX_MEMBERS_BODY_BYTES = 1024 * 1024;
  */
 export function getBounded(url: URL, tls: { ca?: Buffer; cert?: Buffer; key?: Buffer }, limit: number, signal: AbortSignal): Promise<string | undefined> {
   return new Promise((resolve, reject) => {
-    const options = url.protocol === 'https:' ? { ...tls, signal } : { signal };
+    // No SNI for an IP address (RFC 6066 forbids it, and Node warns); the certificate is still checked against it.
+    const servername = isIP(url.hostname.replace(/^\[|\]$/g, '')) ? '' : url.hostname;
+    const options = url.protocol === 'https:' ? { ...tls, servername, signal } : { signal };
     const request = (url.protocol === 'https:' ? httpsGet : httpGet)(url, options, (response) => {
       const announced = Number(response.headers['content-length'] ?? NaN);
       if (response.statusCode !== 200 || (Number.isFinite(announced) && announced > limit)) {
