@@ -139,4 +139,35 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
     // Every etcd is a new process, started with the same flags.
     await waitUntil('every etcd to run', async () => (cluster.nodes.every((n) => cluster.etcdPid(n.index) !== undefined) ? true : undefined), 10_000);
   });
+
+  it('with etcd auth on, stewards given --etcd-user/--etcd-password keep working (save included); the password is never logged', async () => {
+    const password = `pw-${Math.random().toString(36).slice(2)}`;
+    const endpoint = cluster.node(leader).clientUrl;
+    for (const args of [['role', 'add', 'root'], ['user', 'add', `root:${password}`, '--interactive=false'], ['user', 'grant-role', 'root', 'root']]) {
+      const done = await etcdctl(cluster, endpoint, args);
+      expect(done.code, `${args.join(' ')}: ${done.stderr}`).toBe(0);
+    }
+    // The user is given first, with auth still off: the stewards run on without a token, as etcdctl would.
+    for (const node of cluster.nodes) cluster.setNodeArgs(node.index, ['--etcd-user=root', `--etcd-password=${password}`]);
+    await cluster.stopAll();
+    await cluster.startAll();
+    ({ leader } = await cluster.waitForStableLeader(60_000));
+    const enabled = await etcdctl(cluster, cluster.node(leader).clientUrl, ['auth', 'enable']);
+    expect(enabled.code, enabled.stderr).toBe(0);
+    // Without a user the admin certificate's CN is the etcd user, and no such user exists.
+    const anonymous = await etcdctl(cluster, cluster.node(0).clientUrl, ['get', '/a/1']);
+    expect(anonymous.code).not.toBe(0);
+    const asRoot = await etcdctl(cluster, cluster.node(0).clientUrl, ['get', '/a/1', '--print-value-only', `--user=root:${password}`]);
+    expect(asRoot.stdout.trim()).toBe('value-a-1');
+    // The running stewards take a token from now on; the snapshot stream passes it too (PITFALLS: etcd3 drops it).
+    ({ leader } = await cluster.waitForStableLeader(60_000));
+    expect((await save(cluster, leader)).locations).toHaveLength(2);
+    // And a cold start with auth on: election, probes, bootstrap gate and snapshot all run as the user.
+    await cluster.stopAll();
+    await cluster.startAll();
+    ({ leader } = await cluster.waitForStableLeader(60_000));
+    const saved = await save(cluster, leader);
+    expect(saved.locations).toContain(`s3://snapshots/backups/${saved.name}`);
+    for (const node of cluster.nodes) expect(cluster.logs(node.index), node.name).not.toContain(password);
+  });
 });
