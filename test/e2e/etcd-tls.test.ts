@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -138,6 +138,29 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
     for (const node of cluster.nodes) expect(await userKeys(cluster, node.clientUrl), node.name).toEqual(a);
     // Every etcd is a new process, started with the same flags.
     await waitUntil('every etcd to run', async () => (cluster.nodes.every((n) => cluster.etcdPid(n.index) !== undefined) ? true : undefined), 10_000);
+  });
+
+  it("the spec's etcdFlags reach etcd at its next restart; the node's --etcd-arg keeps its own value; an owned flag is refused", async () => {
+    const grpc = cluster.node(0).grpc;
+    const spec = JSON.parse((await runCtl(['--endpoint', grpc, '-o', 'json', 'spec', 'get'])).stdout) as Record<string, unknown>;
+    const file = join(cluster.root, 'spec.json');
+    writeFileSync(file, JSON.stringify({ ...spec, etcdFlags: { 'data-dir': '/elsewhere' } }));
+    const refused = await runCtl(['--endpoint', grpc, 'spec', 'set', file]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('--data-dir is set by the steward itself (use --data-dir)');
+    writeFileSync(file, JSON.stringify({ ...spec, etcdFlags: { 'snapshot-count': '4321', 'quota-backend-bytes': '1073741824' } }));
+    const set = await runCtl(['--endpoint', grpc, 'spec', 'set', file]);
+    expect(set.code, set.stderr).toBe(0);
+    const before = cluster.etcdPid(0) as number;
+    process.kill(before, 'SIGKILL');
+    const after = await waitUntil('node-1 to run a new etcd', async () => {
+      const pid = cluster.etcdPid(0);
+      return pid !== undefined && pid !== before ? pid : undefined;
+    }, 20_000);
+    const cmdline = readFileSync(`/proc/${after}/cmdline`, 'utf8').split('\0');
+    expect(cmdline).toContain('--snapshot-count=4321');
+    expect(cmdline.filter((a) => a.startsWith('--quota-backend-bytes'))).toEqual([`--quota-backend-bytes=${QUOTA}`]);
+    ({ leader } = await cluster.waitForStableLeader(60_000));
   });
 
   it('with etcd auth on, stewards given --etcd-user/--etcd-password keep working (save included); the password is never logged', async () => {
