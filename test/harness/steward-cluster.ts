@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { STEWARD_NODE_FLAGS, STEWARD_PROCESS_ENV } from '../../src/cli/node-flags.js';
 import { hasMemberData } from '../../src/control/bootstrap.js';
+import { makeDevPki, type DevPki } from '../../src/security/dev-pki.js';
 import { StewardClient } from '../../src/rpc/client.js';
 import type { StatusResponse } from '../../src/rpc/types.js';
 import { freePort } from './ports.js';
@@ -43,6 +44,11 @@ export interface ClusterOptions {
   env?: NodeJS.ProcessEnv;
   /** Extra environment for single nodes, by index (e.g. a restore failpoint). */
   nodeEnv?: Record<number, NodeJS.ProcessEnv>;
+  /**
+   * etcd with TLS both ways: a dev PKI under the cluster root, https client and peer URLs, client and peer
+   * certificates required, and each steward's etcd client with its node's steward certificate.
+   */
+  etcdTls?: boolean;
 }
 
 /**
@@ -55,11 +61,14 @@ export class StewardCluster {
     readonly root: string,
     readonly nodes: StewardNode[],
     private readonly options: ClusterOptions,
+    /** The dev PKI when `etcdTls` is on. */
+    readonly pki?: DevPki,
   ) {}
 
   static async create(options: ClusterOptions = {}): Promise<StewardCluster> {
     assertBuilt();
     const root = await mkdtemp(join(tmpdir(), 'steward-test-'));
+    const etcdScheme = options.etcdTls ? 'https' : 'http';
     const nodes: StewardNode[] = [];
     for (let index = 0; index < (options.size ?? 3); index++) {
       const name = `node-${index + 1}`;
@@ -68,14 +77,15 @@ export class StewardCluster {
         name,
         grpc: `127.0.0.1:${await freePort()}`,
         http: `127.0.0.1:${await freePort()}`,
-        clientUrl: `http://127.0.0.1:${await freePort()}`,
-        peerUrl: `http://127.0.0.1:${await freePort()}`,
+        clientUrl: `${etcdScheme}://127.0.0.1:${await freePort()}`,
+        peerUrl: `${etcdScheme}://127.0.0.1:${await freePort()}`,
         dataDir: join(root, name, 'etcd'),
         stateDir: join(root, name, 'steward'),
         logFile: join(root, `${name}.log`),
       });
     }
-    return new StewardCluster(root, nodes, options);
+    const pki = options.etcdTls ? await makeDevPki(join(root, 'pki'), nodes.map((n) => n.name)) : undefined;
+    return new StewardCluster(root, nodes, options, pki);
   }
 
   args(node: StewardNode): string[] {
@@ -87,6 +97,7 @@ export class StewardCluster {
       `--listen-peer-urls=${node.peerUrl}`,
       `--initial-cluster=${this.nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
       `--etcd-endpoints=${this.nodes.map((n) => n.clientUrl).join(',')}`,
+      ...this.etcdTlsArgs(node),
       `--grpc-listen=${node.grpc}`,
       '--grpc-plaintext-dev=true',
       `--http-listen=${node.http}`,
@@ -96,6 +107,25 @@ export class StewardCluster {
       '--log-level=debug',
       ...(this.options.extraArgs ?? []),
       ...(this.options.nodeArgs?.[node.index] ?? []),
+    ];
+  }
+
+  private etcdTlsArgs(node: StewardNode): string[] {
+    const pki = this.pki;
+    const own = pki?.nodes[node.name];
+    if (!pki || !own) return [];
+    return [
+      `--etcd-cert-file=${own.etcd.cert}`,
+      `--etcd-key-file=${own.etcd.key}`,
+      `--etcd-trusted-ca-file=${pki.ca}`,
+      '--etcd-client-cert-auth=true',
+      `--etcd-peer-cert-file=${own.etcd.cert}`,
+      `--etcd-peer-key-file=${own.etcd.key}`,
+      `--etcd-peer-trusted-ca-file=${pki.ca}`,
+      '--etcd-peer-client-cert-auth=true',
+      `--etcd-cacert=${pki.ca}`,
+      `--etcd-cert=${own.steward.cert}`,
+      `--etcd-key=${own.steward.key}`,
     ];
   }
 
