@@ -3,11 +3,11 @@
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps npm-deps etcd-deps proto-types build typecheck test run clean bench
+.PHONY: all deps npm-deps etcd-deps ceph-deps proto-types build typecheck test run clean bench
 
 all: build
 
-deps: npm-deps etcd-deps
+deps: npm-deps etcd-deps ceph-deps
 
 npm-deps: node_modules/.steward-installed
 
@@ -20,6 +20,17 @@ etcd-deps:
 	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then \
 	  echo "etcd not found on PATH: installing Debian's etcd-server and etcd-client"; \
 	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client; \
+	fi
+
+# Debian's Ceph (16.2 on bookworm: ~69 MB download, ~270 MB installed) for test/e2e/s3-signatures.test.ts, which
+# runs a one-mon, one-memstore-OSD cluster with radosgw on loopback: an S3 that checks signatures. No daemon is
+# enabled or started by the packages' install; the test starts its own from a temp dir.
+CEPH_TOOLS := ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool
+ceph-deps:
+	@for tool in $(CEPH_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Ceph tools not found on PATH: installing Debian's radosgw, ceph-mon, ceph-osd and ceph-common"; \
+	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends radosgw ceph-mon ceph-osd ceph-common; \
 	fi
 
 # TypeScript types of proto/, generated (never hand-edited) into src/rpc/generated/. Committed so that a

@@ -192,14 +192,19 @@ function checkTls(config: Config): void {
     throw new ConfigError('--etcd-trusted-ca-file: empty is not allowed with --etcd-client-cert-auth', { hint: "name the CA of the clients' certificates" });
   }
   if (config.etcdPeerClientCertAuth && !config.etcdPeerTrustedCaFile) {
-    throw new ConfigError('--etcd-peer-trusted-ca-file: empty is not allowed with --etcd-peer-client-cert-auth', { hint: "name the CA of the peers' certificates" });
+    throw new ConfigError('--etcd-peer-trusted-ca-file: empty is not allowed with --etcd-peer-client-cert-auth', {
+      hint: "name the CA of the peers' certificates",
+    });
   }
   const scheme = (urls: string[], tls: boolean, flag: string, certFlag: string): void => {
     for (const url of urls) {
       if (url.startsWith('https:') !== tls) {
-        throw new ConfigError(`--${flag}: ${url} is not allowed ${tls ? `with --${certFlag}: etcd serves TLS there, so the URL is https` : `without --${certFlag}: an https URL needs etcd's certificate`}`, {
-          hint: tls ? `write https:// in --${flag}` : `give --${certFlag} and its key, or write http://`,
-        });
+        throw new ConfigError(
+          `--${flag}: ${url} is not allowed ${tls ? `with --${certFlag}: etcd serves TLS there, so the URL is https` : `without --${certFlag}: an https URL needs etcd's certificate`}`,
+          {
+            hint: tls ? `write https:// in --${flag}` : `give --${certFlag} and its key, or write http://`,
+          },
+        );
       }
     }
   };
@@ -213,7 +218,7 @@ function checkTls(config: Config): void {
   const tls = [config.tlsCa, config.tlsCert, config.tlsKey].filter(Boolean).length;
   if (tls > 0 && tls < 3) {
     throw new ConfigError('--tls-ca, --tls-cert and --tls-key: give all three or none', {
-      hint: 'mTLS needs the cluster CA, this steward\'s certificate and its key',
+      hint: "mTLS needs the cluster CA, this steward's certificate and its key",
     });
   }
   if (tls === 3 && config.grpcPlaintextDev) {
@@ -221,7 +226,7 @@ function checkTls(config: Config): void {
   }
   if (tls === 0 && !config.grpcPlaintextDev) {
     throw new ConfigError('--tls-cert: the gRPC API needs mTLS (--tls-ca, --tls-cert, --tls-key)', {
-      hint: 'give the cluster CA and this steward\'s certificate and key; for development on one machine only, --grpc-plaintext-dev=true',
+      hint: "give the cluster CA and this steward's certificate and key; for development on one machine only, --grpc-plaintext-dev=true",
     });
   }
   const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(config.grpcListen.host) || config.grpcListen.host.startsWith('127.');

@@ -80,12 +80,9 @@ export const SETTINGS = {
     default: '',
   }),
   etcdPeerKeyFile: setting('etcd-peer-key-file', optionalText('a PEM file path'), "etcd's key for its peers (etcd --peer-key-file)", { default: '' }),
-  etcdPeerTrustedCaFile: setting(
-    'etcd-peer-trusted-ca-file',
-    optionalText('a PEM file path'),
-    "CA of the peers' certificates (etcd --peer-trusted-ca-file)",
-    { default: '' },
-  ),
+  etcdPeerTrustedCaFile: setting('etcd-peer-trusted-ca-file', optionalText('a PEM file path'), "CA of the peers' certificates (etcd --peer-trusted-ca-file)", {
+    default: '',
+  }),
   etcdPeerClientCertAuth: setting('etcd-peer-client-cert-auth', boolean(), 'etcd requires a certificate from its peers (etcd --peer-client-cert-auth)', {
     default: 'false',
   }),

@@ -103,7 +103,9 @@ export interface BootstrapFacts {
 export type Need = { need: keyof BootstrapFacts };
 
 export interface GateContext {
-  config: Pick<Config, 'name' | 'dataDir' | 'stateDir' | 'initialCluster' | 'initialClusterToken' | 'initialClusterState' | 'initialAdvertisePeerUrls'>;
+  config: Pick<Config, 'name' | 'dataDir' | 'stateDir' | 'initialCluster' | 'initialClusterToken' | 'initialClusterState' | 'initialAdvertisePeerUrls'> &
+    // The peers are asked over their peer URLs: with peer TLS, with the steward's etcd certificate.
+    Partial<Pick<Config, 'etcdCacert' | 'etcdCert' | 'etcdKey'>>;
   /** The control store is shared by every node (S3); without S3 it is this node's own dir. */
   shared: boolean;
   controlLocation: string;

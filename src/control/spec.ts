@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { hostPort, memberName, urlList } from '../config/values.js';
 import { InvalidArgumentError } from '../errors/index.js';
+import { ownedFlag } from '../etcd/args.js';
 
 /**
  * The highest generation a spec may carry. Every write moves it by exactly one, so no real cluster comes near
@@ -89,6 +90,13 @@ export const clusterSpecSchema = z
     etcdFlags: z
       .record(z.string().regex(/^[a-z][a-z0-9-]{0,63}$/, 'a flag name without dashes'), z.string().max(4096).refine(isPlainText, 'no control characters'))
       .refine((flags) => Object.keys(flags).length <= 100, 'at most 100 flags')
+      .superRefine((flags, ctx) => {
+        // Refused here, at `spec set`, rather than when a member next starts etcd.
+        for (const name of Object.keys(flags)) {
+          const instead = ownedFlag(name);
+          if (instead !== undefined) ctx.addIssue({ code: 'custom', path: [name], message: `--${name} is set by the steward itself (use ${instead})` });
+        }
+      })
       .default({}),
     updatedAt: z
       .string()

@@ -1,7 +1,7 @@
 import { InterceptingCall, status as grpcStatus, type CallOptions, type Interceptor } from '@grpc/grpc-js';
 import type { Etcd3, IMember } from 'etcd3';
 import { errorText } from '../errors/index.js';
-import { createMemberClient } from './client.js';
+import { createMemberClient, type EtcdClientSecurity } from './client.js';
 
 export interface MemberHealth {
   id: string;
@@ -41,6 +41,7 @@ export class ClusterProbe {
   constructor(
     private readonly seedEndpoints: string[],
     private readonly timeoutMs: number,
+    private readonly security?: EtcdClientSecurity,
   ) {}
 
   /**
@@ -73,7 +74,7 @@ export class ClusterProbe {
   private client(endpoint: string): Etcd3 {
     let client = this.clients.get(endpoint);
     if (!client) {
-      client = createMemberClient(endpoint, { callTimeoutMs: this.timeoutMs });
+      client = createMemberClient(endpoint, { callTimeoutMs: this.timeoutMs, ...(this.security ? { security: this.security } : {}) });
       this.clients.set(endpoint, client);
     }
     return client;

@@ -1,4 +1,8 @@
+import { get as httpGet } from 'node:http';
+import { get as httpsGet } from 'node:https';
+import { isIP } from 'node:net';
 import type { Config } from '../config/settings.js';
+import { readClientTls, type EtcdClientSecurity } from './client.js';
 
 /** One entry of a member's `GET <peer-url>/members`: the cluster's member list as that member knows it. */
 interface PeerMember {
@@ -26,22 +30,19 @@ export interface PeerView {
  * does not answer (down, or peer TLS we cannot speak) says nothing.
  */
 export async function askPeers(
-  config: Pick<Config, 'name' | 'initialCluster' | 'initialAdvertisePeerUrls'>,
+  config: Pick<Config, 'name' | 'initialCluster' | 'initialAdvertisePeerUrls'> & Partial<EtcdClientSecurity>,
   timeoutMs: number,
   signal: AbortSignal,
 ): Promise<PeerView> {
   const mine = new Set(config.initialAdvertisePeerUrls.map(normalise));
   for (const member of config.initialCluster) if (member.name === config.name) mine.add(normalise(member.peerUrl));
   const others = config.initialCluster.filter((member) => member.name !== config.name && !mine.has(normalise(member.peerUrl)));
+  // Read once per question, like the etcd clients: a rotated certificate is used by the next question.
+  const tls = readClientTls(config);
   const answers = await Promise.all(
     others.map(async (member) => {
       try {
-        const response = await fetch(new URL('/members', member.peerUrl), { signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
-        if (!response.ok) {
-          await response.body?.cancel();
-          return undefined;
-        }
-        const body = await readBounded(response, MAX_MEMBERS_BODY_BYTES);
+        const body = await getBounded(new URL('/members', member.peerUrl), tls, MAX_MEMBERS_BODY_BYTES, AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]));
         if (body === undefined) return undefined;
         const members = JSON.parse(body.replace(/"id":\s*(\d+)/g, '"id":"$1"')) as unknown;
         return Array.isArray(members) ? { peerUrl: member.peerUrl, members: members as PeerMember[] } : undefined;
@@ -67,28 +68,41 @@ export async function askPeers(
  */
 export const MAX_MEMBERS_BODY_BYTES = 1024 * 1024;
 
-/** The body as text, or undefined if it is longer than `limit` bytes (announced or actual). */
-export async function readBounded(response: Response, limit: number): Promise<string | undefined> {
-  const announced = Number(response.headers.get('content-length') ?? NaN);
-  if (Number.isFinite(announced) && announced > limit) {
-    await response.body?.cancel();
-    return undefined;
-  }
-  if (!response.body) return '';
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > limit) {
-      await reader.cancel();
-      return undefined;
-    }
-    chunks.push(value);
-  }
-  return Buffer.concat(chunks).toString('utf8');
+/**
+ * GET `url`'s body as text; undefined for a status other than 200 or a body longer than `limit` bytes
+ * (announced or actual). An https URL is asked with the steward's etcd CA and client certificate: with
+ * --peer-client-cert-auth etcd answers no one else, and its peer certificate is checked against that CA.
+ */
+export function getBounded(url: URL, tls: { ca?: Buffer; cert?: Buffer; key?: Buffer }, limit: number, signal: AbortSignal): Promise<string | undefined> {
+  return new Promise((resolve, reject) => {
+    // No SNI for an IP address (RFC 6066 forbids it, and Node warns); the certificate is still checked against it.
+    const servername = isIP(url.hostname.replace(/^\[|\]$/g, '')) ? '' : url.hostname;
+    const options = url.protocol === 'https:' ? { ...tls, servername, signal } : { signal };
+    const request = (url.protocol === 'https:' ? httpsGet : httpGet)(url, options, (response) => {
+      const announced = Number(response.headers['content-length'] ?? NaN);
+      if (response.statusCode !== 200 || (Number.isFinite(announced) && announced > limit)) {
+        response.destroy();
+        resolve(undefined);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      response.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > limit) {
+          // Stops reading and drops the connection: nothing past the limit is buffered.
+          response.destroy();
+          resolve(undefined);
+          return;
+        }
+        chunks.push(chunk);
+      });
+      response.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      response.once('error', reject);
+      response.once('close', () => resolve(undefined));
+    });
+    request.once('error', reject);
+  });
 }
 
 function normalise(url: string): string {

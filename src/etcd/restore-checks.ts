@@ -3,7 +3,7 @@ import { setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Etcd3, IAlarmResponse, IHashKVResponse, IMember, IMemberListResponse, IStatusResponse } from 'etcd3';
 import { DeadlineError, InvalidArgumentError, errorText } from '../errors/index.js';
-import { createMemberClient } from './client.js';
+import { createMemberClient, type EtcdClientSecurity } from './client.js';
 import { etcdIdHex } from './health.js';
 
 /**
@@ -52,6 +52,8 @@ export interface RestoreCheckOptions {
   callTimeoutMs?: number;
   /** HashKV reads every key revision in the db: seconds on a multi-GiB db, so it gets a deadline of its own. */
   hashTimeoutMs?: number;
+  /** The steward's etcd TLS files and user, read for every round's clients. */
+  security?: EtcdClientSecurity;
 }
 
 const DEFAULT_CALL_TIMEOUT_MS = 2_000;
@@ -94,7 +96,7 @@ export async function checkRestoredCluster(
     .sort()
     .map((name) => {
       const endpoint = endpoints[name] ?? '';
-      return { name, endpoint, client: createMemberClient(endpoint, { callTimeoutMs }), problems: [] };
+      return { name, endpoint, client: createMemberClient(endpoint, { callTimeoutMs, ...(options.security ? { security: options.security } : {}) }), problems: [] };
     });
   try {
     return await runChecks(probes, expect, { callTimeoutMs, hashTimeoutMs }, local.signal);
@@ -110,7 +112,7 @@ export async function checkRestoredCluster(
 async function runChecks(
   probes: Probe[],
   expect: RestoredClusterExpectation,
-  timeouts: Required<RestoreCheckOptions>,
+  timeouts: Required<Omit<RestoreCheckOptions, 'security'>>,
   signal: AbortSignal,
 ): Promise<RestoredClusterReport> {
   const calls = cancelledBy(signal);
@@ -337,7 +339,7 @@ export async function waitForRestoredCluster(
  * drops the steward's own stale keys (its election, its schedule claims) from the restored keyspace with it,
  * their leases revoked first.
  */
-export async function deleteKeysWithPrefix(endpoint: string, prefix: string, signal: AbortSignal): Promise<number> {
+export async function deleteKeysWithPrefix(endpoint: string, prefix: string, signal: AbortSignal, security?: EtcdClientSecurity): Promise<number> {
   // An empty prefix would be the whole keyspace: the cluster's data, never the steward's to drop.
   if (prefix === '')
     throw new InvalidArgumentError('refusing to delete with an empty prefix: it would delete every key', { hint: 'name the prefix to delete' });
@@ -346,7 +348,7 @@ export async function deleteKeysWithPrefix(endpoint: string, prefix: string, sig
   const onAbort = (): void => local.abort(signal.reason);
   signal.addEventListener('abort', onAbort, { once: true });
   // One raft proposal, however many keys: the default unary deadline is ample.
-  const client = createMemberClient(endpoint);
+  const client = createMemberClient(endpoint, security ? { security } : {});
   try {
     const key = Buffer.from(prefix);
     // The leases of those keys come back with the snapshot, and their old holders renew them: a steward that

@@ -8,6 +8,7 @@ import { ExponentialBackoff, type IBackoff } from 'cockatiel';
 import type { Logger } from 'pino';
 import { InternalError, errorText } from '../errors/index.js';
 import { ensureStateDir, writeFileAtomic } from '../state/atomic.js';
+import { withSpecFlags } from './args.js';
 import { forwardEtcdOutput } from './output.js';
 
 export interface EtcdSupervisorOptions {
@@ -26,6 +27,11 @@ export interface EtcdSupervisorOptions {
    * supervision stops or a pause is asked for, so a gate that waits never holds either up.
    */
   beforeStart?: (signal: AbortSignal) => Promise<boolean>;
+  /**
+   * Flags added at every start, read then (the cluster spec's etcdFlags): a changed spec reaches etcd on its
+   * next (re)start, never by restarting a healthy member. A throw skips them for that start, logged.
+   */
+  specArgs?: () => string[];
 }
 
 /**
@@ -60,6 +66,7 @@ export class EtcdSupervisor {
   private current: Tracked | undefined;
   private phase: SupervisorState = 'idle';
   private args: string[];
+  private started: string[] = [];
   private paused = false;
   /** Aborted to cut short whatever the loop waits on (a gate, a backoff sleep) when a pause or resume comes. */
   private interrupt = new AbortController();
@@ -98,7 +105,22 @@ export class EtcdSupervisor {
     return this.lastProblem;
   }
 
-  /** The arguments the next start uses. */
+  /** The arguments the last start used, the spec's flags included; empty before the first start. */
+  get runningArgs(): string[] {
+    return [...this.started];
+  }
+
+  private readSpecArgs(): string[] {
+    try {
+      return this.options.specArgs?.() ?? [];
+    } catch (err) {
+      // A spec written by hand may name a flag the steward owns: etcd still starts, with the steward's own.
+      this.log.error({ err: errorText(err) }, "the cluster spec's etcd flags are not applied");
+      return [];
+    }
+  }
+
+  /** The arguments the next start uses, before the spec's flags are added. */
   get currentArgs(): string[] {
     return [...this.args];
   }
@@ -235,7 +257,8 @@ export class EtcdSupervisor {
    * (a bad flag, a port in use) is seen and restarted. A binary that cannot be run at all throws.
    */
   private async spawnChild(): Promise<Tracked> {
-    const child = spawn(this.options.binary, this.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = withSpecFlags(this.args, this.readSpecArgs());
+    const child = spawn(this.options.binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     if (child.pid === undefined) {
       // Node leaves pid unset when the spawn failed and reports why with 'error' on a later tick; there is
       // no process, so there is no exit to miss while waiting for the reason.
@@ -254,7 +277,8 @@ export class EtcdSupervisor {
     if (child.stderr) forwardEtcdOutput(child.stderr, etcdLog);
     let markHandled = (): void => undefined;
     const handled = new Promise<void>((resolve) => (markHandled = resolve));
-    this.log.info({ pid: child.pid, dataDir: this.options.dataDir }, 'etcd started');
+    this.log.info({ pid: child.pid, dataDir: this.options.dataDir, etcdFlags: args.length - this.args.length }, 'etcd started');
+    this.started = args;
     // Set before this function returns, so a pause or an abort in the very next tick finds the child.
     this.current = { child, exited, handled, markHandled, stopRequested: false };
     return this.current;

@@ -400,7 +400,11 @@ export class RestoreMember {
 
   private async startQuarantined(): Promise<void> {
     const record = this.current as RestorePhaseRecord;
-    const endpoint = record.quarantineEndpoint && (await portFree(record.quarantineEndpoint)) ? record.quarantineEndpoint : await quarantineEndpoint();
+    const tls = Boolean(this.options.config.etcdCertFile);
+    const endpoint =
+      record.quarantineEndpoint && (await portFree(record.quarantineEndpoint)) && record.quarantineEndpoint.startsWith(tls ? 'https:' : 'http:')
+        ? record.quarantineEndpoint
+        : await quarantineEndpoint(tls);
     await this.persist({ ...record, quarantineEndpoint: endpoint });
     this.options.supervisor.resume(this.quarantineArgs(endpoint));
     this.log.warn(

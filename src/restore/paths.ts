@@ -32,14 +32,17 @@ export function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
-/** A loopback port of the kernel's choosing: no API server is configured with it. */
-export async function quarantineEndpoint(): Promise<string> {
+/**
+ * A loopback port of the kernel's choosing: no API server is configured with it. https when etcd serves
+ * clients with TLS (`tls`): etcd takes the scheme of its listen URL as whether to serve TLS there.
+ */
+export async function quarantineEndpoint(tls = false): Promise<string> {
   const server = createServer();
   await new Promise<void>((resolve, reject) => server.listen(0, '127.0.0.1', resolve).once('error', reject));
   const address = server.address();
   await new Promise<void>((resolve) => server.close(() => resolve()));
   if (!address || typeof address === 'string') throw new Error('no port for the quarantine endpoint');
-  return `http://127.0.0.1:${address.port}`;
+  return `${tls ? 'https' : 'http'}://127.0.0.1:${address.port}`;
 }
 
 export async function portFree(endpoint: string): Promise<boolean> {

@@ -189,12 +189,13 @@ export async function runRestore(run: RestoreRun): Promise<RestoreSummary> {
       { members: participants.map((p) => p.node), minRevision },
       {
         timeoutMs: run.config.restoreChecksTimeout,
+        security: run.config,
         signal: during,
         onProblem: (problems) => log.info({ phase: 'RestartCluster', problems }, 'restored cluster not healthy yet'),
       },
     );
     const first = Object.values(endpoints)[0] as string;
-    for (const prefix of STALE_STEWARD_PREFIXES) await deleteKeysWithPrefix(first, prefix, during);
+    for (const prefix of STALE_STEWARD_PREFIXES) await deleteKeysWithPrefix(first, prefix, during, run.config);
     try {
       await run.recordSpec(
         {

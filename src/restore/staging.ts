@@ -5,7 +5,17 @@ import { dirname, resolve } from 'node:path';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { InternalError, InvalidArgumentError, PreconditionError, StewardError, UnavailableError, abortedError, errorText, prefixOf } from '../errors/index.js';
+import {
+  DeadlineError,
+  InternalError,
+  InvalidArgumentError,
+  PreconditionError,
+  StewardError,
+  UnavailableError,
+  abortedError,
+  errorText,
+  prefixOf,
+} from '../errors/index.js';
 import { EtcdIntegrityCheck } from '../snapshot/integrity.js';
 import { STATE_FILE_MODE, ensureStateDir, fsyncDir } from '../state/atomic.js';
 import type { RestoreTool } from './tool.js';
@@ -51,6 +61,7 @@ export async function stageSnapshot(
   path: string,
   tool: RestoreTool,
   signal: AbortSignal,
+  idleTimeoutMs = SENDER_IDLE_TIMEOUT_MS,
 ): Promise<StagedSnapshot> {
   checkAnnounce(announce);
   if (!path) throw new InvalidArgumentError('no staging path given');
@@ -69,25 +80,27 @@ export async function stageSnapshot(
     // A .part left by a crashed steward is no transfer of ours: start afresh.
     await removeStaging(target);
     const linked = 'file' in data && !announce.compressed && (await linkCopy(data.file, part));
-    const source = 'file' in data ? createReadStream(linked ? part : data.file, { highWaterMark: FILE_READ_BYTES }) : sourceOf(data);
+    const source =
+      'file' in data ? createReadStream(linked ? part : data.file, { highWaterMark: FILE_READ_BYTES }) : sourceOf(data, idleTimeoutMs, announce.snapshot);
     // Uncompressed, the trailer check's running hash is the stored bytes' SHA-256 too: 1 GB is hashed once.
     const stored = new AnnouncedBytes(announce, announce.compressed);
     const check = new EtcdIntegrityCheck();
     const gunzip = announce.compressed ? createGunzip() : undefined;
-    let diskError: unknown;
+    let diskError = (): unknown => undefined;
     let sink: Writable;
     if (linked) {
       sink = new Writable({ write: (_chunk, _encoding, callback) => callback() });
     } else {
       handle = await open(part, 'wx', STATE_FILE_MODE);
       await handle.chmod(STATE_FILE_MODE);
-      sink = new FileSink(handle);
-      sink.once('error', (err) => (diskError = err));
+      const file = new FileSink(handle);
+      sink = file;
+      diskError = () => file.failure;
     }
     try {
       await pipeline([source, stored, ...(gunzip ? [gunzip] : []), check, sink], { signal });
     } catch (err) {
-      throw classify(err, { compressed: gunzip !== undefined, diskError, received: stored.bytes }, announce, signal);
+      throw classify(err, { compressed: gunzip !== undefined, diskError: diskError(), received: stored.bytes }, announce, signal);
     }
     await handle?.close();
     handle = undefined;
@@ -128,6 +141,9 @@ export interface LocalCopy {
 }
 
 const FILE_READ_BYTES = 1024 * 1024;
+
+/** Longest a sender may go quiet mid-transfer: far above any pause of a healthy stream, even from S3. */
+export const SENDER_IDLE_TIMEOUT_MS = 120_000;
 
 /**
  * A hard link stages the steward's own copy without writing it again: writing 1 GB into the page cache
@@ -259,16 +275,37 @@ function isZlibError(err: unknown): boolean {
  * A Readable over the caller's chunks. Readable.from would wait for the iterator's return() on destroy, and
  * a source stuck awaiting the network would hold an abort up until it woke; here destroy lets go at once.
  */
-function sourceOf(data: AsyncIterable<Buffer>): Readable {
+function sourceOf(data: AsyncIterable<Buffer>, idleTimeoutMs: number, snapshot: string): Readable {
   const iterator = data[Symbol.asyncIterator]();
   let finished = false;
+  // A sender that holds its stream open and sends nothing would hold this member's restore lock forever.
+  const nextOrIdle = async (): Promise<IteratorResult<unknown>> => {
+    let timer: NodeJS.Timeout | undefined;
+    const idle = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new DeadlineError(`the sender of ${snapshot} sent nothing for ${Math.round(idleTimeoutMs / 1000)} s`, {
+              code: 'RESTORE_SENDER_IDLE',
+              hint: 'check the coordinating steward and the network between the nodes; nothing was staged, run the restore again',
+            }),
+          ),
+        idleTimeoutMs,
+      );
+    });
+    try {
+      return await Promise.race([iterator.next(), idle]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
   return new Readable({
     highWaterMark: 256 * 1024,
     // One chunk per call: the stream machinery never calls read() again before the push.
     read(): void {
       const pull = async (): Promise<void> => {
         for (;;) {
-          const next = await iterator.next();
+          const next = await nextOrIdle();
           if (this.destroyed) return;
           if (next.done) {
             finished = true;
@@ -305,16 +342,25 @@ function sourceOf(data: AsyncIterable<Buffer>): Readable {
  * reference that makes handle.close() wait forever. The file is fsynced before the stream finishes.
  */
 class FileSink extends Writable {
+  /** The disk's own error, told apart from one the pipeline passes down from upstream. */
+  failure: Error | undefined;
+
   constructor(private readonly handle: FileHandle) {
     super({ highWaterMark: 1024 * 1024 });
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
-    writeAll(this.handle, chunk).then(() => callback(), callback);
+    writeAll(this.handle, chunk).then(
+      () => callback(),
+      (err: Error) => callback((this.failure = err)),
+    );
   }
 
   override _final(callback: (err?: Error | null) => void): void {
-    this.handle.sync().then(() => callback(), callback);
+    this.handle.sync().then(
+      () => callback(),
+      (err: Error) => callback((this.failure = err)),
+    );
   }
 }
 

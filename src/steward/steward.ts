@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import { LeaderElection, type LeaderView } from '../election/election.js';
 import { errorText } from '../errors/index.js';
-import { etcdArgs } from '../etcd/args.js';
+import { etcdArgs, specEtcdArgs } from '../etcd/args.js';
 import { createClusterClient } from '../etcd/client.js';
 import { ClusterProbe, etcdIdHex } from '../etcd/health.js';
 import { EtcdSupervisor } from '../etcd/supervisor.js';
@@ -89,6 +89,8 @@ export class Steward {
     this.supervisor = new EtcdSupervisor({
       binary: config.etcdBinary,
       args: etcdArgs(config),
+      // The spec's flags as of each start: a changed spec reaches etcd on its next (re)start.
+      specArgs: () => specEtcdArgs(this.spec.latest?.etcdFlags),
       stateDir: config.stateDir,
       dataDir: config.dataDir,
       stopGraceMs: config.etcdStopGrace,
@@ -102,8 +104,8 @@ export class Steward {
       // An empty data dir (first start, or wiped under a running steward) is bootstrapped only when safe.
       beforeStart: (signal) => this.spec.waitUntilEtcdMayStart(signal),
     });
-    this.client = createClusterClient(config.etcdEndpoints);
-    this.probe = new ClusterProbe(config.etcdEndpoints, Math.min(5000, config.healthInterval));
+    this.client = createClusterClient(config.etcdEndpoints, { security: config });
+    this.probe = new ClusterProbe(config.etcdEndpoints, Math.min(5000, config.healthInterval), config);
     this.health = new HealthMonitor(this.probe, {
       intervalMs: config.healthInterval,
       localMember: config.name,
@@ -185,7 +187,7 @@ export class Steward {
       },
       leadership: async () => this.leadership(),
       recordSpec: async (restored, endpoint, signal) => {
-        const client = createMemberClient(endpoint, { callTimeoutMs: 10_000 });
+        const client = createMemberClient(endpoint, { callTimeoutMs: 10_000, security: config });
         try {
           await this.control.recordRestore(restored, client, signal);
         } finally {
@@ -215,7 +217,7 @@ export class Steward {
     let client = this.memberClients.get(endpoint);
     if (!client) {
       // Snapshots stream for minutes: no unary deadline applies to them, the snapshotter sets its own.
-      client = createMemberClient(endpoint, { callTimeoutMs: 30_000 });
+      client = createMemberClient(endpoint, { callTimeoutMs: 30_000, security: this.config });
       this.memberClients.set(endpoint, client);
     }
     return client;

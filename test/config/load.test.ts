@@ -11,9 +11,14 @@ import { STEWARD_JS, assertBuilt } from '../harness/steward-cluster.js';
 function runSteward(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   assertBuilt();
   return new Promise((resolve) => {
-    execFile(process.execPath, [STEWARD_JS, ...args], { env: { ETCD_STEWARD_GRPC_PLAINTEXT_DEV: 'true', ...process.env, ...env }, timeout: 20_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      [STEWARD_JS, ...args],
+      { env: { ETCD_STEWARD_GRPC_PLAINTEXT_DEV: 'true', ...process.env, ...env }, timeout: 20_000 },
+      (err, stdout, stderr) => {
+        resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -52,14 +57,18 @@ describe('configuration', () => {
   });
 
   it('rejects bad values with the setting, the value and what is allowed', async () => {
-    await expect(loadConfig(['--grpc-plaintext-dev=true', '--election-ttl', '-5s'], '0')).rejects.toThrow(/--election-ttl: "-5s" is not allowed: expected a duration/);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--election-ttl', '-5s'], '0')).rejects.toThrow(
+      /--election-ttl: "-5s" is not allowed: expected a duration/,
+    );
     await expect(loadConfig(['--grpc-plaintext-dev=true', '--grpc-listen', '127.0.0.1:70000'], '0')).rejects.toBeInstanceOf(ConfigError);
-    await expect(loadConfig(['--grpc-plaintext-dev=true', '--initial-cluster', 'a=http://127.0.0.1:2380', '--name', 'b'], '0')).rejects.toThrow(/not one of its members/);
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--initial-cluster', 'a=http://127.0.0.1:2380', '--name', 'b'], '0')).rejects.toThrow(
+      /not one of its members/,
+    );
     await expect(loadConfig(['--grpc-plaintext-dev=true', '--no-such-flag'], '0')).rejects.toBeInstanceOf(UsageError);
     await expect(loadConfig(['--grpc-plaintext-dev=true', '--help'], '0')).rejects.toBeInstanceOf(HelpShown);
     process.env.ETCD_STEWARD_HEALTH_INTERVAL = 'often';
     try {
-      await expect(loadConfig(['--grpc-plaintext-dev=true', ], '0')).rejects.toThrow(/ETCD_STEWARD_HEALTH_INTERVAL: "often" is not allowed/);
+      await expect(loadConfig(['--grpc-plaintext-dev=true'], '0')).rejects.toThrow(/ETCD_STEWARD_HEALTH_INTERVAL: "often" is not allowed/);
     } finally {
       delete process.env.ETCD_STEWARD_HEALTH_INTERVAL;
     }
@@ -75,7 +84,9 @@ describe('configuration', () => {
     await expect(loadConfig(['--grpc-plaintext-dev=true', '--config', broken], '0')).rejects.toThrow(/is not valid YAML/);
     const badValue = join(dir, 'bad.yaml');
     await writeFile(badValue, 'grpc-listen: 127.0.0.1:http\n');
-    await expect(loadConfig(['--grpc-plaintext-dev=true', '--config', badValue], '0')).rejects.toThrow(new RegExp(`grpc-listen in ${badValue}: "127.0.0.1:http" is not allowed`));
+    await expect(loadConfig(['--grpc-plaintext-dev=true', '--config', badValue], '0')).rejects.toThrow(
+      new RegExp(`grpc-listen in ${badValue}: "127.0.0.1:http" is not allowed`),
+    );
   });
 
   it('the daemon exits 2 with one line naming the setting, and starts nothing', async () => {
@@ -133,7 +144,10 @@ describe('configuration', () => {
       await expect(loadConfig(['--grpc-plaintext-dev=true', ...args], '0'), args.join(' ')).rejects.toThrow(message);
     }
     await expect(loadConfig([], '0')).rejects.toThrow(/the gRPC API needs mTLS \(--tls-ca, --tls-cert, --tls-key\)/);
-    const tls = await loadConfig(['--tls-ca=/a', '--tls-cert=/c', '--tls-key=/k', '--etcd-cert-file=/c', '--etcd-key-file=/k', '--listen-client-urls=https://127.0.0.1:2379'], '0');
+    const tls = await loadConfig(
+      ['--tls-ca=/a', '--tls-cert=/c', '--tls-key=/k', '--etcd-cert-file=/c', '--etcd-key-file=/k', '--listen-client-urls=https://127.0.0.1:2379'],
+      '0',
+    );
     expect(tls.tlsCert).toBe('/c');
     expect(tls.advertiseClientUrls).toEqual(['https://127.0.0.1:2379']);
     expect(tls.adminCn).toEqual(['etcd-steward-admin']);

@@ -163,7 +163,9 @@ describe('BootstrapGate reads the persisted restore phase from the state dir', (
 
   it('an empty data dir during a restore gets restore-in-progress, without asking any peer (they are unreachable here)', async () => {
     const stateDir = join(root, 'state');
-    const config = await loadConfig(['--grpc-plaintext-dev=true', 
+    const config = await loadConfig(
+      [
+        '--grpc-plaintext-dev=true',
         '--name=node-1',
         `--data-dir=${join(root, 'data')}`,
         `--state-dir=${stateDir}`,

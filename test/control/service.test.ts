@@ -45,7 +45,9 @@ describe('spec set and the recovery copy refuse what the flags would refuse (rea
     term = { campaignKey, fencingToken: put.header.revision, signal: new AbortController().signal, startedAt: new Date() };
     const running = etcd.members[0];
     if (!running) throw new Error('no member');
-    const config = await loadConfig(['--grpc-plaintext-dev=true', 
+    const config = await loadConfig(
+      [
+        '--grpc-plaintext-dev=true',
         '--name=etcd-1',
         `--state-dir=${stateDir}`,
         `--data-dir=${join(root, `data-${run}`)}`,

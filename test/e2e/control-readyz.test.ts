@@ -41,7 +41,7 @@ describe('/readyz follows the supervised etcd at once (1 steward, real etcd)', (
     expect(seen[0]).toBe(503);
     expect(seen.slice(0, -1).every((status) => status === 503)).toBe(true);
     if (seen.at(-1) !== 503) {
-      const restarted = await waitUntil('the restarted etcd\'s pid file', () => cluster.etcdPid(0), 2000, 10);
+      const restarted = await waitUntil("the restarted etcd's pid file", () => cluster.etcdPid(0), 2000, 10);
       expect(restarted).not.toBe(pid);
     }
     expect(reason).toMatch(/etcd is not running under this steward/);

@@ -46,6 +46,10 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
   let output = '';
   const grpc: number[] = [];
   const client: number[] = [];
+  const http: number[] = [];
+  const peer: number[] = [];
+  let s3Port = 0;
+  let restoredClusterId = '';
 
   const status = async (i: number): Promise<StatusResponse> => {
     const result = await runCtl(['--endpoint', `127.0.0.1:${grpc[i]}`, '-o', 'json', 'status']);
@@ -58,7 +62,15 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
     const ports = async (): Promise<number[]> => [await freePort(), await freePort(), await freePort()];
     grpc.push(...(await ports()));
     client.push(...(await ports()));
-    const [http, peer] = [await ports(), await ports()];
+    http.push(...(await ports()));
+    peer.push(...(await ports()));
+    s3Port = await freePort();
+    await startRun();
+  });
+
+  /** `make run` on this test's dir and ports; resolves once it prints that it is ready. */
+  const startRun = async (): Promise<void> => {
+    output = '';
     run = spawn(
       process.execPath,
       [
@@ -68,14 +80,14 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
         `--http-ports=${http.join(',')}`,
         `--client-ports=${client.join(',')}`,
         `--peer-ports=${peer.join(',')}`,
-        `--s3-port=${await freePort()}`,
+        `--s3-port=${s3Port}`,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
     );
     run.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
     run.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
     await waitUntil('make run to be ready', () => output.includes('Ready in'), 90_000, 250);
-  });
+  };
 
   afterAll(async () => {
     if (run?.pid && run.exitCode === null) {
@@ -145,6 +157,35 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
     }
   });
 
+  it('restore --yes brings back the snapshot on every member with a new cluster ID', async () => {
+    const etcd = new Etcd3({ hosts: client.map((p) => `http://127.0.0.1:${p}`) });
+    try {
+      await etcd.put('restore/a').value('in the snapshot');
+      const endpoint = `127.0.0.1:${grpc[0]}`;
+      const saved = await runCtl(['--endpoint', endpoint, '-o', 'json', 'save']);
+      expect(saved.code, saved.stderr).toBe(0);
+      const name = (JSON.parse(saved.stdout) as { name: string }).name;
+      await etcd.put('restore/b').value('after the snapshot');
+      const before = (await status(0)).clusterId;
+      const restored = await runCtl(['--endpoint', endpoint, 'restore', name, '--yes'], {}, 180_000);
+      expect(restored.code, `${restored.stdout}\n${restored.stderr}`).toBe(0);
+      const after = await waitUntil(
+        'every member healthy after the restore',
+        async () => {
+          const all = await Promise.all([0, 1, 2].map((i) => status(i)));
+          return all.every((s) => s.members.length === 3 && s.members.every((m) => m.healthy) && s.specHealthy) ? all : undefined;
+        },
+        60_000,
+        500,
+      );
+      restoredClusterId = after[0]?.clusterId ?? '';
+      expect(restoredClusterId).not.toBe(before);
+      expect(new Set(after.map((s) => s.clusterId))).toEqual(new Set([restoredClusterId]));
+    } finally {
+      etcd.close();
+    }
+  });
+
   it('only its own SIGTERM stops everything', async () => {
     const pids = ['node-1', 'node-2', 'node-3'].map((n) => stewardPid(dir, n));
     expect(pids.every((p) => p !== undefined)).toBe(true);
@@ -153,5 +194,30 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
     expect(code).toBe(0);
     expect(output).toContain('Stopped.');
     for (const pid of pids) expect(isAlive(pid as number)).toBe(false);
+  });
+
+  it('started again on the same dir, it resumes the restored cluster: same cluster ID, every member healthy, nobody held back', async () => {
+    await startRun();
+    expect(output).toContain('Resuming the local cluster');
+    const all = await waitUntil(
+      'the resumed cluster to be healthy',
+      async () => {
+        const statuses = await Promise.all([0, 1, 2].map((i) => status(i)));
+        return statuses.every((s) => s.etcdRunning && s.members.length === 3 && s.members.every((m) => m.healthy)) ? statuses : undefined;
+      },
+      60_000,
+      500,
+    );
+    for (const s of all) {
+      expect(s.clusterId).toBe(restoredClusterId);
+      expect(s.specHealthy, s.specProblem).toBe(true);
+    }
+    const etcd = new Etcd3({ hosts: client.map((p) => `http://127.0.0.1:${p}`) });
+    try {
+      expect(await etcd.get('restore/a').string()).toBe('in the snapshot');
+      expect(await etcd.get('restore/b').string()).toBeNull();
+    } finally {
+      etcd.close();
+    }
   });
 });

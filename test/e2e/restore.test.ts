@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Server } from '../harness/s3.js';
 import { waitUntil } from '../harness/processes.js';
 import { StewardCluster, runCtl } from '../harness/steward-cluster.js';
-import { deleteKeys, keptDataDirs, putKeys, quietStatus, restoreCtl, restoreStatus, save, userKeys } from '../harness/restore.js';
+import { deleteKeys, keptDataDirs, looseModes, putKeys, quietStatus, restoreCtl, restoreStatus, save, userKeys } from '../harness/restore.js';
 
 /** Whether something accepts TCP connections at a URL's host:port right now. */
 function accepts(url: string): Promise<boolean> {
@@ -115,6 +115,8 @@ describe('restore: every member back to one verified snapshot (3 stewards, real 
     expect(metrics).toMatch(/etcd_steward_restore_last_timestamp_seconds\{result="Finished"\} \d/);
     expect(metrics).toMatch(/etcd_steward_restore_bytes_distributed_total [1-9]/);
     expect(metrics).toMatch(/etcd_steward_restore_phase\{phase="Finished"\} 1/);
+    // Snapshots, metadata, phase records, staging leftovers, the lock's local copy: owner only, everywhere.
+    for (const node of cluster.nodes) expect(looseModes(node.stateDir)).toEqual([]);
   });
 
   it('restores from S3 a snapshot the coordinator has no local copy of', async () => {

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { specEtcdArgs } from '../../src/etcd/args.js';
 import { EtcdSupervisor, type EtcdSupervisorOptions } from '../../src/etcd/supervisor.js';
 import { freePort } from '../harness/ports.js';
 import { isAlive, waitUntil } from '../harness/processes.js';
@@ -276,5 +277,37 @@ describe('EtcdSupervisor (real etcd)', () => {
       10_000,
       50,
     );
+  });
+
+  it("reads the spec's flags at every start: a changed spec reaches the next etcd, an owned flag is skipped with an error logged", async () => {
+    const { dataDir, stateDir } = dirsFor();
+    const { args, clientPort } = await etcdArgs(dataDir);
+    let flags: Record<string, string> = { 'snapshot-count': '5000' };
+    const running = start({ args, dataDir, stateDir, specArgs: () => specEtcdArgs(flags) });
+    const cmdline = async (): Promise<string[]> => {
+      const [pid] = await etcdsOn(dataDir);
+      return (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    };
+    await waitUntil('etcd to answer', () => etcdAnswers(clientPort), 20_000, 100);
+    expect(await cmdline()).toContain('--snapshot-count=5000');
+    expect(running.supervisor.runningArgs).toContain('--snapshot-count=5000');
+
+    flags = { 'snapshot-count': '7000' };
+    // Nothing restarts a healthy etcd for a new spec.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(await cmdline()).toContain('--snapshot-count=5000');
+    await running.supervisor.pause();
+    running.supervisor.resume();
+    await waitUntil('etcd to answer again', () => etcdAnswers(clientPort), 20_000, 100);
+    expect(await cmdline()).toContain('--snapshot-count=7000');
+
+    flags = { 'data-dir': '/elsewhere' };
+    await running.supervisor.pause();
+    running.supervisor.resume();
+    await waitUntil('etcd to answer on its own flags', () => etcdAnswers(clientPort), 20_000, 100);
+    const last = await cmdline();
+    expect(last.filter((a) => a.startsWith('--data-dir='))).toEqual([`--data-dir=${dataDir}`]);
+    expect(last.some((a) => a.startsWith('--snapshot-count'))).toBe(false);
+    expect(running.lines.some((line) => line.includes("the cluster spec's etcd flags are not applied") && line.includes('--data-dir'))).toBe(true);
   });
 });

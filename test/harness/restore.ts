@@ -1,5 +1,5 @@
-import { readdirSync } from 'node:fs';
-import { basename, dirname } from 'node:path';
+import { lstatSync, readdirSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import type { RestoreStatusResponse, StatusResponse } from '../../src/rpc/types.js';
 import { StewardClient } from '../../src/rpc/client.js';
@@ -75,4 +75,17 @@ export async function save(node: StewardNode): Promise<string> {
   const result = await runCtl(['--endpoint', node.grpc, '-o', 'json', 'save'], {}, 120_000);
   if (result.code !== 0) throw new Error(`save failed: ${result.stderr}`);
   return (JSON.parse(result.stdout) as { name: string }).name;
+}
+
+/** Every file and dir under `root` that its group or others may read, write or enter, with its mode. */
+export function looseModes(root: string): string[] {
+  const loose: string[] = [];
+  const walk = (path: string): void => {
+    const info = lstatSync(path);
+    if (info.isSymbolicLink()) return;
+    if ((info.mode & 0o077) !== 0) loose.push(`${path} ${(info.mode & 0o777).toString(8)}`);
+    if (info.isDirectory()) for (const entry of readdirSync(path)) walk(join(path, entry));
+  };
+  walk(root);
+  return loose;
 }

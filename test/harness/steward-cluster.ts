@@ -50,6 +50,11 @@ export interface ClusterOptions {
    * --grpc-plaintext-dev, and ctl() / status() calling with a certificate (admin unless told otherwise).
    */
   grpcTls?: boolean;
+  /**
+   * etcd with TLS both ways: a dev PKI under the cluster root, https client and peer URLs, client and peer
+   * certificates required, and each steward's etcd client with its node's steward certificate.
+   */
+  etcdTls?: boolean;
 }
 
 /**
@@ -68,13 +73,14 @@ export class StewardCluster {
     readonly root: string,
     readonly nodes: StewardNode[],
     private readonly options: ClusterOptions,
-    /** With grpcTls: the dev CA, every node's steward certificate, admin and viewer. */
+    /** The dev PKI when `etcdTls` or `grpcTls` is on: the CA, every node's certificates, admin and viewer. */
     readonly pki?: DevPki,
   ) {}
 
   static async create(options: ClusterOptions = {}): Promise<StewardCluster> {
     assertBuilt();
     const root = await mkdtemp(join(tmpdir(), 'steward-test-'));
+    const etcdScheme = options.etcdTls ? 'https' : 'http';
     const nodes: StewardNode[] = [];
     for (let index = 0; index < (options.size ?? 3); index++) {
       const name = `node-${index + 1}`;
@@ -83,26 +89,27 @@ export class StewardCluster {
         name,
         grpc: `127.0.0.1:${await freePort()}`,
         http: `127.0.0.1:${await freePort()}`,
-        clientUrl: `http://127.0.0.1:${await freePort()}`,
-        peerUrl: `http://127.0.0.1:${await freePort()}`,
+        clientUrl: `${etcdScheme}://127.0.0.1:${await freePort()}`,
+        peerUrl: `${etcdScheme}://127.0.0.1:${await freePort()}`,
         dataDir: join(root, name, 'etcd'),
         stateDir: join(root, name, 'steward'),
         logFile: join(root, `${name}.log`),
       });
     }
-    const pki = options.grpcTls
-      ? await makeDevPki(
-          join(root, 'pki'),
-          nodes.map((n) => n.name),
-        )
-      : undefined;
+    const pki =
+      options.etcdTls || options.grpcTls
+        ? await makeDevPki(
+            join(root, 'pki'),
+            nodes.map((n) => n.name),
+          )
+        : undefined;
     return new StewardCluster(root, nodes, options, pki);
   }
 
   /** The node's --tls-* flags with grpcTls, else the plaintext dev flag. */
   private grpcSecurityArgs(node: StewardNode): string[] {
     const files = this.pki?.nodes[node.name]?.steward;
-    if (!this.pki || !files) return ['--grpc-plaintext-dev=true'];
+    if (!this.options.grpcTls || !this.pki || !files) return ['--grpc-plaintext-dev=true'];
     return [`--tls-ca=${this.pki.ca}`, `--tls-cert=${files.cert}`, `--tls-key=${files.key}`];
   }
 
@@ -118,7 +125,7 @@ export class StewardCluster {
 
   private ctlFiles(identity: CtlIdentity): CtlTlsOptions {
     if (typeof identity === 'object') return identity;
-    if (!this.pki) return {};
+    if (!this.options.grpcTls || !this.pki) return {};
     if (identity === 'none') return { cacert: this.pki.ca };
     const pair = this.pki[identity];
     return { cacert: this.pki.ca, cert: pair.cert, key: pair.key };
@@ -133,6 +140,7 @@ export class StewardCluster {
       `--listen-peer-urls=${node.peerUrl}`,
       `--initial-cluster=${this.nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
       `--etcd-endpoints=${this.nodes.map((n) => n.clientUrl).join(',')}`,
+      ...this.etcdTlsArgs(node),
       `--grpc-listen=${node.grpc}`,
       ...this.grpcSecurityArgs(node),
       `--http-listen=${node.http}`,
@@ -142,6 +150,26 @@ export class StewardCluster {
       '--log-level=debug',
       ...(this.options.extraArgs ?? []),
       ...(this.options.nodeArgs?.[node.index] ?? []),
+    ];
+  }
+
+  private etcdTlsArgs(node: StewardNode): string[] {
+    const pki = this.pki;
+    const own = pki?.nodes[node.name];
+    // The PKI is shared with grpcTls: etcd's flags only when etcdTls asks for them.
+    if (!this.options.etcdTls || !pki || !own) return [];
+    return [
+      `--etcd-cert-file=${own.etcd.cert}`,
+      `--etcd-key-file=${own.etcd.key}`,
+      `--etcd-trusted-ca-file=${pki.ca}`,
+      '--etcd-client-cert-auth=true',
+      `--etcd-peer-cert-file=${own.etcd.cert}`,
+      `--etcd-peer-key-file=${own.etcd.key}`,
+      `--etcd-peer-trusted-ca-file=${pki.ca}`,
+      '--etcd-peer-client-cert-auth=true',
+      `--etcd-cacert=${pki.ca}`,
+      `--etcd-cert=${own.steward.cert}`,
+      `--etcd-key=${own.steward.key}`,
     ];
   }
 

@@ -65,7 +65,10 @@ async function stewardParts(
   s3: S3Store | undefined,
   peers: PeerAddress[],
 ): Promise<{ service: SnapshotService; handlers: SnapshotHandlers; client: Etcd3; pool: PeerPool }> {
-  const config = await loadConfig(['--grpc-plaintext-dev=true', `--name=${name}`, `--state-dir=${join(dir, 'state')}`, `--etcd-snapshot-dir=${join(dir, 'snapshots')}`], '0.0.0');
+  const config = await loadConfig(
+    ['--grpc-plaintext-dev=true', `--name=${name}`, `--state-dir=${join(dir, 'state')}`, `--etcd-snapshot-dir=${join(dir, 'snapshots')}`],
+    '0.0.0',
+  );
   const client = createClusterClient([etcdEndpoint], { callTimeoutMs: 3000 });
   const pool = new PeerPool({ list: () => Promise.resolve(peers) }, { node: name, clusterId: () => '', fencingToken: () => '' });
   const service = new SnapshotService(

@@ -163,7 +163,9 @@ describe('RestoreMember (real etcdctl 3.4.23, real snapshot, real dirs; recordin
     const stateDir = join(dir, 'steward');
     const clientUrl = `http://127.0.0.1:${await freePort()}`;
     const peerUrl = `http://127.0.0.1:${await freePort()}`;
-    const config = await loadConfig(['--grpc-plaintext-dev=true', 
+    const config = await loadConfig(
+      [
+        '--grpc-plaintext-dev=true',
         ...['--name', 'm1', '--data-dir', dataDir, '--state-dir', stateDir],
         ...['--listen-client-urls', clientUrl, '--listen-peer-urls', peerUrl],
         ...['--etcd-old-data-retention', String(options.retention ?? 2)],

@@ -252,6 +252,26 @@ describe('stageSnapshot (real etcd snapshot, real etcdctl)', () => {
     await expectNothingLeft(dir);
   });
 
+  it('gives up on a sender that goes quiet mid-stream (DEADLINE_EXCEEDED), and leaves nothing', async () => {
+    const { dir, path } = await nextPath();
+    const started = Date.now();
+    const err = await rejection(
+      stageSnapshot(
+        thenHang(raw, () => undefined),
+        announceOf(raw),
+        path,
+        tool,
+        AbortSignal.timeout(30_000),
+        300,
+      ),
+    );
+    expect(err.code, err.message).toBe('RESTORE_SENDER_IDLE');
+    expect(err.family).toBe('deadline');
+    expect(err.message).toMatch(/sent nothing for 0 s/);
+    expect(Date.now() - started).toBeLessThan(5000);
+    await expectNothingLeft(dir);
+  });
+
   it('removes what was staged at the path before, so a failed transfer never leaves an older snapshot to restore', async () => {
     const { dir, path } = await nextPath();
     await stageSnapshot(chunked(raw), announceOf(raw), path, tool, AbortSignal.timeout(30_000));

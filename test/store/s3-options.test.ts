@@ -12,7 +12,9 @@ import { makeTestCa, type TestCa } from '../harness/tls.js';
 
 /** Builds the store exactly as the daemon does, from its flags. */
 async function storeFromFlags(flags: string[]): Promise<S3Store> {
-  const config = await loadConfig(['--grpc-plaintext-dev=true', 
+  const config = await loadConfig(
+    [
+      '--grpc-plaintext-dev=true',
       '--etcd-s3=true',
       '--etcd-s3-bucket=snapshots',
       '--etcd-s3-access-key=S3RVER',
