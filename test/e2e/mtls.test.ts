@@ -161,3 +161,26 @@ describe('mTLS between ctl and stewards and among stewards (3 stewards, real etc
     expect(cluster.logs(2)).toContain('TLS files changed on disk');
   });
 });
+
+describe('mTLS on the gRPC API and TLS both ways on etcd together, as in production (3 stewards, real etcd)', () => {
+  let cluster: StewardCluster;
+  beforeAll(async () => {
+    cluster = await StewardCluster.create({ size: 3, grpcTls: true, etcdTls: true, extraArgs: ['--etcd-disable-snapshots=true'] });
+    await cluster.startAll();
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  it('elects a leader, serves the viewer, and lets the admin save and delete across members', async () => {
+    const { leader } = await cluster.waitForStableLeader(60_000);
+    const endpoint = cluster.node(leader).grpc;
+    expect((await cluster.ctl(['--endpoint', endpoint, 'status'], {}, 'viewer')).code).toBe(0);
+    const saved = await cluster.ctl(['--endpoint', endpoint, '-o', 'json', 'save', '--name', 'both'], {}, 'admin');
+    expect(saved.code, saved.stderr).toBe(0);
+    const name = (JSON.parse(saved.stdout) as { name: string }).name;
+    expect((await cluster.ctl(['--endpoint', endpoint, 'delete', name], {}, 'viewer')).code).toBe(4);
+    const deleted = await cluster.ctl(['--endpoint', endpoint, 'delete', name], {}, 'admin');
+    expect(deleted.code, deleted.stderr).toBe(0);
+  });
+});
