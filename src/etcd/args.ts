@@ -53,7 +53,7 @@ function tlsArgs(c: ServerTls): string[] {
   return args;
 }
 
-const TLS_SETTINGS = 'the steward\'s TLS settings (--etcd-cert-file, --etcd-key-file, --etcd-trusted-ca-file, --etcd-client-cert-auth, --etcd-peer-*)';
+const TLS_SETTINGS = "the steward's TLS settings (--etcd-cert-file, --etcd-key-file, --etcd-trusted-ca-file, --etcd-client-cert-auth, --etcd-peer-*)";
 
 /**
  * etcd flags the steward sets itself, each with what to use instead. A second value for any of them would
@@ -80,10 +80,10 @@ const OWNED_FLAGS: Record<string, string> = {
   'auto-tls': '--etcd-cert-file and --etcd-key-file (the steward must be able to trust the certificate etcd serves)',
   'cipher-suites': TLS_SETTINGS,
   'experimental-peer-skip-client-san-verification': TLS_SETTINGS,
-  'force-new-cluster': "etcd-stewardctl restore (it starts the cluster anew from a snapshot on every member)",
-  'config-file': '--etcd-arg for each flag (with a config file etcd ignores every other flag, the steward\'s included)',
-  logger: 'none: the steward reads etcd\'s JSON log on stderr and re-emits it (--log-level sets the steward\'s)',
-  'log-outputs': 'none: the steward reads etcd\'s JSON log on stderr and re-emits it',
+  'force-new-cluster': 'etcd-stewardctl restore (it starts the cluster anew from a snapshot on every member)',
+  'config-file': "--etcd-arg for each flag (with a config file etcd ignores every other flag, the steward's included)",
+  logger: "none: the steward reads etcd's JSON log on stderr and re-emits it (--log-level sets the steward's)",
+  'log-outputs': "none: the steward reads etcd's JSON log on stderr and re-emits it",
   proxy: 'none: the steward supervises a member, never a proxy',
 };
 

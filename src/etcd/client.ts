@@ -77,18 +77,20 @@ function baseOptions(hosts: string[], options: EtcdClientOptions): IOptions {
 
 /** The steward's cluster client: any member may answer, with etcd3's retries and circuit breakers. */
 export function createClusterClient(endpoints: string[], options: EtcdClientOptions = {}): Etcd3 {
-  return withAuthOptional(new Etcd3({
-    ...baseOptions(endpoints, options),
-    // etcd3's default breaker stays open 5 s after three failures: at start-up, while the members are still
-    // forming a quorum, that alone delayed the first election by seconds. 1 s is enough to shed load.
-    faultHandling: {
-      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(3) }),
-      // Every watch stream that ends (a cancelled campaign watch, an etcd restart) grows etcd3's reconnect
-      // backoff, and its timer is neither unref'd nor cleared by close(): at 30 s it held a stopped steward
-      // past its 28 s shutdown deadline. 2 s also makes a follower's watch come back quickly.
-      watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 2000 }).next(),
-    },
-  }));
+  return withAuthOptional(
+    new Etcd3({
+      ...baseOptions(endpoints, options),
+      // etcd3's default breaker stays open 5 s after three failures: at start-up, while the members are still
+      // forming a quorum, that alone delayed the first election by seconds. 1 s is enough to shed load.
+      faultHandling: {
+        host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(3) }),
+        // Every watch stream that ends (a cancelled campaign watch, an etcd restart) grows etcd3's reconnect
+        // backoff, and its timer is neither unref'd nor cleared by close(): at 30 s it held a stopped steward
+        // past its 28 s shutdown deadline. 2 s also makes a follower's watch come back quickly.
+        watchBackoff: new ExponentialBackoff({ initialDelay: 200, maxDelay: 2000 }).next(),
+      },
+    }),
+  );
 }
 
 /**
@@ -97,14 +99,16 @@ export function createClusterClient(endpoints: string[], options: EtcdClientOpti
  */
 export function createMemberClient(endpoint: string, options: EtcdClientOptions = {}): Etcd3 {
   const base = baseOptions([endpoint], options);
-  return withAuthOptional(new Etcd3({
-    ...base,
-    // HTTP/2's default 64 KiB window lets only two 32 KiB snapshot messages be in flight, so a snapshot
-    // crawls at the round-trip rate (measured: 109 MB/s). 4 MiB doubled it (206 MB/s) and bounds what
-    // the stream can buffer.
-    grpcOptions: { ...base.grpcOptions, 'grpc-node.flow_control_window': SNAPSHOT_WINDOW_BYTES },
-    faultHandling: { host: () => noop, global: noop },
-  }));
+  return withAuthOptional(
+    new Etcd3({
+      ...base,
+      // HTTP/2's default 64 KiB window lets only two 32 KiB snapshot messages be in flight, so a snapshot
+      // crawls at the round-trip rate (measured: 109 MB/s). 4 MiB doubled it (206 MB/s) and bounds what
+      // the stream can buffer.
+      grpcOptions: { ...base.grpcOptions, 'grpc-node.flow_control_window': SNAPSHOT_WINDOW_BYTES },
+      faultHandling: { host: () => noop, global: noop },
+    }),
+  );
 }
 
 const SNAPSHOT_WINDOW_BYTES = 4 * 1024 * 1024;

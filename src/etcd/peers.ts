@@ -42,7 +42,12 @@ export async function askPeers(
   const answers = await Promise.all(
     others.map(async (member) => {
       try {
-        const body = await getBounded(new URL('/members', member.peerUrl), tls, MAX_MEMBERS_BODY_BYTES, AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]));
+        const body = await getBounded(
+          new URL('/members', member.peerUrl),
+          tls,
+          MAX_MEMBERS_BODY_BYTES,
+          AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+        );
         if (body === undefined) return undefined;
         const members = JSON.parse(body.replace(/"id":\s*(\d+)/g, '"id":"$1"')) as unknown;
         return Array.isArray(members) ? { peerUrl: member.peerUrl, members: members as PeerMember[] } : undefined;

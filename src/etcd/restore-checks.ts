@@ -96,7 +96,12 @@ export async function checkRestoredCluster(
     .sort()
     .map((name) => {
       const endpoint = endpoints[name] ?? '';
-      return { name, endpoint, client: createMemberClient(endpoint, { callTimeoutMs, ...(options.security ? { security: options.security } : {}) }), problems: [] };
+      return {
+        name,
+        endpoint,
+        client: createMemberClient(endpoint, { callTimeoutMs, ...(options.security ? { security: options.security } : {}) }),
+        problems: [],
+      };
     });
   try {
     return await runChecks(probes, expect, { callTimeoutMs, hashTimeoutMs }, local.signal);

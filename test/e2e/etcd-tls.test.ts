@@ -78,7 +78,8 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
       const pid = cluster.etcdPid(node.index);
       expect(pid, node.name).toBeDefined();
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      for (const flag of ['--client-cert-auth=true', '--peer-client-cert-auth=true', `--quota-backend-bytes=${QUOTA}`]) expect(cmdline, node.name).toContain(flag);
+      for (const flag of ['--client-cert-auth=true', '--peer-client-cert-auth=true', `--quota-backend-bytes=${QUOTA}`])
+        expect(cmdline, node.name).toContain(flag);
     }
     const status = await cluster.status(leader);
     expect(status.isLeader).toBe(true);
@@ -141,7 +142,9 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
   });
 
   it("the spec's etcdFlags reach etcd at its next restart; the node's --etcd-arg keeps its own value; an owned flag is refused", async () => {
-    const grpc = cluster.node(0).grpc;
+    // spec set is leader work: a follower answers NOT_LEADER.
+    ({ leader } = await cluster.waitForStableLeader(60_000));
+    const grpc = cluster.node(leader).grpc;
     const spec = JSON.parse((await runCtl(['--endpoint', grpc, '-o', 'json', 'spec', 'get'])).stdout) as Record<string, unknown>;
     const file = join(cluster.root, 'spec.json');
     writeFileSync(file, JSON.stringify({ ...spec, etcdFlags: { 'data-dir': '/elsewhere' } }));
@@ -153,10 +156,14 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
     expect(set.code, set.stderr).toBe(0);
     const before = cluster.etcdPid(0) as number;
     process.kill(before, 'SIGKILL');
-    const after = await waitUntil('node-1 to run a new etcd', async () => {
-      const pid = cluster.etcdPid(0);
-      return pid !== undefined && pid !== before ? pid : undefined;
-    }, 20_000);
+    const after = await waitUntil(
+      'node-1 to run a new etcd',
+      async () => {
+        const pid = cluster.etcdPid(0);
+        return pid !== undefined && pid !== before ? pid : undefined;
+      },
+      20_000,
+    );
     const cmdline = readFileSync(`/proc/${after}/cmdline`, 'utf8').split('\0');
     expect(cmdline).toContain('--snapshot-count=4321');
     expect(cmdline.filter((a) => a.startsWith('--quota-backend-bytes'))).toEqual([`--quota-backend-bytes=${QUOTA}`]);
@@ -166,7 +173,11 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
   it('with etcd auth on, stewards given --etcd-user/--etcd-password keep working (save included); the password is never logged', async () => {
     const password = `pw-${Math.random().toString(36).slice(2)}`;
     const endpoint = cluster.node(leader).clientUrl;
-    for (const args of [['role', 'add', 'root'], ['user', 'add', `root:${password}`, '--interactive=false'], ['user', 'grant-role', 'root', 'root']]) {
+    for (const args of [
+      ['role', 'add', 'root'],
+      ['user', 'add', `root:${password}`, '--interactive=false'],
+      ['user', 'grant-role', 'root', 'root'],
+    ]) {
       const done = await etcdctl(cluster, endpoint, args);
       expect(done.code, `${args.join(' ')}: ${done.stderr}`).toBe(0);
     }

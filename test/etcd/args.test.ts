@@ -213,7 +213,14 @@ describe('etcd under the TLS flags, and the steward clients with its certificate
 
   it('askPeers reads /members over peer TLS with the steward certificate, and gets no answer without it', async () => {
     const peerUrl = config.initialAdvertisePeerUrls[0] as string;
-    const asker = { name: 'node-2', initialAdvertisePeerUrls: ['https://127.0.0.1:1'], initialCluster: [{ name: 'node-1', peerUrl }, { name: 'node-2', peerUrl: 'https://127.0.0.1:1' }] };
+    const asker = {
+      name: 'node-2',
+      initialAdvertisePeerUrls: ['https://127.0.0.1:1'],
+      initialCluster: [
+        { name: 'node-1', peerUrl },
+        { name: 'node-2', peerUrl: 'https://127.0.0.1:1' },
+      ],
+    };
     const withCert = await askPeers({ ...asker, etcdCacert: pki.ca, etcdCert: config.etcdCert, etcdKey: config.etcdKey }, 5000, AbortSignal.timeout(10_000));
     expect(withCert.answered).toEqual([peerUrl]);
     const withoutCert = await askPeers({ ...asker, etcdCacert: pki.ca }, 5000, AbortSignal.timeout(10_000));
