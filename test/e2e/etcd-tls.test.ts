@@ -154,12 +154,14 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
     writeFileSync(file, JSON.stringify({ ...spec, etcdFlags: { 'snapshot-count': '4321', 'quota-backend-bytes': '1073741824' } }));
     const set = await runCtl(['--endpoint', grpc, 'spec', 'set', file]);
     expect(set.code, set.stderr).toBe(0);
-    const before = cluster.etcdPid(0) as number;
+    // The steward that wrote the spec holds it now; the others see it at their next re-read (--control-spec-ttl).
+    const writer = leader;
+    const before = cluster.etcdPid(writer) as number;
     process.kill(before, 'SIGKILL');
     const after = await waitUntil(
-      'node-1 to run a new etcd',
+      'the writer to run a new etcd',
       async () => {
-        const pid = cluster.etcdPid(0);
+        const pid = cluster.etcdPid(writer);
         return pid !== undefined && pid !== before ? pid : undefined;
       },
       20_000,
