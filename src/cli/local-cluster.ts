@@ -1,14 +1,17 @@
 #!/usr/bin/env node
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, openSync, closeSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { Command, Option } from 'commander';
 import { PreconditionError, StewardError, UnavailableError, asStewardError, exitCodeFor, renderError } from '../errors/index.js';
 import { StewardClient } from '../rpc/client.js';
 import { hasMemberData } from '../control/bootstrap.js';
+import { ctlCredentials } from '../security/ctl-tls.js';
+import { makeDevPki, type DevPki } from '../security/dev-pki.js';
 import { STEWARD_NODE_FLAGS, STEWARD_PROCESS_ENV } from './node-flags.js';
 import { ChildRestarter } from './child-restarter.js';
 import { rootSignalFromProcess } from './signals.js';
@@ -74,14 +77,46 @@ function members(options: Options, dir: string): Member[] {
     name: `node-${i + 1}`,
     grpc: `127.0.0.1:${port}`,
     http: `127.0.0.1:${http[i]}`,
-    clientUrl: `http://127.0.0.1:${client[i]}`,
-    peerUrl: `http://127.0.0.1:${peer[i]}`,
+    clientUrl: `https://127.0.0.1:${client[i]}`,
+    peerUrl: `https://127.0.0.1:${peer[i]}`,
     dataDir: join(dir, `node-${i + 1}`, 'etcd'),
     stateDir: join(dir, `node-${i + 1}`, 'steward'),
   }));
 }
 
 const markerFile = (dir: string): string => join(dir, 'cluster.json');
+
+/**
+ * `.run/env`: what `. .run/env` gives a shell so that the ctl (as the operator) and plain etcdctl (with a
+ * client certificate) reach this cluster. Paths only; the keys stay 0600 in .run/pki.
+ */
+function writeEnvFile(dir: string, nodes: Member[], pki: DevPki): string {
+  const file = join(dir, 'env');
+  const first = nodes[0];
+  const lines = [
+    `export ETCD_STEWARD_ENDPOINT=${first?.grpc ?? ''}`,
+    `export ETCD_STEWARD_CACERT=${pki.ca}`,
+    `export ETCD_STEWARD_CERT=${pki.admin.cert}`,
+    `export ETCD_STEWARD_KEY=${pki.admin.key}`,
+    'export ETCDCTL_API=3',
+    `export ETCDCTL_ENDPOINTS=${nodes.map((n) => n.clientUrl).join(',')}`,
+    `export ETCDCTL_CACERT=${pki.ca}`,
+    `export ETCDCTL_CERT=${pki.admin.cert}`,
+    `export ETCDCTL_KEY=${pki.admin.key}`,
+  ];
+  writeFileSync(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+  return file;
+}
+
+/** A `.run/` made before make run spoke TLS has http URLs in its members: resuming it over https cannot work. */
+function checkMarkerTls(dir: string): void {
+  if (!existsSync(markerFile(dir))) return;
+  const marker = JSON.parse(readFileSync(markerFile(dir), 'utf8')) as { tls?: boolean };
+  if (marker.tls === true) return;
+  throw new PreconditionError('LOCAL_CLUSTER_PLAINTEXT', `${dir} holds a cluster made before make run used TLS; its members know each other by http:// URLs`, {
+    hint: `nothing was started and nothing was deleted; move ${dir} aside (e.g. mv ${dir} ${dir}.plaintext) and run make run again for a new TLS cluster`,
+  });
+}
 
 /**
  * A fresh `.run/` bootstraps a cluster; a complete one resumes; a partial one is refused, never
@@ -136,7 +171,29 @@ function startS3(options: Options, dir: string, logs: string, s3rverBin: string)
   return child;
 }
 
-function startSteward(member: Member, nodes: Member[], logs: string, s3: { port: string; bucket: string; credentials: string }): ChildProcess {
+/** etcd with client and peer TLS (certificates required both ways), the steward's etcd client and its gRPC API on mTLS. */
+function tlsArgs(member: Member, pki: DevPki): string[] {
+  const own = pki.nodes[member.name];
+  if (!own) throw new PreconditionError('DEV_PKI_INCOMPLETE', `the dev PKI in ${pki.dir} has no certificates for ${member.name}`);
+  return [
+    `--etcd-cert-file=${own.etcd.cert}`,
+    `--etcd-key-file=${own.etcd.key}`,
+    `--etcd-trusted-ca-file=${pki.ca}`,
+    '--etcd-client-cert-auth=true',
+    `--etcd-peer-cert-file=${own.etcd.cert}`,
+    `--etcd-peer-key-file=${own.etcd.key}`,
+    `--etcd-peer-trusted-ca-file=${pki.ca}`,
+    '--etcd-peer-client-cert-auth=true',
+    `--etcd-cacert=${pki.ca}`,
+    `--etcd-cert=${own.steward.cert}`,
+    `--etcd-key=${own.steward.key}`,
+    `--tls-ca=${pki.ca}`,
+    `--tls-cert=${own.steward.cert}`,
+    `--tls-key=${own.steward.key}`,
+  ];
+}
+
+function startSteward(member: Member, nodes: Member[], logs: string, s3: { port: string; bucket: string; credentials: string }, pki: DevPki): ChildProcess {
   const log = openSync(join(logs, `${member.name}.log`), 'a');
   const child = spawn(
     process.execPath,
@@ -151,7 +208,7 @@ function startSteward(member: Member, nodes: Member[], logs: string, s3: { port:
       `--initial-cluster=${nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
       `--etcd-endpoints=${nodes.map((n) => n.clientUrl).join(',')}`,
       `--grpc-listen=${member.grpc}`,
-      '--grpc-plaintext-dev=true',
+      ...tlsArgs(member, pki),
       `--http-listen=${member.http}`,
       '--etcd-s3=true',
       `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,
@@ -168,9 +225,9 @@ function startSteward(member: Member, nodes: Member[], logs: string, s3: { port:
   return child;
 }
 
-async function initNewCluster(nodes: Member[], signal: AbortSignal): Promise<void> {
+async function initNewCluster(nodes: Member[], admin: ChannelCredentials, signal: AbortSignal): Promise<void> {
   while (!signal.aborted) {
-    const client = new StewardClient(nodes[0]?.grpc ?? '', 5000);
+    const client = new StewardClient(nodes[0]?.grpc ?? '', 5000, admin);
     try {
       await client.init(true);
       return;
@@ -185,10 +242,10 @@ async function initNewCluster(nodes: Member[], signal: AbortSignal): Promise<voi
   }
 }
 
-async function waitForHealthy(nodes: Member[], signal: AbortSignal, timeoutMs: number): Promise<string | undefined> {
+async function waitForHealthy(nodes: Member[], admin: ChannelCredentials, signal: AbortSignal, timeoutMs: number): Promise<string | undefined> {
   const deadline = Date.now() + timeoutMs;
   while (!signal.aborted && Date.now() < deadline) {
-    const client = new StewardClient(nodes[0]?.grpc ?? '', 2000);
+    const client = new StewardClient(nodes[0]?.grpc ?? '', 2000, admin);
     try {
       const status = await client.status();
       if (status.leader && status.members.length === nodes.length && status.members.every((m) => m.healthy)) return status.leader;
@@ -211,15 +268,15 @@ function killGroup(pgid: number): void {
 }
 
 /** What an operator can paste: the ctl's default endpoint is node-1's default port, so others are named. */
-function tryLines(nodes: Member[], logs: string): string[] {
+function tryLines(nodes: Member[], logs: string, envFile: string): string[] {
   const [first, second] = nodes;
   const endpoint = (member: Member | undefined): string => (member && member.grpc !== DEFAULT_CTL_ENDPOINT ? ` --endpoint ${member.grpc}` : '');
   return [
-    'Try:',
+    `Try (after '. ${envFile}'):`,
     `  ./bin/etcd-stewardctl${endpoint(first)} status`,
     `  ./bin/etcd-stewardctl -o json status --endpoint ${second?.grpc ?? ''}`,
     `  curl -s http://${first?.http ?? ''}/metrics | grep etcd_steward_`,
-    `  etcdctl --endpoints ${nodes.map((n) => n.clientUrl).join(',')} endpoint status -w table`,
+    '  etcdctl endpoint status -w table',
     `  ./bin/etcd-stewardctl${endpoint(first)} save && ./bin/etcd-stewardctl${endpoint(first)} ls`,
     `  ./bin/etcd-stewardctl${endpoint(first)} spec get`,
     `  kill -9 <a steward's pid>   # it is restarted like a kubelet would; see ${logs}/local-cluster.log`,
@@ -232,6 +289,7 @@ async function main(): Promise<number> {
   const logs = join(dir, 'logs');
   const nodes = members(options, dir);
   const mode = checkExistingData(dir, nodes);
+  if (mode === 'resume') checkMarkerTls(dir);
   mkdirSync(logs, { recursive: true });
   const restarters: ChildRestarter[] = [];
   const signal = rootSignalFromProcess(
@@ -244,6 +302,14 @@ async function main(): Promise<number> {
     process.stderr.write(`${line}\n`);
     appendFileSync(join(logs, 'local-cluster.log'), `${JSON.stringify({ time: new Date().toISOString(), msg: line })}\n`);
   };
+  // A throwaway CA for this cluster: etcd and the stewards speak TLS only, as on a real control plane.
+  const pki = await makeDevPki(
+    join(dir, 'pki'),
+    nodes.map((n) => n.name),
+  );
+  const admin = await ctlCredentials({ cacert: pki.ca, cert: pki.admin.cert, key: pki.admin.key });
+  if (!admin) throw new PreconditionError('DEV_PKI_INCOMPLETE', `no admin certificate in ${pki.dir}`);
+  const envFile = writeEnvFile(dir, nodes, pki);
   const credentials = join(dir, 's3-credentials.yaml');
   // s3rver's built-in account; it checks the key id, not the signature.
   if (!existsSync(credentials)) writeFileSync(credentials, 'etcd-s3-access-key: S3RVER\netcd-s3-secret-key: S3RVER\n', { mode: 0o600 });
@@ -257,7 +323,7 @@ async function main(): Promise<number> {
       // A steward gives itself 28 s to shut down; the grace period is a little longer so it never needs SIGKILL.
       new ChildRestarter({
         name: member.name,
-        start: () => startSteward(member, nodes, logs, s3),
+        start: () => startSteward(member, nodes, logs, s3, pki),
         logFile: join(logs, `${member.name}.log`),
         stopGraceMs: 35_000,
         report,
@@ -274,15 +340,15 @@ async function main(): Promise<number> {
   // is the operator who confirms a new cluster (etcd-stewardctl init --yes).
   if (mode === 'new') {
     try {
-      await initNewCluster(nodes, stop);
+      await initNewCluster(nodes, admin, stop);
     } catch (err) {
       process.stderr.write(`${renderError(err)}\nthe new cluster could not be initialised; stopping everything (nothing was deleted)\n`);
       failed.abort();
     }
   }
-  const leader = stop.aborted ? undefined : await waitForHealthy(nodes, stop, 60_000);
+  const leader = stop.aborted ? undefined : await waitForHealthy(nodes, admin, stop, 60_000);
   if (leader && mode === 'new') {
-    writeFileSync(markerFile(dir), `${JSON.stringify({ createdAt: new Date().toISOString(), members: nodes.map((n) => n.name) }, null, 2)}\n`);
+    writeFileSync(markerFile(dir), `${JSON.stringify({ createdAt: new Date().toISOString(), members: nodes.map((n) => n.name), tls: true }, null, 2)}\n`);
   }
   if (leader) {
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
@@ -292,7 +358,14 @@ async function main(): Promise<number> {
         '',
         ...nodes.map((n) => `  ${n.name}: steward gRPC ${n.grpc}, metrics http://${n.http}/metrics, etcd ${n.clientUrl}`),
         '',
-        ...tryLines(nodes, logs),
+        `The ctl and etcdctl need this cluster's certificates (operator identity; ${pki.viewer.cert} is a read-only one):`,
+        ...readFileSync(envFile, 'utf8')
+          .trim()
+          .split('\n')
+          .map((line) => `  ${line}`),
+        `(all in ${envFile}: '. ${envFile}' sets them)`,
+        '',
+        ...tryLines(nodes, logs, envFile),
         '',
         `Logs (JSON, one event a line): ${logs}/. Ctrl-C stops everything; 'make run' again resumes the same cluster.`,
         '',

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -51,8 +51,30 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
   let s3Port = 0;
   let restoredClusterId = '';
 
+  /** What `. .run/env` sets: the ctl's operator identity and etcdctl's client certificate. */
+  const runEnv = (): Record<string, string> =>
+    Object.fromEntries(
+      readFileSync(join(dir, 'env'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((line) => /^export ([A-Z_0-9]+)=(.*)$/.exec(line)?.slice(1) as [string, string]),
+    );
+  const ctl = (args: string[], timeoutMs?: number): ReturnType<typeof runCtl> => runCtl(args, runEnv(), timeoutMs);
+  /** An etcd client as etcdctl with `.run/env` would be: https and the operator's certificate. */
+  const etcdClient = (): Etcd3 => {
+    const env = runEnv();
+    return new Etcd3({
+      hosts: client.map((p) => `https://127.0.0.1:${p}`),
+      credentials: {
+        rootCertificate: readFileSync(env.ETCDCTL_CACERT as string),
+        certChain: readFileSync(env.ETCDCTL_CERT as string),
+        privateKey: readFileSync(env.ETCDCTL_KEY as string),
+      },
+    });
+  };
+
   const status = async (i: number): Promise<StatusResponse> => {
-    const result = await runCtl(['--endpoint', `127.0.0.1:${grpc[i]}`, '-o', 'json', 'status']);
+    const result = await ctl(['--endpoint', `127.0.0.1:${grpc[i]}`, '-o', 'json', 'status']);
     if (result.code !== 0) throw new Error(result.stderr);
     return JSON.parse(result.stdout) as StatusResponse;
   };
@@ -109,8 +131,31 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
     expect(output).not.toContain('127.0.0.1:7402');
   });
 
+  it('speaks TLS only: `. .run/env` gives the ctl its operator identity and etcdctl its client certificate', async () => {
+    expect(output).toContain(`export ETCD_STEWARD_CACERT=${join(dir, 'pki', 'ca.pem')}`);
+    expect(output).toContain('export ETCDCTL_CERT=');
+    const shell = (script: string, env: NodeJS.ProcessEnv = process.env): Promise<{ code: number; out: string }> =>
+      new Promise((resolve) =>
+        execFile('sh', ['-c', script], { cwd: REPO_ROOT, env, timeout: 30_000 }, (err, stdout, stderr) =>
+          resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, out: `${stdout}${stderr}` }),
+        ),
+      );
+    const ctlStatus = await shell(`. ${join(dir, 'env')} && ./bin/etcd-stewardctl status`);
+    expect(ctlStatus.code, ctlStatus.out).toBe(0);
+    const health = await shell(`. ${join(dir, 'env')} && etcdctl endpoint health`);
+    expect(health.code, health.out).toBe(0);
+    // Without the certificates: the steward's API is not spoken to in plaintext, and etcd wants a client certificate.
+    const bare = { PATH: process.env.PATH ?? '/usr/bin:/bin', ETCDCTL_API: '3' };
+    expect((await shell(`./bin/etcd-stewardctl --endpoint 127.0.0.1:${grpc[0]} status`, bare)).code).toBe(5);
+    const refused = await shell(
+      `etcdctl --endpoints https://127.0.0.1:${client[0]} --cacert ${join(dir, 'pki', 'ca.pem')} --command-timeout=3s endpoint health`,
+      bare,
+    );
+    expect(refused.code).not.toBe(0);
+  });
+
   it('kill -9 of the leader: a new leader within 2×TTL + 3 s, the killed steward back and healthy within 30 s, no data lost', async () => {
-    const etcd = new Etcd3({ hosts: client.map((p) => `http://127.0.0.1:${p}`) });
+    const etcd = etcdClient();
     try {
       await etcd.put('before-kill').value('kept');
       const first = await status(0);
@@ -158,16 +203,16 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
   });
 
   it('restore --yes brings back the snapshot on every member with a new cluster ID', async () => {
-    const etcd = new Etcd3({ hosts: client.map((p) => `http://127.0.0.1:${p}`) });
+    const etcd = etcdClient();
     try {
       await etcd.put('restore/a').value('in the snapshot');
       const endpoint = `127.0.0.1:${grpc[0]}`;
-      const saved = await runCtl(['--endpoint', endpoint, '-o', 'json', 'save']);
+      const saved = await ctl(['--endpoint', endpoint, '-o', 'json', 'save']);
       expect(saved.code, saved.stderr).toBe(0);
       const name = (JSON.parse(saved.stdout) as { name: string }).name;
       await etcd.put('restore/b').value('after the snapshot');
       const before = (await status(0)).clusterId;
-      const restored = await runCtl(['--endpoint', endpoint, 'restore', name, '--yes'], {}, 180_000);
+      const restored = await ctl(['--endpoint', endpoint, 'restore', name, '--yes'], 180_000);
       expect(restored.code, `${restored.stdout}\n${restored.stderr}`).toBe(0);
       const after = await waitUntil(
         'every member healthy after the restore',
@@ -212,7 +257,7 @@ describe('make run behaves like a node: a steward that dies is restarted', () =>
       expect(s.clusterId).toBe(restoredClusterId);
       expect(s.specHealthy, s.specProblem).toBe(true);
     }
-    const etcd = new Etcd3({ hosts: client.map((p) => `http://127.0.0.1:${p}`) });
+    const etcd = etcdClient();
     try {
       expect(await etcd.get('restore/a').string()).toBe('in the snapshot');
       expect(await etcd.get('restore/b').string()).toBeNull();
