@@ -129,3 +129,35 @@ describe('hostile input on the gRPC port: a clear status for each, no crash, mem
     expect(after.code, after.stderr).toBe(0);
   });
 });
+
+describe('hostile input on a TLS gRPC port (1 steward, mTLS)', () => {
+  let cluster: StewardCluster;
+
+  beforeAll(async () => {
+    cluster = await StewardCluster.create({ size: 1, grpcTls: true, extraArgs: ['--etcd-disable-snapshots=true'] });
+    await cluster.startAll();
+    await cluster.waitForStableLeader(60_000);
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  it('garbage instead of a ClientHello is cut off; half-open handshakes do not stop the API; the steward lives on', async () => {
+    const address = cluster.node(0).grpc;
+    const pid = cluster.node(0).process?.pid as number;
+    const before = rssMb(pid);
+    const garbage = await inBatches(40, 20, () => rawConnection(address, (socket) => socket.write(randomBytes(16 * 1024)), 5000));
+    expect(garbage.every((outcome) => outcome === 'closed-by-server')).toBe(true);
+    // A TLS record header announcing a ClientHello that never comes, and connections that never speak.
+    const halfOpen = [
+      ...Array.from({ length: 30 }, () => rawConnection(address, (socket) => socket.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])), 4000)),
+      ...Array.from({ length: 30 }, () => rawConnection(address, () => undefined, 4000)),
+    ];
+    const during = await cluster.ctl(['--endpoint', address, 'status'], {}, 'viewer');
+    expect(during.code, during.stderr).toBe(0);
+    await Promise.all(halfOpen);
+    const after = await cluster.ctl(['--endpoint', address, 'status'], {}, 'viewer');
+    expect(after.code, after.stderr).toBe(0);
+    expect(rssMb(pid) - before).toBeLessThan(60);
+  });
+});
