@@ -38,6 +38,7 @@ export function statusJson(status: StatusResponse): object {
     specHealthy: status.specHealthy,
     specGeneration: status.specGeneration,
     specProblem: status.specProblem,
+    etcdFlagsPending: status.etcdFlagsPending,
     members: status.members.map((m) => ({
       name: m.name,
       id: m.id,
@@ -60,6 +61,7 @@ export function statusText(status: StatusResponse): string {
     `cluster:   ${status.clusterId || 'unknown'}`,
     `steward:   v${status.version}, up ${Math.round(status.uptimeSeconds)}s, etcd ${status.etcdRunning ? 'running' : 'NOT running'}, ${status.etcdRestarts} etcd restarts`,
     `spec:      ${status.specHealthy ? `generation ${status.specGeneration}` : `PROBLEM: ${status.specProblem}`}`,
+    ...(status.etcdFlagsPending ? [`etcd:      ${status.etcdFlagsPending}`] : []),
     '',
   ];
   const rows = status.members.map((m) => [

@@ -120,6 +120,22 @@ export class EtcdSupervisor {
     }
   }
 
+  /**
+   * What the spec asks of etcd that the running etcd was not started with, in words; '' when they agree or
+   * etcd does not run. A changed spec reaches etcd at its next (re)start, and status says so meanwhile.
+   */
+  get pendingArgs(): string {
+    if (!this.running) return '';
+    const next = withSpecFlags(this.args, this.readSpecArgs());
+    const running = new Set(this.started);
+    const now = new Set(next);
+    const added = next.filter((arg) => !running.has(arg));
+    const dropped = this.started.filter((arg) => !now.has(arg));
+    if (added.length === 0 && dropped.length === 0) return '';
+    const parts = [...(added.length > 0 ? [`new: ${added.join(' ')}`] : []), ...(dropped.length > 0 ? [`no longer: ${dropped.join(' ')}`] : [])];
+    return `the cluster spec's etcd flags changed since etcd started (${parts.join('; ')}); they apply at etcd's next restart`;
+  }
+
   /** The arguments the next start uses, before the spec's flags are added. */
   get currentArgs(): string[] {
     return [...this.args];

@@ -387,6 +387,7 @@ export class Steward {
       leaderProblem: leader ? '' : leaderProblem(view),
       leaderGrpc: leader && leader !== this.config.name ? await this.grpcOf(leader) : '',
       restore: this.restoreMember.record ? this.restoreMember.state() : null,
+      etcdFlagsPending: this.supervisor.pendingArgs,
       members: health.members.map((m) => ({ ...m, id: etcdIdHex(m.id) })),
     };
   }

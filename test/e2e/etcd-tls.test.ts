@@ -156,6 +156,9 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
     expect(set.code, set.stderr).toBe(0);
     // The steward that wrote the spec holds it now; the others see it at their next re-read (--control-spec-ttl).
     const writer = leader;
+    // Until etcd restarts, status says what the spec asks of it that it does not run with.
+    const pending = await cluster.status(writer);
+    expect(pending.etcdFlagsPending).toMatch(/changed since etcd started \(new: .*--snapshot-count=4321.*\); they apply at etcd's next restart/);
     const before = cluster.etcdPid(writer) as number;
     process.kill(before, 'SIGKILL');
     const after = await waitUntil(
@@ -168,6 +171,7 @@ describe('etcd with TLS both ways: 3 stewards, client and peer certificates requ
     );
     const cmdline = readFileSync(`/proc/${after}/cmdline`, 'utf8').split('\0');
     expect(cmdline).toContain('--snapshot-count=4321');
+    await waitUntil('status to show no pending etcd flags', async () => ((await cluster.status(writer)).etcdFlagsPending === '' ? true : undefined), 20_000);
     expect(cmdline.filter((a) => a.startsWith('--quota-backend-bytes'))).toEqual([`--quota-backend-bytes=${QUOTA}`]);
     ({ leader } = await cluster.waitForStableLeader(60_000));
   });

@@ -63,6 +63,7 @@ const ctlHandlers: StewardCtlHandlers = {
       leaderProblem: '',
       leaderGrpc: '',
       restore: null,
+      etcdFlagsPending: '',
     };
   },
   list: async () => {

@@ -47,6 +47,7 @@ function ctlHandlers(probe: Probe): StewardCtlHandlers {
         leaderProblem: '',
         leaderGrpc: '',
         restore: null,
+        etcdFlagsPending: '',
       };
     },
     save: (_request, _emit, ctx) => probe.hang('save', ctx),

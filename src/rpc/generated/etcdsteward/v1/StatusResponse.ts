@@ -22,6 +22,7 @@ export interface StatusResponse {
   'leaderProblem'?: (string);
   'leaderGrpc'?: (string);
   'restore'?: (_etcdsteward_v1_RestoreMemberState | null);
+  'etcdFlagsPending'?: (string);
 }
 
 export interface StatusResponse__Output {
@@ -41,4 +42,5 @@ export interface StatusResponse__Output {
   'leaderProblem': (string);
   'leaderGrpc': (string);
   'restore': (_etcdsteward_v1_RestoreMemberState__Output | null);
+  'etcdFlagsPending': (string);
 }
