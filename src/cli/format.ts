@@ -1,4 +1,4 @@
-import type { DeleteFailure, OrphanObject, SnapshotInfo, SnapshotRecord, StatusResponse } from '../rpc/types.js';
+import type { DeleteFailure, OrphanObject, SnapshotInfo, SnapshotRecord, StatusResponse, VerifyResponse } from '../rpc/types.js';
 
 /** Left-aligned columns with two spaces between; no library needed for a table this plain. */
 export function table(header: string[], rows: string[][]): string {
@@ -39,6 +39,8 @@ export function statusJson(status: StatusResponse): object {
     specGeneration: status.specGeneration,
     specProblem: status.specProblem,
     etcdFlagsPending: status.etcdFlagsPending,
+    lastVerified: status.lastVerified,
+    lastVerifiedAt: status.lastVerifiedAt,
     members: status.members.map((m) => ({
       name: m.name,
       id: m.id,
@@ -62,6 +64,7 @@ export function statusText(status: StatusResponse): string {
     `steward:   v${status.version}, up ${Math.round(status.uptimeSeconds)}s, etcd ${status.etcdRunning ? 'running' : 'NOT running'}, ${status.etcdRestarts} etcd restarts`,
     `spec:      ${status.specHealthy ? `generation ${status.specGeneration}` : `PROBLEM: ${status.specProblem}`}`,
     ...(status.etcdFlagsPending ? [`etcd:      ${status.etcdFlagsPending}`] : []),
+    lastVerifiedLine(status),
     '',
   ];
   const rows = status.members.map((m) => [
@@ -102,15 +105,81 @@ export function recordJson(record: SnapshotRecord): object {
     created: record.created,
     kind: record.kind,
     compressed: record.compressed,
+    // The last restore drill (etcd-stewardctl verify); null when none ran.
+    verified: record.verification
+      ? {
+          result: record.verification.result,
+          at: record.verification.at,
+          hashKV: record.verification.hashKv,
+          reason: record.verification.reason,
+          node: record.verification.node,
+        }
+      : null,
   };
 }
 
-export function recordsText(records: SnapshotRecord[]): string {
+export function recordsText(records: SnapshotRecord[], now = Date.now()): string {
   if (records.length === 0) return 'no snapshots';
   return table(
-    ['NAME', 'NODE', 'LOCATION', 'SIZE', 'CREATED', 'KIND', 'SHA256'],
-    records.map((r) => [r.name, r.node, r.location, humanBytes(r.size), r.created, r.kind + (r.compressed ? ' (gz)' : ''), r.sha256.slice(0, 12)]),
+    ['NAME', 'NODE', 'LOCATION', 'SIZE', 'CREATED', 'KIND', 'SHA256', 'VERIFIED'],
+    records.map((r) => [
+      r.name,
+      r.node,
+      r.location,
+      humanBytes(r.size),
+      r.created,
+      r.kind + (r.compressed ? ' (gz)' : ''),
+      r.sha256.slice(0, 12),
+      verifiedCell(r, now),
+    ]),
   );
+}
+
+/** `passed 3h ago`, `FAILED 5m ago`, or `-` when no drill ran. */
+function verifiedCell(record: SnapshotRecord, now: number): string {
+  const v = record.verification;
+  if (!v || !v.result) return '-';
+  return `${v.result === 'passed' ? 'passed' : 'FAILED'} ${ago(v.at, now)}`;
+}
+
+function ago(at: string, now: number): string {
+  const when = Date.parse(at);
+  return Number.isFinite(when) ? `${humanDuration(Math.max(0, (now - when) / 1000))} ago` : `at ${at}`;
+}
+
+/** `last verified restorable: NAME, 3h ago`: the newest snapshot a restore drill proved restorable. */
+export function lastVerifiedLine(status: StatusResponse, now = Date.now()): string {
+  return `last verified restorable: ${status.lastVerified ? `${status.lastVerified}, ${ago(status.lastVerifiedAt, now)}` : 'none (etcd-stewardctl verify NAME runs a restore drill)'}`;
+}
+
+/** `verify -o json`. */
+export function verifyJson(result: VerifyResponse): object {
+  return {
+    name: result.name,
+    passed: result.passed,
+    failure: result.failure,
+    reason: result.reason,
+    source: result.source,
+    node: result.node,
+    revision: result.revision,
+    keys: result.keys,
+    snapshotKeys: result.snapshotKeys,
+    hashKV: result.hashKv,
+    verifiedAt: result.verifiedAt,
+    durationSeconds: result.durationSeconds,
+    recordProblem: result.recordProblem,
+  };
+}
+
+export function verifyText(result: VerifyResponse): string {
+  const head = result.passed
+    ? `snapshot ${result.name} is restorable: restored and served at revision ${result.revision}, ${result.keys} keys, HashKV ${result.hashKv}`
+    : `snapshot ${result.name} is NOT restorable (${result.failure}): ${result.reason}`;
+  return [
+    head,
+    `  read from ${result.source}, drilled on ${result.node} in ${humanDuration(result.durationSeconds)}`,
+    ...(result.recordProblem ? [`  NOT recorded: ${result.recordProblem}`] : []),
+  ].join('\n');
 }
 
 /** `ls --all -o json`: orphans apart from snapshots, so the snapshot entries keep their documented shape. */

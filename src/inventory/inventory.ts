@@ -3,6 +3,21 @@ import { z } from 'zod';
 import type { Fence } from '../election/election.js';
 import { PreconditionError } from '../errors/index.js';
 
+/**
+ * The last restore drill of a snapshot (src/restore/drill.ts), kept with its record. Field names as the
+ * proto's SnapshotVerification, so a record goes on the wire as it is.
+ */
+export const verificationSchema = z.object({
+  result: z.enum(['passed', 'failed']),
+  at: z.string(),
+  hashKv: z.number(),
+  reason: z.string(),
+  node: z.string(),
+  source: z.string(),
+});
+
+export type Verification = z.infer<typeof verificationSchema>;
+
 /** One snapshot at one location, as `etcd-stewardctl ls` shows it. */
 export const inventoryRecordSchema = z.object({
   name: z.string(),
@@ -15,9 +30,18 @@ export const inventoryRecordSchema = z.object({
   created: z.string(),
   kind: z.enum(['scheduled', 'on-demand']),
   compressed: z.boolean(),
+  // Null on the wire when unset (proto3 message field): both mean no drill ran.
+  verification: verificationSchema.nullish(),
 });
 
 export type InventoryRecord = z.infer<typeof inventoryRecordSchema>;
+
+/** A record as the wire carries it: an unset verification is null there. */
+export function wireRecord<T extends Omit<InventoryRecord, 'verification'> & { verification?: Verification | null | undefined }>(
+  record: T,
+): T & { verification: Verification | null } {
+  return { ...record, verification: record.verification ?? null };
+}
 
 /** A data object with no metadata beside it (see scan.ts): reported, and removed by prune after a grace. */
 export const orphanRecordSchema = z.object({
@@ -107,6 +131,24 @@ export class Inventory implements InventoryStore {
     }
     const result = await this.client.if(fence.campaignKey, 'Create', '==', fence.fencingToken).then(this.client.put(key).value(value)).commit();
     if (!result.succeeded) throw staleLeader(fence);
+  }
+
+  /**
+   * Records a drill's result on every record of `name` that still exists: each write applies only while
+   * its key is there, so a drill that ends after a delete never brings the deleted record back. Not fenced:
+   * any steward may drill (like an on-demand save, it records what it did). Returns the records written.
+   */
+  async setVerification(name: string, verification: Verification): Promise<number> {
+    let written = 0;
+    for (const record of await this.byName(name)) {
+      const key = recordKey(record.name, record.locationId);
+      const result = await this.client
+        .if(key, 'Create', '>', 0)
+        .then(this.client.put(key).value(JSON.stringify({ ...record, verification })))
+        .commit();
+      if (result.succeeded) written += 1;
+    }
+    return written;
   }
 
   async remove(name: string, locationId: string, fence?: Fence): Promise<void> {

@@ -129,6 +129,25 @@ export class StewardMetrics {
     registers: [this.registry],
   });
 
+  // Restore drills (etcd-stewardctl verify; src/steward/drills.ts).
+  readonly lastVerifiedSnapshot = new Gauge({
+    name: 'etcd_steward_last_verified_snapshot_timestamp_seconds',
+    help: 'creation time of the newest snapshot that passed a restore drill on this steward (0: none yet); alert when it falls behind',
+    registers: [this.registry],
+  });
+  readonly snapshotVerifyFailures = new Counter({
+    name: 'etcd_steward_snapshot_verify_failures_total',
+    help: 'restore drills that found a snapshot not restorable, by reason (integrity, restore, keys, serve, revision)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly snapshotVerifyDuration = new Histogram({
+    name: 'etcd_steward_snapshot_verify_duration_seconds',
+    help: 'duration of restore drills, whatever their outcome',
+    buckets: [1, 2, 5, 10, 30, 60, 120, 300, 600],
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'etcd_steward_' });
   }

@@ -140,6 +140,7 @@ export function buildPlan(input: PlanInput): RestorePlan {
       compressed: metadata.compressed,
       locationId: '',
       key: metadata.key || metadataKey(metadata.name),
+      verification: null,
     },
     revision: metadata.revision,
     etcdVersion: metadata.etcdVersion,

@@ -20,6 +20,7 @@ import type {
   RestoreEvent,
   RestoreSummary,
   RestoreStatusResponse,
+  VerifyResponse,
   RestoreMemberState,
   RestorePrepareResponse,
   RestoreSwapResponse,
@@ -145,6 +146,11 @@ export class StewardClient extends BaseClient {
 
   restoreAbort(signal?: AbortSignal): Promise<RestoreStatusResponse> {
     return this.unary<RestoreStatusResponse>('restoreAbort', {}, signal, 10 * 60_000);
+  }
+
+  /** A drill is bounded by the steward (DRILL_TIMEOUT_MS, 10 min); the call waits a little longer for its answer. */
+  verify(name: string, signal?: AbortSignal): Promise<VerifyResponse> {
+    return this.unary<VerifyResponse>('verify', { name }, signal, 11 * 60_000);
   }
 
   /**

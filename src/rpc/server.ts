@@ -152,6 +152,12 @@ function ctlImplementation(handlers: StewardCtlHandlers, options: AdapterOptions
     ),
     RestoreStatus: unary('RestoreStatus', options, (_request: object, ctx) => handlers.restoreStatus(ctx)),
     RestoreAbort: unary('RestoreAbort', options, (_request: object, ctx) => handlers.restoreAbort(ctx)),
+    Verify: unary(
+      'Verify',
+      options,
+      (request: { name: string }, ctx) => handlers.verify(request.name, ctx),
+      (request) => checkName(request.name, 'name'),
+    ),
   };
 }
 

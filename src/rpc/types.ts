@@ -29,6 +29,7 @@ import type { RestorePrepareRequest__Output } from './generated/etcdsteward/v1/R
 import type { RestorePrepareResponse__Output } from './generated/etcdsteward/v1/RestorePrepareResponse.js';
 import type { RestoreSwapRequest__Output } from './generated/etcdsteward/v1/RestoreSwapRequest.js';
 import type { RestoreSwapResponse__Output } from './generated/etcdsteward/v1/RestoreSwapResponse.js';
+import type { VerifyResponse__Output } from './generated/etcdsteward/v1/VerifyResponse.js';
 
 export type { Member__Output as MemberStatus } from './generated/etcdsteward/v1/Member.js';
 export type { StatusResponse__Output as StatusResponse, StatusResponse as StatusResponseInput } from './generated/etcdsteward/v1/StatusResponse.js';
@@ -55,6 +56,8 @@ export type { PlanMember__Output as PlanMember } from './generated/etcdsteward/v
 export type { RestoreProgress__Output as RestoreProgress } from './generated/etcdsteward/v1/RestoreProgress.js';
 export type { RestoreSummary__Output as RestoreSummary, RestoreSummary as RestoreSummaryInput } from './generated/etcdsteward/v1/RestoreSummary.js';
 export type { RestoreMemberState__Output as RestoreMemberState } from './generated/etcdsteward/v1/RestoreMemberState.js';
+export type { VerifyResponse__Output as VerifyResponse } from './generated/etcdsteward/v1/VerifyResponse.js';
+export type { SnapshotVerification__Output as SnapshotVerification } from './generated/etcdsteward/v1/SnapshotVerification.js';
 export type { RestoreStatusResponse__Output as RestoreStatusResponse } from './generated/etcdsteward/v1/RestoreStatusResponse.js';
 export type { RestorePrepareRequest__Output as RestorePrepareRequest } from './generated/etcdsteward/v1/RestorePrepareRequest.js';
 export type { RestorePrepareResponse__Output as RestorePrepareResponse } from './generated/etcdsteward/v1/RestorePrepareResponse.js';
@@ -91,6 +94,7 @@ export interface StewardCtlHandlers {
   restore(request: RestoreRequest__Output, emit: (event: RestoreEvent) => void, ctx: CallContext): Promise<RestoreSummary__Output>;
   restoreStatus(ctx: CallContext): Promise<RestoreStatusResponse__Output>;
   restoreAbort(ctx: CallContext): Promise<RestoreStatusResponse__Output>;
+  verify(name: string, ctx: CallContext): Promise<VerifyResponse__Output>;
 }
 
 export interface LocalListing {

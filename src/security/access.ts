@@ -27,7 +27,8 @@ const PEER_SERVICE = '/etcdsteward.v1.StewardPeer/';
 /**
  * Verbs a viewer may call: they change nothing. Save is not among them: it writes to every store, a
  * later prune keeps only the newest on-demand snapshots (so saves can push older ones out), and
- * `--force` passes the health gate.
+ * `--force` passes the health gate. Nor is Verify: a restore drill takes the node's disk and CPU for a
+ * throwaway etcd and writes its verdict into the inventory, which restore and retention act on.
  */
 const READ_ONLY_CTL = new Set(['Status', 'List', 'SpecGet', 'RestoreStatus']);
 

@@ -1,6 +1,6 @@
 import type { LeaderTerm } from '../election/election.js';
 import { NotFoundError, PreconditionError, UnavailableError, abortedError, errorText } from '../errors/index.js';
-import type { InventoryRecord, OrphanRecord } from '../inventory/inventory.js';
+import { wireRecord, type InventoryRecord, type OrphanRecord } from '../inventory/inventory.js';
 import type { DeleteOutcome, OrphanOutcome } from '../inventory/keeper.js';
 import { deleteFromStore, findInStore, scanStore } from '../inventory/scan.js';
 import { deadlineAfter, listStores, settleBy, withDeadline } from '../restore/find.js';
@@ -81,7 +81,7 @@ export class SnapshotHandlers {
     } finally {
       bound.clear();
     }
-    return { snapshots, orphans, fallback: '' };
+    return { snapshots: snapshots.map(wireRecord), orphans, fallback: '' };
   }
 
   private async listFromStores(request: ListRequest, why: string, signal: AbortSignal): Promise<ListResponse> {
@@ -90,7 +90,7 @@ export class SnapshotHandlers {
     this.snapshots.log.info({ ms: Date.now() - started, snapshots: found.records.length, problems: found.problems }, 'listed the snapshot stores themselves');
     const missing = found.problems.length > 0 ? `; these stores could not be listed, so it may be incomplete: ${found.problems.join('; ')}` : '';
     return {
-      snapshots: found.records,
+      snapshots: found.records.map(wireRecord),
       orphans: request.all ? found.orphans : [],
       fallback: `the snapshot inventory in etcd could not be read (${why}); this listing comes from the snapshot stores themselves${missing}`,
     };
@@ -115,7 +115,7 @@ export class SnapshotHandlers {
   readonly peer: SnapshotPeerHandlers = {
     listLocalSnapshots: async (ctx) => {
       const found = await withDeadline(ctx.signal, PEER_LOCAL_TIMEOUT_MS, (signal) => scanStore(this.snapshots.local, signal, this.snapshots.log));
-      return { snapshots: found.records, orphans: found.orphans };
+      return { snapshots: found.records.map(wireRecord), orphans: found.orphans };
     },
     deleteLocalSnapshot: (name, key, ctx) =>
       withDeadline(ctx.signal, PEER_LOCAL_TIMEOUT_MS, (signal) => deleteFromStore(this.snapshots.local.store, name, key, signal)),
@@ -152,7 +152,11 @@ export class SnapshotHandlers {
     // Like k3s's `etcd-snapshot prune`, an operator's prune trims on-demand snapshots as well (each kind counted apart).
     const retained = await this.snapshots.keeper.applyRetention(keep, signal, term, ['scheduled', 'on-demand']);
     const orphans = await this.snapshots.keeper.pruneOrphans(this.snapshots.orphanGraceMs, signal, term);
-    return { deleted: retained.deleted, orphansRemoved: orphans.removed, failed: [...deleteResponse(retained).failed, ...orphanFailures(orphans)] };
+    return {
+      deleted: retained.deleted.map(wireRecord),
+      orphansRemoved: orphans.removed,
+      failed: [...deleteResponse(retained).failed, ...orphanFailures(orphans)],
+    };
   }
 
   /** Runs `here` under this steward's term if it leads, else forwards the call to the leader. */
@@ -198,11 +202,11 @@ function notLeader(self: string, leader: string | undefined): PreconditionError 
 }
 
 export function deleteResponse(outcome: DeleteOutcome): DeleteResponse {
-  return { deleted: outcome.deleted, failed: outcome.failed.map((f): DeleteFailure => ({ record: f.record, error: f.error })) };
+  return { deleted: outcome.deleted.map(wireRecord), failed: outcome.failed.map((f): DeleteFailure => ({ record: wireRecord(f.record), error: f.error })) };
 }
 
 function orphanFailures(outcome: OrphanOutcome): DeleteFailure[] {
-  return outcome.failed.map((f) => ({ record: orphanAsRecord(f.orphan), error: f.error }));
+  return outcome.failed.map((f) => ({ record: wireRecord(orphanAsRecord(f.orphan)), error: f.error }));
 }
 
 /** An orphan in the shape of a snapshot record, for the failure list: its key is all the name it has. */

@@ -24,6 +24,7 @@ import type { S3Store } from '../store/s3.js';
 import { loadS3Store } from '../store/from-config.js';
 import { SnapshotService } from './snapshots.js';
 import { SnapshotHandlers } from './snapshot-handlers.js';
+import { DrillService } from './drills.js';
 import { runLeaderTerm } from './leader-loop.js';
 import { StewardRegistry } from '../rpc/registry.js';
 import { LayeredPeerDirectory } from '../rpc/layered-directory.js';
@@ -58,6 +59,7 @@ export class Steward {
   private readonly log: Logger;
   private readonly snapshots: SnapshotService;
   private readonly snapshotHandlers: SnapshotHandlers;
+  private readonly drills: DrillService;
   private readonly registry: StewardRegistry;
   private readonly peers: PeerPool;
   private readonly identity: PeerIdentity;
@@ -145,6 +147,7 @@ export class Steward {
       s3Store,
     );
     this.snapshotHandlers = new SnapshotHandlers(this.snapshots);
+    this.drills = new DrillService({ config, snapshots: this.snapshots, tool: () => this.tool(), metrics: this.metrics, logger });
     this.controlClose = () => (controlStore as Partial<Pick<S3Store, 'close'>>).close?.();
     this.spec = new SpecService({
       config,
@@ -160,11 +163,7 @@ export class Steward {
     this.restoreMember = new RestoreMember({
       config,
       supervisor: this.supervisor,
-      tool: () =>
-        (this.restoreTool ??= RestoreTool.detect().catch((err: unknown) => {
-          this.restoreTool = undefined;
-          throw err;
-        })),
+      tool: () => this.tool(),
       logger,
       isRaftLeader: () => this.health.lastHealth?.members.find((m) => m.name === config.name)?.isRaftLeader === true,
       onPhase: (record) => {
@@ -278,6 +277,7 @@ export class Steward {
           init: async (confirm, ctx) => specResponse(await this.spec.init(confirm, callSignal(ctx.signal)), this.control.location),
           restore: (request, emit, ctx) => this.restoreCoordinator.restore(request, emit, ctx.signal),
           restoreStatus: (ctx) => this.restoreCoordinator.status(callSignal(ctx.signal)),
+          verify: (name, ctx) => this.drills.verify(name, AbortSignal.any([ctx.signal, leadershipStop.signal])),
           restoreAbort: (ctx) => this.restoreCoordinator.abort(AbortSignal.any([ctx.signal, AbortSignal.timeout(10 * 60_000)])),
         },
         peer: { ...this.snapshotHandlers.peer, ...restorePeerHandlers(this.restoreMember) },
@@ -361,14 +361,23 @@ export class Steward {
     }
   }
 
+  /** The node's restore tool, detected once (again after a failed detection: it may be installed meanwhile). */
+  private tool(): Promise<RestoreTool> {
+    return (this.restoreTool ??= RestoreTool.detect().catch((err: unknown) => {
+      this.restoreTool = undefined;
+      throw err;
+    }));
+  }
+
   private async status(): Promise<StatusResponse> {
     const term = this.election.currentTerm;
-    const [health, view] = await Promise.all([
+    const [health, view, verified] = await Promise.all([
       this.health.check(),
       this.election.leaderView().catch((err: unknown): LeaderView & { problem: string } => {
         this.log.warn({ err: errorText(err) }, 'could not read the election leader for status');
         return { leader: undefined, problem: `cannot read the election from etcd: ${errorText(err)}` };
       }),
+      this.drills.lastVerified(AbortSignal.timeout(5_000)),
     ]);
     const leader = term ? this.config.name : view.leader;
     return {
@@ -388,6 +397,8 @@ export class Steward {
       leaderGrpc: leader && leader !== this.config.name ? await this.grpcOf(leader) : '',
       restore: this.restoreMember.record ? this.restoreMember.state() : null,
       etcdFlagsPending: this.supervisor.pendingArgs,
+      lastVerified: verified?.name ?? '',
+      lastVerifiedAt: verified?.at ?? '',
       members: health.members.map((m) => ({ ...m, id: etcdIdHex(m.id) })),
     };
   }

@@ -88,6 +88,7 @@ describe('etcd-stewardctl Ctrl-C', () => {
         restore: unused,
         restoreStatus: unused,
         restoreAbort: unused,
+        verify: unused,
       },
       peer: unusedPeerHandlers(),
       identity: { node: 'n1', clusterId: () => '' },

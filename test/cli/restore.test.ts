@@ -215,6 +215,7 @@ describe('etcd-stewardctl restore against a scripted steward', () => {
       },
       restoreStatus: async () => statusResponse,
       restoreAbort: async () => abortResponse,
+      verify: unused,
     };
     server = await RpcServer.start({
       host: '127.0.0.1',
@@ -461,7 +462,7 @@ describe('etcd-stewardctl restore against a scripted steward', () => {
       compressed: false,
     };
     listResponse = {
-      snapshots: [{ ...record, locationId: 'local', key: SNAPSHOT }],
+      snapshots: [{ ...record, locationId: 'local', key: SNAPSHOT, verification: null }],
       orphans: [],
       fallback: 'etcd is unavailable (no quorum); S3 could not be listed either',
     };
@@ -473,15 +474,15 @@ describe('etcd-stewardctl restore against a scripted steward', () => {
     );
     const json = await ctl('-o', 'json', 'ls');
     expect(json.code).toBe(0);
-    expect(JSON.parse(json.stdout)).toEqual([record]);
+    expect(JSON.parse(json.stdout)).toEqual([{ ...record, verified: null }]);
     expect(json.stderr).toMatch(/^note: /);
     const all = await ctl('-o', 'json', 'ls', '--all');
-    expect(JSON.parse(all.stdout)).toEqual({ snapshots: [record], orphans: [], fallback: listResponse.fallback });
+    expect(JSON.parse(all.stdout)).toEqual({ snapshots: [{ ...record, verified: null }], orphans: [], fallback: listResponse.fallback });
 
     listResponse = { ...listResponse, fallback: '' };
     const plain = await ctl('-o', 'json', 'ls');
     expect(plain.stderr).toBe('');
-    expect(JSON.parse(plain.stdout)).toEqual([record]);
+    expect(JSON.parse(plain.stdout)).toEqual([{ ...record, verified: null }]);
     expect((JSON.parse((await ctl('-o', 'json', 'ls', '--all')).stdout) as { fallback: string }).fallback).toBe('');
   });
 

@@ -64,6 +64,8 @@ const ctlHandlers: StewardCtlHandlers = {
       leaderGrpc: '',
       restore: null,
       etcdFlagsPending: '',
+      lastVerified: '',
+      lastVerifiedAt: '',
     };
   },
   list: async () => {
@@ -89,6 +91,10 @@ const ctlHandlers: StewardCtlHandlers = {
     throw new Error('not used');
   },
   restoreAbort: async () => {
+    throw new Error('not used');
+  },
+  verify: async (name) => {
+    calls.push(`verify:${name}`);
     throw new Error('not used');
   },
 };
@@ -185,6 +191,8 @@ describe('mTLS on the ctl API: who may do what', () => {
     expect(denied.message).toContain('etcd-steward-viewer');
     expect(denied.message).toContain('etcd-steward-admin');
     expect((await refusal(viewer.save({ name: '', force: false }, () => undefined))).code).toBe('NOT_ADMIN');
+    // A restore drill takes the node's disk and CPU and writes the inventory: admin only.
+    expect((await refusal(viewer.verify('a-n1-1700000000'))).code).toBe('NOT_ADMIN');
     // Refused before the handler: only the admin's delete and the viewer's reads ran.
     expect(calls).toEqual(['delete:a-n1-1700000000', 'status', 'list']);
   });

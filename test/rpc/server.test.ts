@@ -48,6 +48,8 @@ function ctlHandlers(probe: Probe): StewardCtlHandlers {
         leaderGrpc: '',
         restore: null,
         etcdFlagsPending: '',
+        lastVerified: '',
+        lastVerifiedAt: '',
       };
     },
     save: (_request, _emit, ctx) => probe.hang('save', ctx),
@@ -66,6 +68,7 @@ function ctlHandlers(probe: Probe): StewardCtlHandlers {
     restore: (_request, _emit, ctx) => probe.hang('restore', ctx),
     restoreStatus: (ctx) => probe.hang('restoreStatus', ctx),
     restoreAbort: (ctx) => probe.hang('restoreAbort', ctx),
+    verify: (_name, ctx) => probe.hang('verify', ctx),
   };
 }
 

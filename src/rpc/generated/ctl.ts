@@ -27,12 +27,15 @@ import type { SaveProgress as _etcdsteward_v1_SaveProgress, SaveProgress__Output
 import type { SaveRequest as _etcdsteward_v1_SaveRequest, SaveRequest__Output as _etcdsteward_v1_SaveRequest__Output } from './etcdsteward/v1/SaveRequest.js';
 import type { SnapshotInfo as _etcdsteward_v1_SnapshotInfo, SnapshotInfo__Output as _etcdsteward_v1_SnapshotInfo__Output } from './etcdsteward/v1/SnapshotInfo.js';
 import type { SnapshotRecord as _etcdsteward_v1_SnapshotRecord, SnapshotRecord__Output as _etcdsteward_v1_SnapshotRecord__Output } from './etcdsteward/v1/SnapshotRecord.js';
+import type { SnapshotVerification as _etcdsteward_v1_SnapshotVerification, SnapshotVerification__Output as _etcdsteward_v1_SnapshotVerification__Output } from './etcdsteward/v1/SnapshotVerification.js';
 import type { SpecGetRequest as _etcdsteward_v1_SpecGetRequest, SpecGetRequest__Output as _etcdsteward_v1_SpecGetRequest__Output } from './etcdsteward/v1/SpecGetRequest.js';
 import type { SpecResponse as _etcdsteward_v1_SpecResponse, SpecResponse__Output as _etcdsteward_v1_SpecResponse__Output } from './etcdsteward/v1/SpecResponse.js';
 import type { SpecSetRequest as _etcdsteward_v1_SpecSetRequest, SpecSetRequest__Output as _etcdsteward_v1_SpecSetRequest__Output } from './etcdsteward/v1/SpecSetRequest.js';
 import type { StatusRequest as _etcdsteward_v1_StatusRequest, StatusRequest__Output as _etcdsteward_v1_StatusRequest__Output } from './etcdsteward/v1/StatusRequest.js';
 import type { StatusResponse as _etcdsteward_v1_StatusResponse, StatusResponse__Output as _etcdsteward_v1_StatusResponse__Output } from './etcdsteward/v1/StatusResponse.js';
 import type { StewardCtlClient as _etcdsteward_v1_StewardCtlClient, StewardCtlDefinition as _etcdsteward_v1_StewardCtlDefinition } from './etcdsteward/v1/StewardCtl.js';
+import type { VerifyRequest as _etcdsteward_v1_VerifyRequest, VerifyRequest__Output as _etcdsteward_v1_VerifyRequest__Output } from './etcdsteward/v1/VerifyRequest.js';
+import type { VerifyResponse as _etcdsteward_v1_VerifyResponse, VerifyResponse__Output as _etcdsteward_v1_VerifyResponse__Output } from './etcdsteward/v1/VerifyResponse.js';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
   new(...args: ConstructorParameters<Constructor>): Subtype;
@@ -66,12 +69,15 @@ export interface ProtoGrpcType {
       SaveRequest: MessageTypeDefinition<_etcdsteward_v1_SaveRequest, _etcdsteward_v1_SaveRequest__Output>
       SnapshotInfo: MessageTypeDefinition<_etcdsteward_v1_SnapshotInfo, _etcdsteward_v1_SnapshotInfo__Output>
       SnapshotRecord: MessageTypeDefinition<_etcdsteward_v1_SnapshotRecord, _etcdsteward_v1_SnapshotRecord__Output>
+      SnapshotVerification: MessageTypeDefinition<_etcdsteward_v1_SnapshotVerification, _etcdsteward_v1_SnapshotVerification__Output>
       SpecGetRequest: MessageTypeDefinition<_etcdsteward_v1_SpecGetRequest, _etcdsteward_v1_SpecGetRequest__Output>
       SpecResponse: MessageTypeDefinition<_etcdsteward_v1_SpecResponse, _etcdsteward_v1_SpecResponse__Output>
       SpecSetRequest: MessageTypeDefinition<_etcdsteward_v1_SpecSetRequest, _etcdsteward_v1_SpecSetRequest__Output>
       StatusRequest: MessageTypeDefinition<_etcdsteward_v1_StatusRequest, _etcdsteward_v1_StatusRequest__Output>
       StatusResponse: MessageTypeDefinition<_etcdsteward_v1_StatusResponse, _etcdsteward_v1_StatusResponse__Output>
       StewardCtl: SubtypeConstructor<typeof grpc.Client, _etcdsteward_v1_StewardCtlClient> & { service: _etcdsteward_v1_StewardCtlDefinition }
+      VerifyRequest: MessageTypeDefinition<_etcdsteward_v1_VerifyRequest, _etcdsteward_v1_VerifyRequest__Output>
+      VerifyResponse: MessageTypeDefinition<_etcdsteward_v1_VerifyResponse, _etcdsteward_v1_VerifyResponse__Output>
     }
   }
 }

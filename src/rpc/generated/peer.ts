@@ -49,6 +49,7 @@ import type { SaveRequest as _etcdsteward_v1_SaveRequest, SaveRequest__Output as
 import type { SnapshotAnnounce as _etcdsteward_v1_SnapshotAnnounce, SnapshotAnnounce__Output as _etcdsteward_v1_SnapshotAnnounce__Output } from './etcdsteward/v1/SnapshotAnnounce.js';
 import type { SnapshotInfo as _etcdsteward_v1_SnapshotInfo, SnapshotInfo__Output as _etcdsteward_v1_SnapshotInfo__Output } from './etcdsteward/v1/SnapshotInfo.js';
 import type { SnapshotRecord as _etcdsteward_v1_SnapshotRecord, SnapshotRecord__Output as _etcdsteward_v1_SnapshotRecord__Output } from './etcdsteward/v1/SnapshotRecord.js';
+import type { SnapshotVerification as _etcdsteward_v1_SnapshotVerification, SnapshotVerification__Output as _etcdsteward_v1_SnapshotVerification__Output } from './etcdsteward/v1/SnapshotVerification.js';
 import type { SpecGetRequest as _etcdsteward_v1_SpecGetRequest, SpecGetRequest__Output as _etcdsteward_v1_SpecGetRequest__Output } from './etcdsteward/v1/SpecGetRequest.js';
 import type { SpecResponse as _etcdsteward_v1_SpecResponse, SpecResponse__Output as _etcdsteward_v1_SpecResponse__Output } from './etcdsteward/v1/SpecResponse.js';
 import type { SpecSetRequest as _etcdsteward_v1_SpecSetRequest, SpecSetRequest__Output as _etcdsteward_v1_SpecSetRequest__Output } from './etcdsteward/v1/SpecSetRequest.js';
@@ -56,6 +57,8 @@ import type { StatusRequest as _etcdsteward_v1_StatusRequest, StatusRequest__Out
 import type { StatusResponse as _etcdsteward_v1_StatusResponse, StatusResponse__Output as _etcdsteward_v1_StatusResponse__Output } from './etcdsteward/v1/StatusResponse.js';
 import type { StewardCtlClient as _etcdsteward_v1_StewardCtlClient, StewardCtlDefinition as _etcdsteward_v1_StewardCtlDefinition } from './etcdsteward/v1/StewardCtl.js';
 import type { StewardPeerClient as _etcdsteward_v1_StewardPeerClient, StewardPeerDefinition as _etcdsteward_v1_StewardPeerDefinition } from './etcdsteward/v1/StewardPeer.js';
+import type { VerifyRequest as _etcdsteward_v1_VerifyRequest, VerifyRequest__Output as _etcdsteward_v1_VerifyRequest__Output } from './etcdsteward/v1/VerifyRequest.js';
+import type { VerifyResponse as _etcdsteward_v1_VerifyResponse, VerifyResponse__Output as _etcdsteward_v1_VerifyResponse__Output } from './etcdsteward/v1/VerifyResponse.js';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
   new(...args: ConstructorParameters<Constructor>): Subtype;
@@ -111,6 +114,7 @@ export interface ProtoGrpcType {
       SnapshotAnnounce: MessageTypeDefinition<_etcdsteward_v1_SnapshotAnnounce, _etcdsteward_v1_SnapshotAnnounce__Output>
       SnapshotInfo: MessageTypeDefinition<_etcdsteward_v1_SnapshotInfo, _etcdsteward_v1_SnapshotInfo__Output>
       SnapshotRecord: MessageTypeDefinition<_etcdsteward_v1_SnapshotRecord, _etcdsteward_v1_SnapshotRecord__Output>
+      SnapshotVerification: MessageTypeDefinition<_etcdsteward_v1_SnapshotVerification, _etcdsteward_v1_SnapshotVerification__Output>
       SpecGetRequest: MessageTypeDefinition<_etcdsteward_v1_SpecGetRequest, _etcdsteward_v1_SpecGetRequest__Output>
       SpecResponse: MessageTypeDefinition<_etcdsteward_v1_SpecResponse, _etcdsteward_v1_SpecResponse__Output>
       SpecSetRequest: MessageTypeDefinition<_etcdsteward_v1_SpecSetRequest, _etcdsteward_v1_SpecSetRequest__Output>
@@ -118,6 +122,8 @@ export interface ProtoGrpcType {
       StatusResponse: MessageTypeDefinition<_etcdsteward_v1_StatusResponse, _etcdsteward_v1_StatusResponse__Output>
       StewardCtl: SubtypeConstructor<typeof grpc.Client, _etcdsteward_v1_StewardCtlClient> & { service: _etcdsteward_v1_StewardCtlDefinition }
       StewardPeer: SubtypeConstructor<typeof grpc.Client, _etcdsteward_v1_StewardPeerClient> & { service: _etcdsteward_v1_StewardPeerDefinition }
+      VerifyRequest: MessageTypeDefinition<_etcdsteward_v1_VerifyRequest, _etcdsteward_v1_VerifyRequest__Output>
+      VerifyResponse: MessageTypeDefinition<_etcdsteward_v1_VerifyResponse, _etcdsteward_v1_VerifyResponse__Output>
     }
   }
 }

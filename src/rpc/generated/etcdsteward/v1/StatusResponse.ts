@@ -23,6 +23,8 @@ export interface StatusResponse {
   'leaderGrpc'?: (string);
   'restore'?: (_etcdsteward_v1_RestoreMemberState | null);
   'etcdFlagsPending'?: (string);
+  'lastVerified'?: (string);
+  'lastVerifiedAt'?: (string);
 }
 
 export interface StatusResponse__Output {
@@ -43,4 +45,6 @@ export interface StatusResponse__Output {
   'leaderGrpc': (string);
   'restore': (_etcdsteward_v1_RestoreMemberState__Output | null);
   'etcdFlagsPending': (string);
+  'lastVerified': (string);
+  'lastVerifiedAt': (string);
 }

@@ -22,6 +22,8 @@ import type { SpecResponse as _etcdsteward_v1_SpecResponse, SpecResponse__Output
 import type { SpecSetRequest as _etcdsteward_v1_SpecSetRequest, SpecSetRequest__Output as _etcdsteward_v1_SpecSetRequest__Output } from '../../etcdsteward/v1/SpecSetRequest.js';
 import type { StatusRequest as _etcdsteward_v1_StatusRequest, StatusRequest__Output as _etcdsteward_v1_StatusRequest__Output } from '../../etcdsteward/v1/StatusRequest.js';
 import type { StatusResponse as _etcdsteward_v1_StatusResponse, StatusResponse__Output as _etcdsteward_v1_StatusResponse__Output } from '../../etcdsteward/v1/StatusResponse.js';
+import type { VerifyRequest as _etcdsteward_v1_VerifyRequest, VerifyRequest__Output as _etcdsteward_v1_VerifyRequest__Output } from '../../etcdsteward/v1/VerifyRequest.js';
+import type { VerifyResponse as _etcdsteward_v1_VerifyResponse, VerifyResponse__Output as _etcdsteward_v1_VerifyResponse__Output } from '../../etcdsteward/v1/VerifyResponse.js';
 
 export interface StewardCtlClient extends grpc.Client {
   Delete(argument: _etcdsteward_v1_DeleteRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_DeleteResponse__Output>): grpc.ClientUnaryCall;
@@ -115,6 +117,15 @@ export interface StewardCtlClient extends grpc.Client {
   status(argument: _etcdsteward_v1_StatusRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_StatusResponse__Output>): grpc.ClientUnaryCall;
   status(argument: _etcdsteward_v1_StatusRequest, callback: grpc.requestCallback<_etcdsteward_v1_StatusResponse__Output>): grpc.ClientUnaryCall;
   
+  Verify(argument: _etcdsteward_v1_VerifyRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_VerifyResponse__Output>): grpc.ClientUnaryCall;
+  Verify(argument: _etcdsteward_v1_VerifyRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_VerifyResponse__Output>): grpc.ClientUnaryCall;
+  Verify(argument: _etcdsteward_v1_VerifyRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_VerifyResponse__Output>): grpc.ClientUnaryCall;
+  Verify(argument: _etcdsteward_v1_VerifyRequest, callback: grpc.requestCallback<_etcdsteward_v1_VerifyResponse__Output>): grpc.ClientUnaryCall;
+  verify(argument: _etcdsteward_v1_VerifyRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_VerifyResponse__Output>): grpc.ClientUnaryCall;
+  verify(argument: _etcdsteward_v1_VerifyRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_etcdsteward_v1_VerifyResponse__Output>): grpc.ClientUnaryCall;
+  verify(argument: _etcdsteward_v1_VerifyRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_etcdsteward_v1_VerifyResponse__Output>): grpc.ClientUnaryCall;
+  verify(argument: _etcdsteward_v1_VerifyRequest, callback: grpc.requestCallback<_etcdsteward_v1_VerifyResponse__Output>): grpc.ClientUnaryCall;
+  
 }
 
 export interface StewardCtlHandlers extends grpc.UntypedServiceImplementation {
@@ -140,6 +151,8 @@ export interface StewardCtlHandlers extends grpc.UntypedServiceImplementation {
   
   Status: grpc.handleUnaryCall<_etcdsteward_v1_StatusRequest__Output, _etcdsteward_v1_StatusResponse>;
   
+  Verify: grpc.handleUnaryCall<_etcdsteward_v1_VerifyRequest__Output, _etcdsteward_v1_VerifyResponse>;
+  
 }
 
 export interface StewardCtlDefinition extends grpc.ServiceDefinition {
@@ -154,4 +167,5 @@ export interface StewardCtlDefinition extends grpc.ServiceDefinition {
   SpecGet: MethodDefinition<_etcdsteward_v1_SpecGetRequest, _etcdsteward_v1_SpecResponse, _etcdsteward_v1_SpecGetRequest__Output, _etcdsteward_v1_SpecResponse__Output>
   SpecSet: MethodDefinition<_etcdsteward_v1_SpecSetRequest, _etcdsteward_v1_SpecResponse, _etcdsteward_v1_SpecSetRequest__Output, _etcdsteward_v1_SpecResponse__Output>
   Status: MethodDefinition<_etcdsteward_v1_StatusRequest, _etcdsteward_v1_StatusResponse, _etcdsteward_v1_StatusRequest__Output, _etcdsteward_v1_StatusResponse__Output>
+  Verify: MethodDefinition<_etcdsteward_v1_VerifyRequest, _etcdsteward_v1_VerifyResponse, _etcdsteward_v1_VerifyRequest__Output, _etcdsteward_v1_VerifyResponse__Output>
 }
