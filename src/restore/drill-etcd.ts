@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createInterface } from 'node:readline';
 import type { Logger } from 'pino';
-import { InternalError, errorText, prefixOf } from '../errors/index.js';
+import { InternalError, errorText } from '../errors/index.js';
+import { forwardEtcdOutput } from '../etcd/output.js';
 import { quarantineEndpoint } from './paths.js';
 
 /**
@@ -55,9 +55,14 @@ export class DrillEtcd {
       `${name}=${peerUrl}`,
       '--initial-cluster-token',
       clusterToken,
-      // No metrics listener of its own and no background compaction of the keyspace being checked.
+      // No background compaction of the keyspace being checked.
       '--auto-compaction-retention',
       '0',
+      // JSON lines, which forwardEtcdOutput re-emits field by field at etcd's own levels.
+      '--logger',
+      'zap',
+      '--log-outputs',
+      'stderr',
     ];
     // etcd reads ETCD_* variables as flags: the steward's own (its data dir, its listen URLs) must not leak in.
     const env: NodeJS.ProcessEnv = {};
@@ -65,11 +70,10 @@ export class DrillEtcd {
     const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     const log = options.logger.child({ component: 'drill' });
     child.once('error', (err) => log.warn({ err: errorText(err) }, 'cannot run the drill etcd'));
-    for (const stream of [child.stdout, child.stderr]) {
-      if (!stream) continue;
-      // etcd's own log lines, bounded: they name paths and URLs, never a secret (it has none of ours).
-      createInterface({ input: stream }).on('line', (line) => log.debug({ etcd: prefixOf(line, 2000) }, 'drill etcd'));
-    }
+    // Line-bounded like the supervised etcd's output; tagged drill, so it is never mistaken for the node's etcd.
+    const etcdLog = options.logger.child({ component: 'drill', process: 'drill-etcd' });
+    if (child.stdout) forwardEtcdOutput(child.stdout, etcdLog);
+    if (child.stderr) forwardEtcdOutput(child.stderr, etcdLog);
     log.info({ pid: child.pid, client: clientUrl, dataDir }, 'drill etcd started');
     return new DrillEtcd(child, clientUrl, peerUrl);
   }

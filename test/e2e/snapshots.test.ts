@@ -71,7 +71,7 @@ describe('on-demand snapshots, inventory and reconcile (3 stewards, real s3rver)
     const entries = await ls(2);
     expect(entries.length).toBeGreaterThanOrEqual(2);
     for (const entry of entries) {
-      expect(Object.keys(entry).sort()).toEqual(['compressed', 'created', 'kind', 'location', 'name', 'node', 'sha256', 'size']);
+      expect(Object.keys(entry).sort()).toEqual(['compressed', 'created', 'kind', 'location', 'name', 'node', 'sha256', 'size', 'verified']);
     }
     const name = entries[0]?.name as string;
     expect(

@@ -15,7 +15,8 @@ import { metadataKey } from '../../src/snapshot/names.js';
 import { LocalStore } from '../../src/store/local.js';
 import { EtcdCluster } from '../harness/etcd-cluster.js';
 
-const logger = pino({ level: 'silent' });
+const logLines: string[] = [];
+const logger = pino({ level: 'info' }, { write: (line: string) => logLines.push(line) });
 
 const run = (command: string, args: string[]): Promise<string> =>
   new Promise((resolve, reject) =>
@@ -54,7 +55,7 @@ async function etcdProcessesUnder(dir: string): Promise<string[]> {
   for (const pid of await readdir('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
     const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.startsWith('etcd') && cmdline.includes(dir)) found.push(pid);
+    if (/(^|\/)etcd$/.test(cmdline.split('\0')[0] ?? '') && cmdline.includes(dir)) found.push(pid);
   }
   return found;
 }
@@ -116,6 +117,10 @@ describe('runDrill (real etcd snapshot, real etcdctl, a real throwaway etcd)', (
     }
     expect(await readdir(join(stateDir(), DRILL_DIR))).toEqual([]);
     expect(await etcdProcessesUnder(join(stateDir(), DRILL_DIR))).toEqual([]);
+    // The throwaway etcd's own log lines are the steward's, tagged drill.
+    const etcdLines = logLines.map((l) => JSON.parse(l) as { component?: string; process?: string }).filter((l) => l.process === 'drill-etcd');
+    expect(etcdLines.length).toBeGreaterThan(5);
+    expect(etcdLines.every((l) => l.component === 'drill')).toBe(true);
   }, 150_000);
 
   it('fails a copy with one byte flipped, with a clear reason, and leaves no scratch dir', async () => {
