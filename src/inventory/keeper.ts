@@ -124,12 +124,21 @@ export class InventoryKeeper {
       const outcome: DeleteOutcome = { deleted: [], failed: [] };
       const locations = await this.options.locations(signal);
       const groups = locations.flatMap((location) => kinds.map((kind) => ({ location, kind })));
+      // The newest snapshot a restore drill proved restorable stays, however old: it may be the only one known to restore.
+      const verified = newestVerified(records);
       for (const { location, kind } of groups) {
         const newestFirst = records
           .filter((r) => r.locationId === location.locationId && r.kind === kind)
           .sort((a, b) => b.created.localeCompare(a.created) || b.name.localeCompare(a.name));
         for (const record of newestFirst.slice(keep)) {
           signal.throwIfAborted();
+          if (record.name === verified) {
+            this.log.info(
+              { snapshot: record.name, location: record.locationId, kind, keep },
+              'retention: keeping the newest snapshot that passed a restore drill',
+            );
+            continue;
+          }
           try {
             // Fenced record removal first: a stale leader is refused before it touches any stored file.
             await this.options.inventory.remove(record.name, record.locationId, fence);
@@ -241,4 +250,14 @@ export class InventoryKeeper {
     this.options.metrics.orphanedObjects.reset();
     for (const [location, count] of orphans) this.options.metrics.orphanedObjects.set({ location }, count);
   }
+}
+
+/** Name of the newest snapshot (by creation) whose last restore drill passed; undefined when none did. */
+export function newestVerified(records: InventoryRecord[]): string | undefined {
+  let best: InventoryRecord | undefined;
+  for (const record of records) {
+    if (record.verification?.result !== 'passed') continue;
+    if (!best || record.created > best.created || (record.created === best.created && record.name > best.name)) best = record;
+  }
+  return best?.name;
 }

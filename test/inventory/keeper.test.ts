@@ -97,6 +97,22 @@ describe('InventoryKeeper', () => {
     expect((await inventory.list()).map((r) => r.name).sort()).toEqual(['etcd-snapshot-node-1-1700000005', 'etcd-snapshot-node-1-1700000006']);
   });
 
+  it('retention keeps the newest snapshot that passed a restore drill, however old, but not an older one or a failed one', async () => {
+    const inventory = new MemoryInventory();
+    const location = new FakeLocation('local:node-1');
+    const drill = (result: 'passed' | 'failed') => ({ result, at: '2024-02-01T00:00:00Z', hashKv: 1, reason: '', node: 'node-1', source: 'file:///x' });
+    const names = [0, 1, 2, 3, 4, 5].map((i) => `etcd-snapshot-node-1-${1_700_000_000 + i}`);
+    for (const [i, name] of names.entries()) {
+      location.files.add(name);
+      const verification = i === 0 || i === 1 ? drill('passed') : i === 2 ? drill('failed') : undefined;
+      await inventory.put({ ...record(name, 'local:node-1', `2024-01-0${i + 1}T00:00:00Z`), ...(verification ? { verification } : {}) });
+    }
+    const outcome = await keeper(inventory, [location]).applyRetention(2, AbortSignal.timeout(5000), fence);
+    // Kept: the 2 newest, and #1 (the newest that passed); #0 passed too but is older, #2 failed.
+    expect(outcome.deleted.map((r) => r.name).sort()).toEqual([names[0], names[2], names[3]]);
+    expect([...location.files].sort()).toEqual([names[1], names[4], names[5]]);
+  });
+
   it('a partial delete reports what was removed and what was not, and keeps the records of what is still there', async () => {
     const inventory = new MemoryInventory();
     const own = new FakeLocation('local:node-1');
