@@ -248,6 +248,7 @@ function program(): Command {
 
 interface RestoreOptions {
   yes: boolean;
+  force: boolean;
   skipMember: string[];
   withSpec: boolean;
 }
@@ -272,6 +273,7 @@ function restoreCommands(root: Command): void {
       [] as string[],
     )
     .option('--with-spec', 'also put back the etcd flags and version of the spec the snapshot carries', false)
+    .option('--force', 'restore a snapshot even though its last restore drill (etcd-stewardctl verify) failed', false)
     .helpCommand(false)
     .addHelpText(
       'after',
@@ -298,6 +300,7 @@ function restoreCommands(root: Command): void {
         yes: options.yes,
         skipMembers: options.skipMember,
         withSpec: options.withSpec,
+        force: options.force,
         ...(global.endpoint === DEFAULT_ENDPOINT ? {} : { endpoint: global.endpoint }),
       };
       await withClient(global, async (client) => {
@@ -318,8 +321,8 @@ function restoreCommands(root: Command): void {
 
   const refuseRestoreFlags = (command: Command): void => {
     const parent = command.parent?.opts<RestoreOptions>();
-    if (parent && (parent.yes || parent.withSpec || parent.skipMember.length > 0)) {
-      throw new UsageError(`restore ${command.name()} takes no --yes, --skip-member or --with-spec`, {
+    if (parent && (parent.yes || parent.withSpec || parent.force || parent.skipMember.length > 0)) {
+      throw new UsageError(`restore ${command.name()} takes no --yes, --skip-member, --with-spec or --force`, {
         hint: `run etcd-stewardctl restore ${command.name()} alone`,
       });
     }
@@ -384,7 +387,7 @@ async function runRestore(client: StewardClient, output: Output, asked: RestoreA
       view?.progress(event.progress);
     } else if (event.result) result = event.result;
   };
-  const request = { name: asked.name, yes: asked.yes, skipMembers: asked.skipMembers, withSpec: asked.withSpec };
+  const request = { name: asked.name, yes: asked.yes, skipMembers: asked.skipMembers, withSpec: asked.withSpec, force: asked.force ?? false };
   let summary: RestoreSummary;
   try {
     summary = await client.restore(request, onEvent, callSignal());

@@ -12,6 +12,7 @@ export interface RestoreAsked {
   yes: boolean;
   skipMembers: string[];
   withSpec: boolean;
+  force?: boolean;
   /** Named in the printed command when it is not the default one. */
   endpoint?: string;
 }
@@ -29,6 +30,7 @@ export function restoreCommand(asked: RestoreAsked): string {
     '--yes',
     ...asked.skipMembers.flatMap((m) => ['--skip-member', m]),
     ...(asked.withSpec ? ['--with-spec'] : []),
+    ...(asked.force ? ['--force'] : []),
   ].join(' ');
 }
 

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import { CancelledError, PreconditionError, StewardError, asStewardError, errorText } from '../errors/index.js';
+import type { Verification } from '../inventory/inventory.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 import type { PeerPool } from '../rpc/peer-pool.js';
 import type { RestoreEvent, RestoreMemberState, RestorePlan, RestoreRequest, RestoreSummary } from '../rpc/types.js';
@@ -38,6 +39,8 @@ export interface CoordinatorOptions {
   recordSpec: RestoreRun['recordSpec'];
   /** Fires when the steward shuts down: a restore stops (and resumes later), it is not rolled back. */
   shutdown: AbortSignal;
+  /** The snapshot's last restore drill from the inventory; undefined when none ran or etcd cannot say (no quorum). */
+  lastDrill?: (name: string, signal: AbortSignal) => Promise<Verification | undefined>;
 }
 
 const PREPARE_TIMEOUT_MS = 15_000;
@@ -114,6 +117,12 @@ export class RestoreCoordinator {
       problems: found.problems,
     });
     if (staleLockNote) plan.warnings.push(staleLockNote);
+    const drill = await this.options.lastDrill?.(request.name, signal);
+    if (drill?.result === 'failed') {
+      const what = `${request.name} FAILED its last restore drill (${drill.at} on ${drill.node}: ${drill.reason})`;
+      if (request.force) plan.warnings.push(`${what}; restoring it anyway (--force)`);
+      else plan.blockers.push(`${what}: restore another snapshot, or pass --force to restore this one anyway`);
+    }
     const withSpec = request.withSpec ? specOfSnapshot(found.metadata) : {};
     if (request.withSpec) {
       if (withSpec.etcdFlags === undefined) {

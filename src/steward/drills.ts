@@ -108,6 +108,29 @@ export class DrillService {
     }
   }
 
+  /**
+   * The last drill of `name` the inventory records (the latest of its records'), for the restore's plan;
+   * undefined when none ran or the inventory cannot be read within a moment (no quorum: the restore goes on).
+   */
+  async lastDrill(name: string, signal: AbortSignal): Promise<Verification | undefined> {
+    const bound = deadlineAfter(signal, STATUS_INVENTORY_TIMEOUT_MS);
+    try {
+      const records = await settleBy(this.options.snapshots.inventory.byName(name), bound.signal);
+      let last: Verification | undefined;
+      for (const record of records) if (record.verification && (!last || record.verification.at > last.at)) last = record.verification;
+      return last;
+    } catch (err) {
+      if (signal.aborted) throw err;
+      this.log.warn(
+        { snapshot: name, err: errorText(err) },
+        'cannot read the restore drill result of the snapshot from the inventory; the restore goes on without it',
+      );
+      return undefined;
+    } finally {
+      bound.clear();
+    }
+  }
+
   private async recordOf(name: string): Promise<InventoryRecord | undefined> {
     return (await this.options.snapshots.inventory.byName(name).catch(() => []))[0];
   }

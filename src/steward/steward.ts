@@ -178,6 +178,7 @@ export class Steward {
       peers: this.peers,
       lock: new RestoreLock(controlStore),
       stores: () => this.snapshots.stores(),
+      lastDrill: (name, signal) => this.drills.lastDrill(name, signal),
       clusterMembers: async () => (this.spec.latest?.members ?? config.initialCluster).map((m) => ({ name: m.name, peerUrl: m.peerUrl })),
       quorum: async (signal) => {
         const health = await this.health.check(signal).catch(() => undefined);

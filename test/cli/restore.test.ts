@@ -239,7 +239,7 @@ describe('etcd-stewardctl restore against a scripted steward', () => {
   it('without --yes prints the whole plan, ends with how to run it, and exits 4 with the error after it', async () => {
     const result = await ctl('restore', SNAPSHOT, '--skip-member', 'node-3', '--with-spec');
     expect(result.code, result.stderr).toBe(4);
-    expect(calls).toEqual([{ name: SNAPSHOT, yes: false, skipMembers: ['node-3'], withSpec: true }]);
+    expect(calls).toEqual([{ name: SNAPSHOT, yes: false, skipMembers: ['node-3'], withSpec: true, force: false }]);
     const out = result.stdout;
     expect(out).toMatch(/^restore plan r-1700000100/);
     expect(out).toContain(`snapshot:     ${SNAPSHOT}`);

@@ -121,6 +121,20 @@ describe('restore drills: etcd-stewardctl verify (3 stewards, real s3rver, real 
     expect(await metric(cluster, 0, /^etcd_steward_snapshot_verify_failures_total\{reason="integrity"\} /)).toBe(1);
     expect(await drillLeftovers(0)).toEqual({ dirs: [], processes: [] });
 
+    // restore refuses it (a plan blocker, nothing changed) unless --force says to restore it anyway.
+    const etcdPids = [0, 1, 2].map((i) => cluster.etcdPid(i));
+    const refused = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'restore', name, '--yes']);
+    expect(refused.code, refused.stderr).toBe(4);
+    expect(refused.stderr).toMatch(/^error\[RESTORE_BLOCKED\]: .*FAILED its last restore drill/m);
+    const forced = await cluster.ctl(['--endpoint', cluster.node(0).grpc, 'restore', name, '--force']);
+    expect(forced.code, forced.stderr).toBe(4);
+    expect(forced.stderr).toMatch(/^error\[RESTORE_NOT_CONFIRMED\]/m);
+    expect(forced.stdout).toContain('restoring it anyway (--force)');
+    expect(forced.stdout).not.toContain('pass --force to restore this one anyway');
+    // Nothing changed: every member still runs the etcd it ran before.
+    expect([0, 1, 2].map((i) => cluster.etcdPid(i))).toEqual(etcdPids);
+    expect(etcdPids.every((pid) => pid !== undefined)).toBe(true);
+
     // A failed drill is not a restorable snapshot: status still names the one that passed.
     const status = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'status']);
     expect((JSON.parse(status.stdout) as { lastVerified: string }).lastVerified).not.toBe(name);

@@ -7,6 +7,7 @@ export interface RestoreRequest {
   'yes'?: (boolean);
   'skipMembers'?: (string)[];
   'withSpec'?: (boolean);
+  'force'?: (boolean);
 }
 
 export interface RestoreRequest__Output {
@@ -14,4 +15,5 @@ export interface RestoreRequest__Output {
   'yes': (boolean);
   'skipMembers': (string)[];
   'withSpec': (boolean);
+  'force': (boolean);
 }
