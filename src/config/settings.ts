@@ -135,6 +135,15 @@ export const SETTINGS = {
   etcdSnapshotScheduleCron: setting('etcd-snapshot-schedule-cron', cronExpression(isCron), 'when the leader takes scheduled snapshots', {
     default: '0 */12 * * *',
   }),
+  etcdSnapshotVerifyCron: setting(
+    'etcd-snapshot-verify-cron',
+    {
+      ...cronExpression((expr) => expr === 'after-snapshot' || expr === 'off' || isCron(expr)),
+      allowed: "'after-snapshot' (a restore drill of each scheduled snapshot), 'off', or a cron expression (a drill of the newest snapshot)",
+    },
+    'when the leader runs restore drills (etcd-stewardctl verify), one at a time',
+    { default: 'after-snapshot' },
+  ),
   etcdDisableSnapshots: setting('etcd-disable-snapshots', boolean(), 'turn scheduled snapshots off', { default: 'false' }),
   etcdSnapshotRetention: setting('etcd-snapshot-retention', integer(1, 10_000), 'scheduled snapshots kept per location', { default: '5' }),
   etcdSnapshotCompress: setting('etcd-snapshot-compress', boolean(), 'store snapshots gzip-compressed (.gz)', { default: 'false' }),

@@ -1,3 +1,5 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Cron } from 'croner';
 import type { Logger } from 'pino';
 import type { Config } from '../config/settings.js';
 import { errorText } from '../errors/index.js';
@@ -31,6 +33,7 @@ export class DrillService {
   private readonly log: Logger;
   /** The newest passing drill of this process, for status when the inventory cannot be read. */
   private lastPassed: { name: string; at: string } | undefined;
+  private background: Promise<void> | undefined;
   /** Creation time (unix s) of the newest snapshot that passed a drill here: the gauge's value. */
   private newestVerifiedCreated = 0;
 
@@ -128,6 +131,51 @@ export class DrillService {
       return undefined;
     } finally {
       bound.clear();
+    }
+  }
+
+  /**
+   * Leader-scheduled drills: one at a time, in the background, under the term's signal. One asked while
+   * another runs is skipped (the next snapshot's drill covers it), so drills never pile up behind a slow one.
+   */
+  drillInBackground(name: string, signal: AbortSignal): void {
+    if (this.background) {
+      this.log.info({ snapshot: name }, 'a restore drill is still running; not drilling this snapshot now');
+      return;
+    }
+    this.background = this.verify(name, signal)
+      .then(
+        () => undefined,
+        (err: unknown) => {
+          if (!signal.aborted) this.log.warn({ snapshot: name, err: errorText(err) }, 'scheduled restore drill could not run');
+        },
+      )
+      .finally(() => {
+        this.background = undefined;
+      });
+  }
+
+  /** Settles once no background drill runs. */
+  async idle(): Promise<void> {
+    await this.background;
+  }
+
+  /** `--etcd-snapshot-verify-cron <expr>`: at each slot, a drill of the newest snapshot in the inventory; ends with `signal`. */
+  async runCron(cron: string, signal: AbortSignal): Promise<void> {
+    const pattern = new Cron(cron, { paused: true });
+    this.log.info({ cron, next: pattern.nextRun()?.toISOString() }, 'restore drill schedule active on this leader');
+    while (!signal.aborted) {
+      const next = pattern.nextRun();
+      if (!next) return;
+      await sleep(Math.max(0, next.getTime() - Date.now()), undefined, { signal }).catch(() => undefined);
+      if (signal.aborted) return;
+      const records = await this.options.snapshots.inventory.list().catch((err: unknown) => {
+        this.log.warn({ err: errorText(err) }, 'cannot read the inventory for the scheduled restore drill; the next slot tries again');
+        return [];
+      });
+      const newest = records.reduce<InventoryRecord | undefined>((best, r) => (!best || r.created > best.created ? r : best), undefined);
+      if (newest) this.drillInBackground(newest.name, signal);
+      await this.idle();
     }
   }
 

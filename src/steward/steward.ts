@@ -204,7 +204,7 @@ export class Steward {
       onTermStarted: (term) => {
         this.metrics.isLeader.set(1);
         this.metrics.leaderTerms.inc();
-        const work = runLeaderTerm(this.snapshots, term)
+        const work = runLeaderTerm(this.snapshots, term, this.drills)
           .catch((err: unknown) => this.log.error({ err }, 'leader work failed'))
           .finally(() => this.leaderWork.delete(work));
         this.leaderWork.add(work);

@@ -149,3 +149,33 @@ describe('restore drills: etcd-stewardctl verify (3 stewards, real s3rver, real 
     expect(await drillLeftovers(0)).toEqual({ dirs: [], processes: [] });
   }, 60_000);
 });
+
+describe('leader-scheduled restore drills (3 stewards, a snapshot every 5 s, --etcd-snapshot-verify-cron default)', () => {
+  let cluster: StewardCluster;
+
+  beforeAll(async () => {
+    cluster = await StewardCluster.create({ size: 3, extraArgs: ['--etcd-snapshot-schedule-cron=*/5 * * * * *', '--etcd-snapshot-retention=2'] });
+    await cluster.startAll();
+    await cluster.waitForStableLeader(20_000);
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  it('after a scheduled snapshot the leader drills it in the background: ls shows it passed, drilled by the leader', async () => {
+    let verified: LsEntry | undefined;
+    const deadline = Date.now() + 60_000;
+    while (!verified && Date.now() < deadline) {
+      const result = await cluster.ctl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'ls']);
+      verified = (JSON.parse(result.stdout || '[]') as LsEntry[]).find((e) => e.name.startsWith('etcd-snapshot-') && e.verified?.result === 'passed');
+      if (!verified) await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    expect(verified, 'no scheduled snapshot was drilled within 60 s').toBeDefined();
+    const { leader } = await cluster.waitForStableLeader(10_000);
+    expect(verified?.verified?.node).toBe(cluster.node(leader).name);
+    // Nothing left on the leader between or after drills but, at most, the scratch dir of the one running now.
+    const drillDir = join(cluster.node(leader).stateDir, 'drill');
+    expect((await readdir(drillDir)).length).toBeLessThanOrEqual(1);
+    expect((await etcdProcessesUnder(drillDir)).length).toBeLessThanOrEqual(1);
+  }, 120_000);
+});
