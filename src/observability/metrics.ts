@@ -143,7 +143,7 @@ export class StewardMetrics {
   });
   readonly snapshotVerifyDuration = new Histogram({
     name: 'etcd_steward_snapshot_verify_duration_seconds',
-    help: 'duration of restore drills, whatever their outcome',
+    help: 'duration of restore drills that concluded (passed or failed)',
     buckets: [1, 2, 5, 10, 30, 60, 120, 300, 600],
     registers: [this.registry],
   });

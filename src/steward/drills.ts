@@ -43,17 +43,13 @@ export class DrillService {
 
   async verify(name: string, signal: AbortSignal): Promise<VerifyResponse> {
     const { config, snapshots, metrics } = this.options;
-    const started = Date.now();
-    let result: DrillResult;
-    try {
-      result = await runDrill(
-        name,
-        { stores: snapshots.stores(), tool: await this.options.tool(), etcdBinary: config.etcdBinary, stateDir: config.stateDir, logger: this.options.logger },
-        signal,
-      );
-    } finally {
-      metrics.snapshotVerifyDuration.observe((Date.now() - started) / 1000);
-    }
+    const result: DrillResult = await runDrill(
+      name,
+      { stores: snapshots.stores(), tool: await this.options.tool(), etcdBinary: config.etcdBinary, stateDir: config.stateDir, logger: this.options.logger },
+      signal,
+    );
+    // Only drills that concluded: an unknown name or a refusal for disk space is no drill.
+    metrics.snapshotVerifyDuration.observe(result.durationSeconds);
     const verification: Verification = {
       result: result.passed ? 'passed' : 'failed',
       at: result.verifiedAt,

@@ -150,6 +150,24 @@ describe('runDrill (real etcd snapshot, real etcdctl, a real throwaway etcd)', (
     expect(await readdir(join(stateDir(), DRILL_DIR))).toEqual([]);
   }, 150_000);
 
+  it('cancelled while its throwaway etcd runs: the etcd is stopped and the scratch dir removed before it settles', async () => {
+    const controller = new AbortController();
+    const before = logLines.length;
+    // Aborted the moment the drill logs that its throwaway etcd started: mid-drill, not before or after it.
+    const watch = setInterval(() => {
+      if (logLines.slice(before).some((l) => l.includes('drill etcd started'))) controller.abort(new Error('operator pressed Ctrl-C'));
+    }, 5);
+    try {
+      const err = await runDrill('good-node-a-1700000001', options, controller.signal).catch((e: unknown) => e);
+      expect(controller.signal.aborted).toBe(true);
+      expect(exitCodeFor(err)).toBe(130);
+    } finally {
+      clearInterval(watch);
+    }
+    expect(await readdir(join(stateDir(), DRILL_DIR))).toEqual([]);
+    expect(await etcdProcessesUnder(join(stateDir(), DRILL_DIR))).toEqual([]);
+  }, 60_000);
+
   it('refuses before anything when the disk has no room, and an unknown name is not found (exit 3)', async () => {
     const refused = await runDrill(
       'good-node-a-1700000001',
