@@ -64,9 +64,9 @@ export class DrillEtcd {
       '--log-outputs',
       'stderr',
     ];
-    // etcd reads ETCD_* variables as flags: the steward's own (its data dir, its listen URLs) must not leak in.
-    const env: NodeJS.ProcessEnv = {};
-    for (const [key, value] of Object.entries(process.env)) if (!key.startsWith('ETCD_') && !key.startsWith('ETCDCTL_')) env[key] = value;
+    // Nothing of the steward's environment: etcd reads ETCD_* as flags (the steward's data dir, its listen
+    // URLs), and the S3 keys or an etcd password there are no business of a throwaway member.
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' };
     const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     const log = options.logger.child({ component: 'drill' });
     child.once('error', (err) => log.warn({ err: errorText(err) }, 'cannot run the drill etcd'));

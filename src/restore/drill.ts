@@ -57,6 +57,11 @@ export interface DrillOptions {
   serveTimeoutMs?: number;
   /** Bytes to leave free on the state dir's filesystem beyond what the drill needs. */
   reserveBytes?: number;
+  /**
+   * The steward's etcd user: a snapshot of a cluster with auth on restores with auth on, and its checks need a
+   * user. Only user and password: the throwaway etcd serves plaintext on loopback, so no TLS file applies.
+   */
+  etcdAuth?: { etcdUser: string; etcdPassword: string };
 }
 
 export const DRILL_TIMEOUT_MS = 10 * 60_000;
@@ -188,7 +193,12 @@ async function drill(name: string, options: DrillOptions, signal: AbortSignal): 
       report = await waitForRestoredCluster(
         { [member]: etcd.clientUrl },
         { members: [member], minRevision: 0 },
-        { timeoutMs: options.serveTimeoutMs ?? SERVE_TIMEOUT_MS, intervalMs: 500, signal: AbortSignal.any([signal, died.signal]) },
+        {
+          timeoutMs: options.serveTimeoutMs ?? SERVE_TIMEOUT_MS,
+          intervalMs: 500,
+          signal: AbortSignal.any([signal, died.signal]),
+          ...(options.etcdAuth?.etcdUser ? { security: { etcdCacert: '', etcdCert: '', etcdKey: '', ...options.etcdAuth } } : {}),
+        },
       );
     } catch (err) {
       if (signal.aborted) throw err;

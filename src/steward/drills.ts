@@ -45,7 +45,14 @@ export class DrillService {
     const { config, snapshots, metrics } = this.options;
     const result: DrillResult = await runDrill(
       name,
-      { stores: snapshots.stores(), tool: await this.options.tool(), etcdBinary: config.etcdBinary, stateDir: config.stateDir, logger: this.options.logger },
+      {
+        stores: snapshots.stores(),
+        tool: await this.options.tool(),
+        etcdBinary: config.etcdBinary,
+        stateDir: config.stateDir,
+        logger: this.options.logger,
+        etcdAuth: { etcdUser: config.etcdUser, etcdPassword: config.etcdPassword },
+      },
       signal,
     );
     // Only drills that concluded: an unknown name or a refusal for disk space is no drill.
