@@ -73,6 +73,9 @@ describe('no secret in any log line, error message or metric of a whole run (3 s
     const listed = await cluster.ctl(['--endpoint', endpoint, '-o', 'json', 'ls'], {}, 'viewer');
     const name = (JSON.parse(listed.stdout) as Array<{ name: string }>).find((s) => s.name.startsWith('secrets-'))?.name;
     expect(name).toBeDefined();
+    // A restore drill: its throwaway etcd's log lines and the drill's own land in the steward logs grepped below.
+    expect(await run(['verify', name as string, '-o', 'json'])).toBe(0);
+    expect(await run(['verify', name as string], 'viewer')).toBe(4);
     expect(await run(['restore', name as string, '--yes'])).toBe(0);
     await cluster.waitForStableLeader(60_000);
     for (const node of cluster.nodes) outputs.push(await (await fetch(`http://${node.http}/metrics`)).text());
