@@ -1,5 +1,7 @@
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -41,6 +43,27 @@ describe('manifests/prometheus-rules.yaml', () => {
       // A firing case: the alertname followed by a non-empty exp_alerts list.
       expect(tests, `${alert} has no case that fires it`).toMatch(new RegExp(`alertname: ${alert}\\n\\s+exp_alerts:\\n\\s+- exp_labels:`));
       expect(tests, `${alert} has no case that keeps it silent`).toMatch(new RegExp(`alertname: ${alert}\\n\\s+exp_alerts: \\[\\]`));
+    }
+  });
+});
+
+describe('manifests/grafana-dashboard.json', () => {
+  it("every panel's expression is valid PromQL (promtool check rules on them as recording rules)", async () => {
+    const dashboard = JSON.parse(await readFile(`${repo}/manifests/grafana-dashboard.json`, 'utf8')) as {
+      panels: Array<{ targets?: Array<{ expr: string }> }>;
+    };
+    const exprs = dashboard.panels.flatMap((panel) => (panel.targets ?? []).map((target) => target.expr));
+    expect(exprs.length).toBeGreaterThan(10);
+    const dir = await mkdtemp(join(tmpdir(), 'steward-dashboard-'));
+    try {
+      // JSON is YAML: one recording rule per expression.
+      const rules = { groups: [{ name: 'dashboard', rules: exprs.map((expr, i) => ({ record: `dashboard:expr_${i}`, expr })) }] };
+      await writeFile(join(dir, 'dashboard-rules.yaml'), JSON.stringify(rules));
+      const { code, output } = await promtool('check', 'rules', join(dir, 'dashboard-rules.yaml'));
+      expect(code, output).toBe(0);
+      expect(output).toContain(`SUCCESS: ${exprs.length} rules found`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -33,7 +33,7 @@ describe('labelled counters exist at 0 from start-up (alerts need no absent())',
   it('every labelled counter of the registry has samples before anything happened', async () => {
     const metrics = new StewardMetrics();
     for (const metric of await metrics.registry.getMetricsAsJSON()) {
-      if (metric.type !== 'counter' || !metric.name.startsWith('etcd_steward_')) continue;
+      if (String(metric.type) !== 'counter' || !metric.name.startsWith('etcd_steward_')) continue;
       expect(metric.values.length, `${metric.name} has no sample at start-up`).toBeGreaterThan(0);
     }
   });
