@@ -1,37 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
-/**
- * The label values each labelled counter is known to take, exported at 0 from start-up so that an alert's
- * `increase()` sees the first failure and a rule needs no `absent()`. A value not listed still counts; it
- * appears at its first increment.
- */
-const SNAPSHOT_FAILURE_REASONS = [
-  // a location of a snapshot that was stored elsewhere (snapshotter: `location_<kind of its location ID>`)
-  'location_local',
-  'location_s3',
-  // the whole snapshot (the StewardError code, lower-cased; `error` for anything untyped)
-  'snapshot_failed',
-  'cluster_unhealthy',
-  'no_healthy_member',
-  'snapshot_truncated',
-  'snapshot_exists',
-  'deadline_exceeded',
-  'error',
-] as const;
-const SNAPSHOT_REJECTED_REASONS = ['invalid_argument'] as const;
-/** S3 operations that report errors (S3Store.call and the multipart writer) and the codes of `toStoreError` (NOT_FOUND is never counted). */
-const S3_ERROR_OPS = ['write', 'read', 'head', 'list', 'delete', 'upload'] as const;
-const S3_ERROR_CODES = [
-  'S3_ACCESS_DENIED',
-  'S3_UNREACHABLE',
-  'S3_TLS',
-  'S3_SERVER_ERROR',
-  'S3_NOT_IMPLEMENTED',
-  'S3_NO_SUCH_BUCKET',
-  'S3_REQUEST_FAILED',
-  'OBJECT_EXISTS',
-] as const;
-
 /** Every metric the steward exports, on one registry that the HTTP listener serves. */
 export class StewardMetrics {
   readonly registry = new Registry();
@@ -163,8 +131,39 @@ export class StewardMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'etcd_steward_' });
-    for (const reason of SNAPSHOT_FAILURE_REASONS) this.snapshotFailures.inc({ reason }, 0);
-    for (const reason of SNAPSHOT_REJECTED_REASONS) this.snapshotRejectedRequests.inc({ reason }, 0);
-    for (const op of S3_ERROR_OPS) for (const code of S3_ERROR_CODES) this.s3Errors.inc({ op, code }, 0);
+    // Each labelled counter at 0 for the label values it is known to take, from start-up: an alert's
+    // increase() sees the first failure and no rule needs absent(). A value not listed still counts; it
+    // appears at its first increment.
+    for (const reason of [
+      // one location of a snapshot stored elsewhere (snapshotter: `location_<kind of its location ID>`)
+      'location_local',
+      'location_s3',
+      // the whole snapshot: the StewardError code, lower-cased; `error` for anything untyped
+      'snapshot_failed',
+      'cluster_unhealthy',
+      'no_healthy_member',
+      'snapshot_truncated',
+      'snapshot_exists',
+      'deadline_exceeded',
+      'error',
+    ]) {
+      this.snapshotFailures.inc({ reason }, 0);
+    }
+    this.snapshotRejectedRequests.inc({ reason: 'invalid_argument' }, 0);
+    // The operations S3Store.call and its multipart writer report, and the codes of toStoreError (NOT_FOUND is never counted).
+    for (const op of ['write', 'read', 'head', 'list', 'delete', 'upload']) {
+      for (const code of [
+        'S3_ACCESS_DENIED',
+        'S3_UNREACHABLE',
+        'S3_TLS',
+        'S3_SERVER_ERROR',
+        'S3_NOT_IMPLEMENTED',
+        'S3_NO_SUCH_BUCKET',
+        'S3_REQUEST_FAILED',
+        'OBJECT_EXISTS',
+      ]) {
+        this.s3Errors.inc({ op, code }, 0);
+      }
+    }
   }
 }
