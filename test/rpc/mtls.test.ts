@@ -5,6 +5,7 @@ import { copyFile, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/prom
 import { connect, type PeerCertificate } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { StewardError, exitCodeFor } from '../../src/errors/index.js';
@@ -17,6 +18,7 @@ import { cnMatches } from '../../src/security/access.js';
 import { ctlCredentials } from '../../src/security/ctl-tls.js';
 import { DevCa, makeDevPki, type CertFiles, type DevPki } from '../../src/security/dev-pki.js';
 import { TlsFiles } from '../../src/security/tls-files.js';
+import { HealthProbe } from '../harness/grpc-health.js';
 import { unusedPeerHandlers } from '../harness/unused-handlers.js';
 
 /** Real grpc-js servers with mTLS on 127.0.0.1, real certificates from the dev CA (openssl). */
@@ -200,6 +202,23 @@ describe('mTLS on the ctl API: who may do what', () => {
     expect(err.code).toBe(code);
     expect(exitCodeFor(err)).toBe(4);
     expect(err.message).toContain(text);
+    expect(calls).toEqual([]);
+  });
+
+  it('grpc.health.v1.Health: any certificate of the CA may ask (viewer, a non-member); another CA and none may not', async () => {
+    const { endpoint } = await startServer();
+    const probe = async (who: Partial<CertFiles>): Promise<string> => {
+      const channel = await ctlCredentials({ cacert: pki.ca, cert: who.cert, key: who.key });
+      const health = new HealthProbe(endpoint, channel);
+      stops.push(() => health.close());
+      return health.check('');
+    };
+    expect(await probe(pki.viewer)).toBe('SERVING');
+    expect(await probe(extra.outsider)).toBe('SERVING');
+    expect(await probe(pki.admin)).toBe('SERVING');
+    expect(await probe(extra.foreignAdmin)).toBe(`error:${grpcStatus.PERMISSION_DENIED}`);
+    // Without a certificate the handshake completes but every call is refused, health included.
+    expect(await probe({})).toMatch(/^error:(7|14)$/);
     expect(calls).toEqual([]);
   });
 
