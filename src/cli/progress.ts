@@ -19,7 +19,8 @@ export class SaveProgressView {
     if (!this.stream.isTTY) return;
     const { bytes, total } = progress;
     const seconds = Math.max(0.001, (Date.now() - this.started) / 1000);
-    const rate = `${humanBytes(bytes / seconds)}/s`;
+    const perSecond = bytes / seconds;
+    const rate = `${humanBytes(perSecond)}/s`;
     if (total <= 0) {
       this.stream.write(`\r\x1b[Ksnapshotting: ${humanBytes(bytes)} (${rate})`);
       this.counter = true;
@@ -27,15 +28,14 @@ export class SaveProgressView {
     }
     // Never past 100%: the size is etcd's, the bytes are what arrived.
     const value = Math.min(bytes, total);
-    const payload = { sent: humanBytes(value), size: humanBytes(total), rate };
+    // The ETA at the average rate so far (cli-progress's own {eta} says 0 until it has several samples).
+    const payload = { sent: humanBytes(value), size: humanBytes(total), rate, timeLeft: perSecond > 0 ? duration((total - value) / perSecond) : '?' };
     if (!this.bar) {
       if (this.counter) this.stream.write('\r\x1b[K');
       this.bar = new SingleBar({
         stream: this.stream,
-        format: 'snapshot [{bar}] {percentage}% {sent} / {size}  {rate}  ETA {eta_formatted}',
+        format: 'snapshot [{bar}] {percentage}% {sent} / {size}  {rate}  ETA {timeLeft}',
         barsize: 30,
-        // The ETA from the last 32 updates (32 MiB): it follows a transfer that speeds up or slows down.
-        etaBuffer: 32,
         gracefulExit: false,
         hideCursor: false,
         clearOnComplete: false,
@@ -56,6 +56,14 @@ export class SaveProgressView {
     } else if (this.counter) this.stream.write('\r\x1b[K');
     this.counter = false;
   }
+}
+
+/** `42s`, `3m05s`, `2h07m`. */
+function duration(seconds: number): string {
+  const s = Math.ceil(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
 /** How a restore's progress events show on stderr while it runs. */
