@@ -58,8 +58,16 @@ describe('grpc.health.v1.Health follows readiness (1 steward, real etcd, plainte
     await ended;
     expect(statuses.at(-1)).toBe('NOT_SERVING');
     expect(stopped.code).toBe(0);
-    // Under the RPC server's 5 s grace: an open Watch did not make the shutdown wait for forceShutdown.
-    expect(stopped.ms).toBeLessThan(5000);
+    // The API stopped well inside its 5 s grace (rpc/server.ts): the open Watch was ended, not waited for
+    // until forceShutdown. Read from the log, as the process may linger after it for other reasons.
+    const at = (msg: string): number => {
+      const line = cluster
+        .logs(0)
+        .split('\n')
+        .find((l) => l.includes(`"msg":"${msg}"`));
+      return line ? Date.parse((JSON.parse(line) as { time: string }).time) : Number.NaN;
+    };
+    expect(at('stopping etcd (SIGTERM)') - at('shutting down: leadership released')).toBeLessThan(4000);
     expect(cluster.logs(0)).toMatch(/gRPC health status changed/);
   });
 });
