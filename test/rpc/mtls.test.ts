@@ -14,7 +14,7 @@ import { FLOW_CONTROL_WINDOW_BYTES } from '../../src/rpc/flow-window.js';
 import { PeerPool } from '../../src/rpc/peer-pool.js';
 import { RpcServer } from '../../src/rpc/server.js';
 import type { StewardCtlHandlers, StewardPeerHandlers } from '../../src/rpc/types.js';
-import { cnMatches } from '../../src/security/access.js';
+import { cnMatches, refusalOf } from '../../src/security/access.js';
 import { ctlCredentials } from '../../src/security/ctl-tls.js';
 import { DevCa, makeDevPki, type CertFiles, type DevPki } from '../../src/security/dev-pki.js';
 import { TlsFiles } from '../../src/security/tls-files.js';
@@ -273,6 +273,21 @@ describe('mTLS on the ctl API: who may do what', () => {
     expect(cnMatches('xops-alice', ['ops-*'])).toBe(false);
     expect(cnMatches('etcd-steward-adminX', ['etcd-steward-admin'])).toBe(false);
     expect(cnMatches('a.b', ['a?b', 'a.c'])).toBe(false);
+  });
+
+  it('the health service takes any verified certificate, even one without a CN; nothing else does', () => {
+    const policy = { adminCn: ['etcd-steward-admin'], members: () => MEMBERS };
+    const sansOnly = { subject: {} } as PeerCertificate;
+    const viewer = { subject: { CN: 'etcd-steward-viewer' } } as PeerCertificate;
+    for (const method of ['Check', 'Watch', 'List']) {
+      expect(refusalOf(`/grpc.health.v1.Health/${method}`, sansOnly, policy)).toBeUndefined();
+      expect(refusalOf(`/grpc.health.v1.Health/${method}`, viewer, policy)).toBeUndefined();
+      // No verified certificate at all: refused like any call.
+      expect(refusalOf(`/grpc.health.v1.Health/${method}`, undefined, policy)?.code).toBe('TLS_CLIENT_CERT_NO_CN');
+    }
+    expect(refusalOf('/etcdsteward.v1.StewardCtl/Status', sansOnly, policy)?.code).toBe('TLS_CLIENT_CERT_NO_CN');
+    expect(refusalOf('/etcdsteward.v1.StewardCtl/Save', viewer, policy)?.code).toBe('NOT_ADMIN');
+    expect(refusalOf('/grpc.health.v1.Healthy/Check', viewer, policy)?.code).toBe('UNKNOWN_SERVICE');
   });
 });
 
