@@ -3,11 +3,11 @@
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps npm-deps etcd-deps ceph-deps proto-types build typecheck test run clean bench
+.PHONY: all deps npm-deps etcd-deps ceph-deps promtool-deps proto-types build typecheck test run clean bench
 
 all: build
 
-deps: npm-deps etcd-deps ceph-deps
+deps: npm-deps etcd-deps ceph-deps promtool-deps
 
 npm-deps: node_modules/.steward-installed
 
@@ -31,6 +31,18 @@ ceph-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "Ceph tools not found on PATH: installing Debian's radosgw, ceph-mon, ceph-osd and ceph-common"; \
 	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends radosgw ceph-mon ceph-osd ceph-common; \
+	fi
+
+# promtool, for test/manifests/prometheus-rules.test.ts (promtool check/test rules). Debian ships it only in the
+# prometheus server package (2.42 on bookworm), which is heavy: 22.5 MB to download and ~316 MB installed with
+# its web UI's JavaScript libraries (libjs-moment-timezone alone is ~213 MB); --no-install-recommends skips
+# node-exporter. Its postinst enables the prometheus unit and starts it where systemd runs (containers with a
+# policy-rc.d that denies starts do not); we want the tool only, so the unit is disabled and stopped at once.
+promtool-deps:
+	@if ! command -v promtool >/dev/null; then \
+	  echo "promtool not found on PATH: installing Debian's prometheus (for promtool only; its daemon is disabled)"; \
+	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+	  if command -v systemctl >/dev/null; then $(SUDO) systemctl disable --now prometheus.service 2>/dev/null || $(SUDO) systemctl disable prometheus.service || true; fi; \
 	fi
 
 # TypeScript types of proto/, generated (never hand-edited) into src/rpc/generated/. Committed so that a

@@ -21,7 +21,7 @@ import {
   verifyJson,
   verifyText,
 } from './format.js';
-import { ByteProgress, restoreProgressView, type RestoreProgressView } from './progress.js';
+import { SaveProgressView, restoreProgressView, type RestoreProgressView } from './progress.js';
 import {
   abortText,
   notRolledBack,
@@ -81,9 +81,9 @@ function program(): Command {
       const global = command.optsWithGlobals<GlobalOptions>();
       if (options.name !== undefined) validateName(checkName(options.name, '--name'));
       await withClient(global, async (client) => {
-        const progress = global.output === 'text' ? new ByteProgress(process.stderr) : undefined;
+        const progress = global.output === 'text' ? new SaveProgressView(process.stderr) : undefined;
         const info = await client
-          .save({ name: options.name ?? '', force: options.force }, (bytes) => progress?.update(bytes), callSignal())
+          .save({ name: options.name ?? '', force: options.force }, (event) => progress?.update(event), callSignal())
           .finally(() => progress?.done());
         print(global.output, saveJson(info), () => saveText(info));
         // Stored somewhere but not everywhere asked for (S3 down): what was stored where is printed above.

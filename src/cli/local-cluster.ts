@@ -11,7 +11,7 @@ import { PreconditionError, StewardError, UnavailableError, asStewardError, exit
 import { StewardClient } from '../rpc/client.js';
 import { hasMemberData } from '../control/bootstrap.js';
 import { ctlCredentials } from '../security/ctl-tls.js';
-import { makeDevPki, type DevPki } from '../security/dev-pki.js';
+import { devTlsFlags, makeDevPki, type DevPki } from '../security/dev-pki.js';
 import { STEWARD_NODE_FLAGS, STEWARD_PROCESS_ENV } from './node-flags.js';
 import { ChildRestarter } from './child-restarter.js';
 import { rootSignalFromProcess } from './signals.js';
@@ -171,28 +171,6 @@ function startS3(options: Options, dir: string, logs: string, s3rverBin: string)
   return child;
 }
 
-/** etcd with client and peer TLS (certificates required both ways), the steward's etcd client and its gRPC API on mTLS. */
-function tlsArgs(member: Member, pki: DevPki): string[] {
-  const own = pki.nodes[member.name];
-  if (!own) throw new PreconditionError('DEV_PKI_INCOMPLETE', `the dev PKI in ${pki.dir} has no certificates for ${member.name}`);
-  return [
-    `--etcd-cert-file=${own.etcd.cert}`,
-    `--etcd-key-file=${own.etcd.key}`,
-    `--etcd-trusted-ca-file=${pki.ca}`,
-    '--etcd-client-cert-auth=true',
-    `--etcd-peer-cert-file=${own.etcd.cert}`,
-    `--etcd-peer-key-file=${own.etcd.key}`,
-    `--etcd-peer-trusted-ca-file=${pki.ca}`,
-    '--etcd-peer-client-cert-auth=true',
-    `--etcd-cacert=${pki.ca}`,
-    `--etcd-cert=${own.steward.cert}`,
-    `--etcd-key=${own.steward.key}`,
-    `--tls-ca=${pki.ca}`,
-    `--tls-cert=${own.steward.cert}`,
-    `--tls-key=${own.steward.key}`,
-  ];
-}
-
 function startSteward(member: Member, nodes: Member[], logs: string, s3: { port: string; bucket: string; credentials: string }, pki: DevPki): ChildProcess {
   const log = openSync(join(logs, `${member.name}.log`), 'a');
   const child = spawn(
@@ -208,7 +186,8 @@ function startSteward(member: Member, nodes: Member[], logs: string, s3: { port:
       `--initial-cluster=${nodes.map((n) => `${n.name}=${n.peerUrl}`).join(',')}`,
       `--etcd-endpoints=${nodes.map((n) => n.clientUrl).join(',')}`,
       `--grpc-listen=${member.grpc}`,
-      ...tlsArgs(member, pki),
+      // etcd with client and peer TLS, certificates required both ways; the stewards on mTLS.
+      ...devTlsFlags(pki, member.name, { etcd: true, grpc: true }),
       `--http-listen=${member.http}`,
       '--etcd-s3=true',
       `--etcd-s3-endpoint=127.0.0.1:${s3.port}`,

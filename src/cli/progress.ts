@@ -1,27 +1,69 @@
-import { MultiBar, type SingleBar } from 'cli-progress';
+import { MultiBar, SingleBar } from 'cli-progress';
 import type { RestoreProgress } from '../rpc/types.js';
 import { humanBytes } from './format.js';
 
 /**
- * A byte counter on a terminal's stderr while a long save streams; silent when stderr is not a TTY,
- * so scripts and `-o json` output stay clean.
+ * A save's progress on a terminal's stderr: a cli-progress bar with percent, rate and ETA once the steward
+ * says the snapshot's size (etcd's remaining_bytes); from an older steward that does not, a byte counter
+ * and rate as before. Silent when stderr is not a TTY, so pipes, logs and `-o json` get exactly what they
+ * always did. cli-progress's SIGINT handler is off: signals belong to the entry point.
  */
-export class ByteProgress {
+export class SaveProgressView {
   private readonly started = Date.now();
-  private shown = false;
+  private bar: SingleBar | undefined;
+  private counter = false;
 
   constructor(private readonly stream: NodeJS.WriteStream) {}
 
-  update(bytes: number): void {
+  update(progress: { bytes: number; total: number }): void {
     if (!this.stream.isTTY) return;
+    const { bytes, total } = progress;
     const seconds = Math.max(0.001, (Date.now() - this.started) / 1000);
-    this.stream.write(`\r\x1b[Ksnapshotting: ${humanBytes(bytes)} (${humanBytes(bytes / seconds)}/s)`);
-    this.shown = true;
+    const perSecond = bytes / seconds;
+    const rate = `${humanBytes(perSecond)}/s`;
+    if (total <= 0) {
+      this.stream.write(`\r\x1b[Ksnapshotting: ${humanBytes(bytes)} (${rate})`);
+      this.counter = true;
+      return;
+    }
+    // Never past 100%: the size is etcd's, the bytes are what arrived.
+    const value = Math.min(bytes, total);
+    // The ETA at the average rate so far (cli-progress's own {eta} says 0 until it has several samples).
+    const payload = { sent: humanBytes(value), size: humanBytes(total), rate, timeLeft: perSecond > 0 ? duration((total - value) / perSecond) : '?' };
+    if (!this.bar) {
+      if (this.counter) this.stream.write('\r\x1b[K');
+      this.bar = new SingleBar({
+        stream: this.stream,
+        format: 'snapshot [{bar}] {percentage}% {sent} / {size}  {rate}  ETA {timeLeft}',
+        barsize: 30,
+        gracefulExit: false,
+        hideCursor: false,
+        clearOnComplete: false,
+        fps: 10,
+      });
+      this.bar.start(total, value, payload);
+      return;
+    }
+    if (this.bar.getTotal() !== total) this.bar.setTotal(total);
+    this.bar.update(value, payload);
   }
 
+  /** Leaves the bar's last state on its own line (or clears the counter); idempotent. */
   done(): void {
-    if (this.shown) this.stream.write('\r\x1b[K');
+    if (this.bar) {
+      this.bar.stop();
+      this.bar = undefined;
+    } else if (this.counter) this.stream.write('\r\x1b[K');
+    this.counter = false;
   }
+}
+
+/** `42s`, `3m05s`, `2h07m`. */
+function duration(seconds: number): string {
+  const s = Math.ceil(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
 /** How a restore's progress events show on stderr while it runs. */

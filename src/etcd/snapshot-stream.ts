@@ -7,7 +7,18 @@ interface Pool {
 
 interface SnapshotMessage {
   blob: Buffer;
+  /** uint64, a string from etcd3's loader: the db bytes still to come after this message. */
+  remaining_bytes?: string | number;
 }
+
+/** Bytes streamed so far and the snapshot's whole size (0 while etcd has not said). */
+export interface SnapshotProgress {
+  bytes: number;
+  total: number;
+}
+
+/** etcd sends the db (remaining_bytes counts down to 0 over it), then a message with its sha256. */
+const SHA256_TRAILER_BYTES = 32;
 
 /**
  * Opens `Maintenance.Snapshot` on a single-member client. etcd3's own `maintenance.snapshot()` passes the
@@ -25,9 +36,19 @@ export async function openSnapshotStream(client: Etcd3, deadline: number): Promi
   });
 }
 
-/** The snapshot's bytes, one Buffer per message (32 KiB each from etcd). */
-export async function* snapshotBytes(stream: AsyncIterable<SnapshotMessage>): AsyncGenerator<Buffer> {
+/**
+ * The snapshot's bytes, one Buffer per message (32 KiB each from etcd). `onMessage` hears, before each
+ * Buffer is yielded, how far the stream is: every message carries remaining_bytes, so the total is known
+ * from the first one on (a tiny db sent in one message says 0: then the total is what arrived).
+ */
+export async function* snapshotBytes(stream: AsyncIterable<SnapshotMessage>, onMessage?: (progress: SnapshotProgress) => void): AsyncGenerator<Buffer> {
+  let bytes = 0;
+  let total = 0;
   for await (const message of stream) {
+    bytes += message.blob.length;
+    const remaining = Number(message.remaining_bytes ?? 0);
+    if (remaining > 0 && Number.isSafeInteger(remaining)) total = bytes + remaining + SHA256_TRAILER_BYTES;
+    onMessage?.({ bytes, total: Math.max(total, bytes) });
     if (message.blob.length > 0) yield message.blob;
   }
 }

@@ -150,5 +150,41 @@ export class StewardMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'etcd_steward_' });
+    // Each labelled counter at 0 for the label values it is known to take, from start-up: an alert's
+    // increase() sees the first failure and no rule needs absent(). A value not listed still counts; it
+    // appears at its first increment.
+    for (const reason of [
+      // one location of a snapshot stored elsewhere (snapshotter: `location_<kind of its location ID>`)
+      'location_local',
+      'location_s3',
+      // the whole snapshot: the StewardError code, lower-cased; `error` for anything untyped
+      'snapshot_failed',
+      'cluster_unhealthy',
+      'no_healthy_member',
+      'snapshot_truncated',
+      'snapshot_exists',
+      'deadline_exceeded',
+      'error',
+    ]) {
+      this.snapshotFailures.inc({ reason }, 0);
+    }
+    this.snapshotRejectedRequests.inc({ reason: 'invalid_argument' }, 0);
+    // The operations S3Store.call and its multipart writer report, and the codes of toStoreError (NOT_FOUND is never counted).
+    for (const op of ['write', 'read', 'head', 'list', 'delete', 'upload']) {
+      for (const code of [
+        'S3_ACCESS_DENIED',
+        'S3_UNREACHABLE',
+        'S3_TLS',
+        'S3_SERVER_ERROR',
+        'S3_NOT_IMPLEMENTED',
+        'S3_NO_SUCH_BUCKET',
+        'S3_REQUEST_FAILED',
+        'OBJECT_EXISTS',
+      ]) {
+        this.s3Errors.inc({ op, code }, 0);
+      }
+    }
+    // Why a restore drill found a snapshot not restorable (DrillFailureReason in src/restore/drill.ts).
+    for (const reason of ['integrity', 'restore', 'keys', 'serve', 'revision']) this.snapshotVerifyFailures.inc({ reason }, 0);
   }
 }

@@ -175,14 +175,21 @@ export class StewardClient extends BaseClient {
     return this.finalEvent(call, onEvent, resultOf, 'RESTORE_NO_RESULT', signal);
   }
 
-  /** Streams progress to `onProgress` and resolves with the stored snapshot. No deadline: a save may be long. */
-  save(request: { name: string; force: boolean }, onProgress: (bytes: number) => void, signal?: AbortSignal): Promise<SnapshotInfo> {
+  /**
+   * Streams progress to `onProgress` (bytes so far, the snapshot's size or 0 from a steward that does not
+   * say) and resolves with the stored snapshot. No deadline: a save may be long.
+   */
+  save(
+    request: { name: string; force: boolean },
+    onProgress: (progress: { bytes: number; total: number }) => void,
+    signal?: AbortSignal,
+  ): Promise<SnapshotInfo> {
     signal?.throwIfAborted();
     const call = (this.client as unknown as { save(req: object): ClientReadableStream<SaveEvent> }).save(request);
     return this.finalEvent(
       call,
       (event) => {
-        if (event.progress) onProgress(event.progress.bytes);
+        if (event.progress) onProgress({ bytes: event.progress.bytes, total: event.progress.total });
       },
       (event) => event.result ?? undefined,
       'SAVE_NO_RESULT',

@@ -3,7 +3,9 @@ import { Server, ServerCredentials, type UntypedServiceImplementation } from '@g
 import type { Logger } from 'pino';
 import { TlsRefusals, accessInterceptor, type AccessPolicy } from '../security/access.js';
 import { ReloadingServerCredentials, TLS_MIN_VERSION, type TlsFiles } from '../security/tls-files.js';
+import type { Readiness } from '../observability/http.js';
 import { raiseServerFlowWindow } from './flow-window.js';
+import { GrpcHealth } from './health.js';
 import { LIMITS, checkInteger, checkName, checkNames, checkSpecJson } from './bounds.js';
 import { peerByteStream, peerClientStream, peerUnary, serverStream, unary, type AdapterOptions, type PeerAdapterOptions } from './adapters.js';
 import { stewardCtlService, stewardPeerService } from './proto.js';
@@ -44,6 +46,11 @@ export interface RpcServerOptions {
    * Undefined: plaintext (--grpc-plaintext-dev, which config allows on loopback only), every call allowed.
    */
   tls?: { files: TlsFiles; policy: AccessPolicy } | undefined;
+  /**
+   * What grpc.health.v1.Health answers: SERVING while this says ready (the steward passes /readyz's own).
+   * Default: always ready, i.e. SERVING whenever the API answers at all.
+   */
+  readiness?: Readiness;
   /** Without TLS, how often the plaintext warning repeats (default PLAINTEXT_WARNING_MS). */
   plaintextWarningMs?: number;
 }
@@ -69,11 +76,15 @@ export class RpcServer {
     const adapter: PeerAdapterOptions = { log, shutdown: shutdown.signal, identity: options.identity, tls: tls !== undefined };
     server.addService(stewardCtlService, ctlImplementation(options.handlers, adapter));
     server.addService(stewardPeerService, peerImplementation(options.peer, adapter));
+    const health = new GrpcHealth(options.readiness ?? { notReadyReason: () => null }, log);
+    health.addTo(server);
     const credentials = tls ? new ReloadingServerCredentials(tls.files) : ServerCredentials.createInsecure();
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(`${options.host}:${options.port}`, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
     });
     raiseServerFlowWindow(server, log);
+    // Not awaited: settles (saying NOT_SERVING, ending Watch streams) as soon as stop() aborts `shutdown`.
+    void health.run(shutdown.signal).catch((err: unknown) => log.error({ err }, 'gRPC health updates failed'));
     const address = `${options.host}:${port}`;
     if (tls) {
       refusals = TlsRefusals.watch(server, log);

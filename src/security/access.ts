@@ -13,6 +13,8 @@ import { http2Listeners } from '../rpc/flow-window.js';
  *   in its request header is checked against the same CN by the peer adapters (rpc/peer-header.ts).
  * - StewardCtl: read-only verbs for any certificate of the CA; every other verb (and any verb added
  *   later, until it is listed here) only for a CN matching --admin-cn.
+ * - grpc.health.v1.Health (Check, Watch, List): any certificate of the CA. It tells only SERVING or not,
+ *   what /readyz tells anyone on the HTTP port; a probe or a mesh has a certificate but no admin CN.
  */
 export interface AccessPolicy {
   /** CN glob patterns (`*` = any characters) of the operators that may change things. */
@@ -23,6 +25,7 @@ export interface AccessPolicy {
 
 const CTL_SERVICE = '/etcdsteward.v1.StewardCtl/';
 const PEER_SERVICE = '/etcdsteward.v1.StewardPeer/';
+const HEALTH_SERVICE = '/grpc.health.v1.Health/';
 
 /**
  * Verbs a viewer may call: they change nothing. Save is not among them: it writes to every store, a
@@ -119,6 +122,8 @@ function unverified(socket: TLSSocket): PermissionError {
 
 /** The refusal of one call, or undefined if it may go on. Exported for the unit tests of the policy. */
 export function refusalOf(path: string, cert: PeerCertificate | undefined, policy: AccessPolicy): PermissionError | undefined {
+  // Any certificate the TLS layer verified, CN or not: a probe's certificate may carry only SANs.
+  if (path.startsWith(HEALTH_SERVICE) && cert) return undefined;
   const cn = certificateCn(cert);
   if (cn === undefined) {
     return new PermissionError('TLS_CLIENT_CERT_NO_CN', 'the client certificate names no single subject CN: the steward cannot tell who is asking', {

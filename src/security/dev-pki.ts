@@ -185,3 +185,27 @@ async function exists(path: string): Promise<boolean> {
     return false;
   }
 }
+
+/**
+ * The steward flags that put one node of a dev PKI on TLS: etcd's client and peer TLS with certificates
+ * required both ways and the steward's own etcd client (`etcd`), and the steward's gRPC mTLS (`grpc`).
+ */
+export function devTlsFlags(pki: DevPki, node: string, parts: { etcd: boolean; grpc: boolean }): string[] {
+  const own = pki.nodes[node];
+  if (!own) throw new Error(`the dev PKI in ${pki.dir} has no certificates for ${node}`);
+  const etcd = [
+    `--etcd-cert-file=${own.etcd.cert}`,
+    `--etcd-key-file=${own.etcd.key}`,
+    `--etcd-trusted-ca-file=${pki.ca}`,
+    '--etcd-client-cert-auth=true',
+    `--etcd-peer-cert-file=${own.etcd.cert}`,
+    `--etcd-peer-key-file=${own.etcd.key}`,
+    `--etcd-peer-trusted-ca-file=${pki.ca}`,
+    '--etcd-peer-client-cert-auth=true',
+    `--etcd-cacert=${pki.ca}`,
+    `--etcd-cert=${own.steward.cert}`,
+    `--etcd-key=${own.steward.key}`,
+  ];
+  const grpc = [`--tls-ca=${pki.ca}`, `--tls-cert=${own.steward.cert}`, `--tls-key=${own.steward.key}`];
+  return [...(parts.etcd ? etcd : []), ...(parts.grpc ? grpc : [])];
+}

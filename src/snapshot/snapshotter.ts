@@ -5,7 +5,7 @@ import type { Etcd3 } from '../etcd/client.js';
 import type { Logger } from 'pino';
 import { PreconditionError, StewardError, UnavailableError, errorText } from '../errors/index.js';
 import type { ClusterHealth } from '../etcd/health.js';
-import { linearizableRevision, openSnapshotStream, snapshotBytes } from '../etcd/snapshot-stream.js';
+import { linearizableRevision, openSnapshotStream, snapshotBytes, type SnapshotProgress } from '../etcd/snapshot-stream.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 import type { NamedStore } from '../store/store.js';
 import { Coalesce } from './coalesce.js';
@@ -24,7 +24,8 @@ export interface SnapshotRequest {
   force?: boolean;
   fencingToken: string;
   signal: AbortSignal;
-  onProgress?: (bytes: number) => void;
+  /** Every PROGRESS_EVERY_BYTES streamed, and once at the end. */
+  onProgress?: (progress: SnapshotProgress) => void;
 }
 
 export interface StoredCopy {
@@ -65,7 +66,8 @@ const DEFAULT_REMOTE_IDLE_MS = 15_000;
 const DEFAULT_REMOTE_COMMIT_MS = 30_000;
 const COMMIT_MS_PER_GIB = 30_000;
 const GIB = 1024 * 1024 * 1024;
-const PROGRESS_EVERY_BYTES = 8 * 1024 * 1024;
+/** A ctl's bar moves in 1 MiB steps: at 32 KiB per etcd message, one event in 32. */
+const PROGRESS_EVERY_BYTES = 1024 * 1024;
 
 /**
  * Takes one snapshot: health gate → one `Maintenance.Snapshot` stream → integrity check → (gzip) → every
@@ -158,7 +160,7 @@ export class Snapshotter {
       // transaction (and this steward its HTTP/2 stream) open until the deadline.
       const call = etcd;
       signal.addEventListener('abort', () => call.cancel(), { once: true });
-      const source = Readable.from(withProgress(snapshotBytes(etcd), request.onProgress), { objectMode: false });
+      const source = Readable.from(withProgress(etcd, request.onProgress), { objectMode: false });
       if (stored) await pipeline(source, new Coalesce(), integrity, createGzip(), new Coalesce(), stored, fanOut, { signal });
       else await pipeline(source, new Coalesce(), integrity, fanOut, { signal });
     } catch (err) {
@@ -328,17 +330,23 @@ async function withBound<T>(work: Promise<T>, ms: number | undefined, locationId
   }
 }
 
-async function* withProgress(source: AsyncIterable<Buffer>, onProgress: ((bytes: number) => void) | undefined): AsyncGenerator<Buffer> {
-  let bytes = 0;
+/** The snapshot's bytes, telling `onProgress` every PROGRESS_EVERY_BYTES and once when the stream ends. */
+async function* withProgress(
+  stream: Parameters<typeof snapshotBytes>[0],
+  onProgress: ((progress: SnapshotProgress) => void) | undefined,
+): AsyncGenerator<Buffer> {
+  let latest: SnapshotProgress = { bytes: 0, total: 0 };
   let next = PROGRESS_EVERY_BYTES;
-  for await (const chunk of source) {
-    bytes += chunk.length;
-    if (onProgress && bytes >= next) {
-      next += PROGRESS_EVERY_BYTES;
-      onProgress(bytes);
+  let told = 0;
+  for await (const chunk of snapshotBytes(stream, (progress) => (latest = progress))) {
+    if (onProgress && latest.bytes >= next) {
+      next = latest.bytes + PROGRESS_EVERY_BYTES;
+      told = latest.bytes;
+      onProgress(latest);
     }
     yield chunk;
   }
+  if (onProgress && latest.bytes > told) onProgress(latest);
 }
 
 const noopWriter = {

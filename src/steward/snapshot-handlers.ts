@@ -49,7 +49,7 @@ export class SnapshotHandlers {
       force: request.force,
       term: this.snapshots.options.currentTerm(),
       signal: ctx.signal,
-      onProgress: (bytes) => emit({ progress: { bytes } }),
+      onProgress: (progress) => emit({ progress }),
     });
     return {
       name: result.metadata.name,

@@ -8,7 +8,7 @@ import { Inventory, type InventoryRecord } from '../inventory/inventory.js';
 import { InventoryKeeper } from '../inventory/keeper.js';
 import type { StewardMetrics } from '../observability/metrics.js';
 import type { PeerPool } from '../rpc/peer-pool.js';
-import { Snapshotter, type SnapshotResult } from '../snapshot/snapshotter.js';
+import { Snapshotter, type SnapshotRequest, type SnapshotResult } from '../snapshot/snapshotter.js';
 import type { NamedStore } from '../store/store.js';
 import { runS3Canary } from '../store/canary.js';
 import { LocalStore } from '../store/local.js';
@@ -39,7 +39,7 @@ export interface SaveRequest {
   force?: boolean;
   term: LeaderTerm | undefined;
   signal: AbortSignal;
-  onProgress?: (bytes: number) => void;
+  onProgress?: SnapshotRequest['onProgress'];
 }
 
 /**

@@ -238,15 +238,12 @@ export class Steward {
     const etcdStop = new AbortController();
     const leadershipStop = new AbortController();
     const probingStop = new AbortController();
-    const http = await ObservabilityServer.start({
-      ...config.httpListen,
-      registry: this.metrics.registry,
-      readiness: allReady(
-        { notReadyReason: () => (this.supervisor.running ? null : `etcd is not running under this steward (supervisor ${this.supervisor.state})`) },
-        { notReadyReason: () => (this.rpc ? this.health.localProblem() : 'gRPC API not serving yet') },
-      ),
-      logger: this.logger,
-    });
+    // One condition for /readyz and the gRPC health service, so an HTTP probe and a gRPC probe never disagree.
+    const readiness = allReady(
+      { notReadyReason: () => (this.supervisor.running ? null : `etcd is not running under this steward (supervisor ${this.supervisor.state})`) },
+      { notReadyReason: () => (this.rpc ? this.health.localProblem() : 'gRPC API not serving yet') },
+    );
+    const http = await ObservabilityServer.start({ ...config.httpListen, registry: this.metrics.registry, readiness, logger: this.logger });
     this.log.info({ version: STEWARD_VERSION, http: `${http.address.host}:${http.address.port}` }, 'steward starting');
     let fatal: unknown;
     // A restore this steward took part in when it stopped is finished or rolled back before etcd starts.
@@ -284,6 +281,7 @@ export class Steward {
         peer: { ...this.snapshotHandlers.peer, ...restorePeerHandlers(this.restoreMember) },
         identity: this.identity,
         logger: this.logger,
+        readiness,
         tls: this.tls && {
           files: this.tls,
           // Who may call the peer API: the spec's members (kept current by the spec watch), else --initial-cluster.

@@ -4,6 +4,7 @@ import { connect, type Socket } from 'node:net';
 import { credentials, status as grpcStatus, type Client, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StewardCtlClient } from '../../src/rpc/proto.js';
+import { waitUntil } from '../harness/processes.js';
 import { runCtl, StewardCluster } from '../harness/steward-cluster.js';
 
 type Unary = (request: object, callback: (err: ServiceError | null, response?: unknown) => void) => void;
@@ -67,7 +68,16 @@ describe('hostile input on the gRPC port: a clear status for each, no crash, mem
   });
 
   it('refuses oversized, deeply nested and wrong-typed specs and names that leave the snapshot dir, each with its status', async () => {
-    const specBefore = await runCtl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'spec', 'get']);
+    // The leader completes the spec (cluster ID, started members) once etcd runs: compare after that.
+    const specBefore = await waitUntil(
+      'the leader to have recorded the cluster in the spec',
+      async () => {
+        const got = await runCtl(['--endpoint', cluster.node(0).grpc, '-o', 'json', 'spec', 'get']);
+        return got.code === 0 && (JSON.parse(got.stdout) as { clusterId?: string }).clusterId ? got : undefined;
+      },
+      30_000,
+      250,
+    );
     // Over grpc-js's 4 MiB receive limit: refused before any handler runs.
     expect((await call(client, 'specSet', { specJson: 'x'.repeat(5 * 2 ** 20), force: false })).code).toBe(grpcStatus.RESOURCE_EXHAUSTED);
     // Over our own 1 MiB limit for a spec.

@@ -7,6 +7,8 @@ import { StewardError } from '../../src/errors/index.js';
 import { PeerPool } from '../../src/rpc/peer-pool.js';
 import { DevCa, type CertFiles } from '../../src/security/dev-pki.js';
 import { TlsFiles } from '../../src/security/tls-files.js';
+import { ctlCredentials } from '../../src/security/ctl-tls.js';
+import { HealthProbe } from '../harness/grpc-health.js';
 import { waitUntil } from '../harness/processes.js';
 import { StewardCluster } from '../harness/steward-cluster.js';
 
@@ -53,6 +55,15 @@ describe('mTLS between ctl and stewards and among stewards (3 stewards, real etc
     expect(status.stderr).toBe('');
     expect(status.code).toBe(0);
     expect((await cluster.ctl(['--endpoint', endpoint, 'ls'], {}, 'viewer')).code).toBe(0);
+    // The standard gRPC health service answers a viewer (read-only, like status): SERVING on a ready steward.
+    const pki = cluster.pki as NonNullable<typeof cluster.pki>;
+    const health = new HealthProbe(endpoint, await ctlCredentials({ cacert: pki.ca, cert: pki.viewer.cert, key: pki.viewer.key }));
+    try {
+      await waitUntil('SERVING to the viewer', async () => ((await health.check('')) === 'SERVING' ? true : undefined), 30_000, 200);
+      expect(await health.check('etcdsteward.v1.StewardCtl')).toBe('SERVING');
+    } finally {
+      health.close();
+    }
 
     const saved = await cluster.ctl(['--endpoint', endpoint, '-o', 'json', 'save', '--name', 'tls'], {}, 'admin');
     expect(saved.code, saved.stderr).toBe(0);

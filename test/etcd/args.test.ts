@@ -13,7 +13,7 @@ import { etcdArgs, specEtcdArgs, withSpecFlags } from '../../src/etcd/args.js';
 import { createMemberClient } from '../../src/etcd/client.js';
 import { ClusterProbe } from '../../src/etcd/health.js';
 import { askPeers } from '../../src/etcd/peers.js';
-import { makeDevPki, type DevPki } from '../../src/security/dev-pki.js';
+import { devTlsFlags, makeDevPki, type DevPki } from '../../src/security/dev-pki.js';
 import { freePort } from '../harness/ports.js';
 import { waitUntil } from '../harness/processes.js';
 
@@ -150,17 +150,7 @@ describe('etcd under the TLS flags, and the steward clients with its certificate
         `--data-dir=${join(root, 'etcd')}`,
         `--listen-client-urls=${client}`,
         `--listen-peer-urls=${peer}`,
-        `--etcd-cert-file=${own.etcd.cert}`,
-        `--etcd-key-file=${own.etcd.key}`,
-        `--etcd-trusted-ca-file=${pki.ca}`,
-        '--etcd-client-cert-auth=true',
-        `--etcd-peer-cert-file=${own.etcd.cert}`,
-        `--etcd-peer-key-file=${own.etcd.key}`,
-        `--etcd-peer-trusted-ca-file=${pki.ca}`,
-        '--etcd-peer-client-cert-auth=true',
-        `--etcd-cacert=${pki.ca}`,
-        `--etcd-cert=${own.steward.cert}`,
-        `--etcd-key=${own.steward.key}`,
+        ...devTlsFlags(pki, 'node-1', { etcd: true, grpc: false }),
         '--etcd-arg=--quota-backend-bytes=123456789',
       ],
       '0.0.0',

@@ -10,7 +10,7 @@ import { hasMemberData } from '../../src/control/bootstrap.js';
 import { StewardClient } from '../../src/rpc/client.js';
 import type { StatusResponse } from '../../src/rpc/types.js';
 import { ctlCredentials, type CtlTlsOptions } from '../../src/security/ctl-tls.js';
-import { makeDevPki, type DevPki } from '../../src/security/dev-pki.js';
+import { devTlsFlags, makeDevPki, type DevPki } from '../../src/security/dev-pki.js';
 import { freePort } from './ports.js';
 import { isAlive, killGroup, waitUntil } from './processes.js';
 
@@ -108,9 +108,8 @@ export class StewardCluster {
 
   /** The node's --tls-* flags with grpcTls, else the plaintext dev flag. */
   private grpcSecurityArgs(node: StewardNode): string[] {
-    const files = this.pki?.nodes[node.name]?.steward;
-    if (!this.options.grpcTls || !this.pki || !files) return ['--grpc-plaintext-dev=true'];
-    return [`--tls-ca=${this.pki.ca}`, `--tls-cert=${files.cert}`, `--tls-key=${files.key}`];
+    if (!this.options.grpcTls || !this.pki) return ['--grpc-plaintext-dev=true'];
+    return devTlsFlags(this.pki, node.name, { etcd: false, grpc: true });
   }
 
   /** The ETCD_STEWARD_CACERT / _CERT / _KEY a ctl run gets for `identity` (nothing without grpcTls). */
@@ -154,23 +153,9 @@ export class StewardCluster {
   }
 
   private etcdTlsArgs(node: StewardNode): string[] {
-    const pki = this.pki;
-    const own = pki?.nodes[node.name];
     // The PKI is shared with grpcTls: etcd's flags only when etcdTls asks for them.
-    if (!this.options.etcdTls || !pki || !own) return [];
-    return [
-      `--etcd-cert-file=${own.etcd.cert}`,
-      `--etcd-key-file=${own.etcd.key}`,
-      `--etcd-trusted-ca-file=${pki.ca}`,
-      '--etcd-client-cert-auth=true',
-      `--etcd-peer-cert-file=${own.etcd.cert}`,
-      `--etcd-peer-key-file=${own.etcd.key}`,
-      `--etcd-peer-trusted-ca-file=${pki.ca}`,
-      '--etcd-peer-client-cert-auth=true',
-      `--etcd-cacert=${pki.ca}`,
-      `--etcd-cert=${own.steward.cert}`,
-      `--etcd-key=${own.steward.key}`,
-    ];
+    if (!this.options.etcdTls || !this.pki) return [];
+    return devTlsFlags(this.pki, node.name, { etcd: true, grpc: false });
   }
 
   /** Environment one node gets from its next start on. */

@@ -5,6 +5,7 @@ import { copyFile, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/prom
 import { connect, type PeerCertificate } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { StewardError, exitCodeFor } from '../../src/errors/index.js';
@@ -13,10 +14,11 @@ import { FLOW_CONTROL_WINDOW_BYTES } from '../../src/rpc/flow-window.js';
 import { PeerPool } from '../../src/rpc/peer-pool.js';
 import { RpcServer } from '../../src/rpc/server.js';
 import type { StewardCtlHandlers, StewardPeerHandlers } from '../../src/rpc/types.js';
-import { cnMatches } from '../../src/security/access.js';
+import { cnMatches, refusalOf } from '../../src/security/access.js';
 import { ctlCredentials } from '../../src/security/ctl-tls.js';
 import { DevCa, makeDevPki, type CertFiles, type DevPki } from '../../src/security/dev-pki.js';
 import { TlsFiles } from '../../src/security/tls-files.js';
+import { HealthProbe } from '../harness/grpc-health.js';
 import { unusedPeerHandlers } from '../harness/unused-handlers.js';
 
 /** Real grpc-js servers with mTLS on 127.0.0.1, real certificates from the dev CA (openssl). */
@@ -211,6 +213,23 @@ describe('mTLS on the ctl API: who may do what', () => {
     expect(calls).toEqual([]);
   });
 
+  it('grpc.health.v1.Health: any certificate of the CA may ask (viewer, a non-member); another CA and none may not', async () => {
+    const { endpoint } = await startServer();
+    const probe = async (who: Partial<CertFiles>): Promise<string> => {
+      const channel = await ctlCredentials({ cacert: pki.ca, cert: who.cert, key: who.key });
+      const health = new HealthProbe(endpoint, channel);
+      stops.push(() => health.close());
+      return health.check('');
+    };
+    expect(await probe(pki.viewer)).toBe('SERVING');
+    expect(await probe(extra.outsider)).toBe('SERVING');
+    expect(await probe(pki.admin)).toBe('SERVING');
+    expect(await probe(extra.foreignAdmin)).toBe(`error:${grpcStatus.PERMISSION_DENIED}`);
+    // Without a certificate the handshake completes but every call is refused, health included.
+    expect(await probe({})).toMatch(/^error:(7|14)$/);
+    expect(calls).toEqual([]);
+  });
+
   it('a plaintext ctl cannot talk to an mTLS steward (unreachable, exit 5, with a hint at the TLS flags)', async () => {
     const { endpoint } = await startServer();
     const client = new StewardClient(endpoint, 3000);
@@ -262,6 +281,21 @@ describe('mTLS on the ctl API: who may do what', () => {
     expect(cnMatches('xops-alice', ['ops-*'])).toBe(false);
     expect(cnMatches('etcd-steward-adminX', ['etcd-steward-admin'])).toBe(false);
     expect(cnMatches('a.b', ['a?b', 'a.c'])).toBe(false);
+  });
+
+  it('the health service takes any verified certificate, even one without a CN; nothing else does', () => {
+    const policy = { adminCn: ['etcd-steward-admin'], members: () => MEMBERS };
+    const sansOnly = { subject: {} } as PeerCertificate;
+    const viewer = { subject: { CN: 'etcd-steward-viewer' } } as PeerCertificate;
+    for (const method of ['Check', 'Watch', 'List']) {
+      expect(refusalOf(`/grpc.health.v1.Health/${method}`, sansOnly, policy)).toBeUndefined();
+      expect(refusalOf(`/grpc.health.v1.Health/${method}`, viewer, policy)).toBeUndefined();
+      // No verified certificate at all: refused like any call.
+      expect(refusalOf(`/grpc.health.v1.Health/${method}`, undefined, policy)?.code).toBe('TLS_CLIENT_CERT_NO_CN');
+    }
+    expect(refusalOf('/etcdsteward.v1.StewardCtl/Status', sansOnly, policy)?.code).toBe('TLS_CLIENT_CERT_NO_CN');
+    expect(refusalOf('/etcdsteward.v1.StewardCtl/Save', viewer, policy)?.code).toBe('NOT_ADMIN');
+    expect(refusalOf('/grpc.health.v1.Healthy/Check', viewer, policy)?.code).toBe('UNKNOWN_SERVICE');
   });
 });
 

@@ -49,6 +49,26 @@ describe('etcd snapshot integrity check (real etcd)', () => {
     }
   });
 
+  it("knows the snapshot's whole size from etcd's first message (remaining_bytes), and it is what arrives", async () => {
+    const client = createMemberClient(etcd.endpoints[0] as string);
+    try {
+      const seen: { bytes: number; total: number }[] = [];
+      const check = new EtcdIntegrityCheck();
+      await pipeline(
+        snapshotBytes(await openSnapshotStream(client, Date.now() + 60_000), (progress) => seen.push(progress)),
+        check,
+        discard(),
+      );
+      // 32 KiB messages: many of them, each saying the same total, which is the db plus its sha256 trailer.
+      expect(seen.length).toBeGreaterThan(100);
+      expect(new Set(seen.map((p) => p.total))).toEqual(new Set([check.size]));
+      expect(seen.at(-1)?.bytes).toBe(check.size);
+      expect(seen.every((p, i) => i === 0 || p.bytes >= (seen[i - 1]?.bytes ?? 0))).toBe(true);
+    } finally {
+      client.close();
+    }
+  });
+
   it('rejects a stream cut short', async () => {
     for (const cut of [snapshot.length - 1, snapshot.length - 33, Math.floor(snapshot.length / 2), 10]) {
       await expect(pipeline(Readable.from([snapshot.subarray(0, cut)]), new EtcdIntegrityCheck(), discard())).rejects.toThrow(

@@ -84,7 +84,7 @@ describe('a hung S3 costs only the S3 copy (real etcd, real s3rver behind a prox
     expect(result.failures).toEqual([{ locationId: 's3', error: expect.stringMatching(/did not finish within 2000 ms/) as unknown as string }]);
     expect(await sha256File(join(etcd.root, 'snapshots', result.metadata.name))).toBe(result.metadata.sha256);
     expect(await direct.head(`${result.metadata.name}.metadata.json`, AbortSignal.timeout(5000))).toBeUndefined();
-    expect(await metrics.snapshotFailures.get()).toMatchObject({ values: [{ labels: { reason: 'location_s3' }, value: 1 }] });
+    expect((await metrics.snapshotFailures.get()).values.filter((v) => v.value > 0)).toEqual([{ labels: { reason: 'location_s3' }, value: 1 }]);
   });
 
   it('a 24 MiB snapshot (S3 stalls mid-stream): the local copy does not wait for S3, S3 is dropped as stalled', async () => {

@@ -5,8 +5,10 @@ import type { Long } from '@grpc/proto-loader';
 
 export interface SaveProgress {
   'bytes'?: (number | string | Long);
+  'total'?: (number | string | Long);
 }
 
 export interface SaveProgress__Output {
   'bytes': (number);
+  'total': (number);
 }
