@@ -1,4 +1,4 @@
-import type { StewardPeerHandlers } from '../../src/rpc/types.js';
+import type { StatusResponse, StewardPeerHandlers } from '../../src/rpc/types.js';
 
 const unused = async (): Promise<never> => {
   throw new Error('not used by this test');
@@ -18,5 +18,31 @@ export function unusedPeerHandlers(): StewardPeerHandlers {
     restoreFinish: unused,
     restoreAbort: unused,
     restoreMemberStatus: unused,
+  };
+}
+
+/** A status answer with every field set: scripted servers change only what their test is about. */
+export function statusOf(overrides: Partial<StatusResponse> = {}): StatusResponse {
+  return {
+    node: 'n1',
+    isLeader: false,
+    leader: '',
+    version: 'v',
+    uptimeSeconds: 1,
+    members: [],
+    clusterId: 'c1',
+    fencingToken: '',
+    etcdRunning: true,
+    etcdRestarts: 0,
+    specHealthy: true,
+    specGeneration: 1,
+    specProblem: '',
+    leaderProblem: '',
+    leaderGrpc: '',
+    restore: null,
+    etcdFlagsPending: '',
+    lastVerified: '',
+    lastVerifiedAt: '',
+    ...overrides,
   };
 }

@@ -19,7 +19,7 @@ import { ctlCredentials } from '../../src/security/ctl-tls.js';
 import { DevCa, makeDevPki, type CertFiles, type DevPki } from '../../src/security/dev-pki.js';
 import { TlsFiles } from '../../src/security/tls-files.js';
 import { HealthProbe } from '../harness/grpc-health.js';
-import { unusedPeerHandlers } from '../harness/unused-handlers.js';
+import { unusedPeerHandlers, statusOf } from '../harness/unused-handlers.js';
 
 /** Real grpc-js servers with mTLS on 127.0.0.1, real certificates from the dev CA (openssl). */
 const logger = pino({ level: 'silent' });
@@ -48,27 +48,7 @@ const calls: string[] = [];
 const ctlHandlers: StewardCtlHandlers = {
   status: async () => {
     calls.push('status');
-    return {
-      node: 'n1',
-      isLeader: true,
-      leader: 'n1',
-      version: 'v',
-      uptimeSeconds: 1,
-      members: [],
-      clusterId: 'c1',
-      fencingToken: '',
-      etcdRunning: true,
-      etcdRestarts: 0,
-      specHealthy: true,
-      specGeneration: 1,
-      specProblem: '',
-      leaderProblem: '',
-      leaderGrpc: '',
-      restore: null,
-      etcdFlagsPending: '',
-      lastVerified: '',
-      lastVerifiedAt: '',
-    };
+    return statusOf({ isLeader: true, leader: 'n1' });
   },
   list: async () => {
     calls.push('list');

@@ -8,6 +8,7 @@ import { PeerPool } from '../../src/rpc/peer-pool.js';
 import { StewardCtlClient, stewardCtlService } from '../../src/rpc/proto.js';
 import { RpcServer } from '../../src/rpc/server.js';
 import type { CallContext, StewardCtlHandlers, StewardPeerHandlers } from '../../src/rpc/types.js';
+import { statusOf } from '../harness/unused-handlers.js';
 
 const logger = pino({ level: 'silent' });
 
@@ -30,27 +31,7 @@ function ctlHandlers(probe: Probe): StewardCtlHandlers {
   return {
     status: async () => {
       probe.calls.push('status');
-      return {
-        node: 'n1',
-        isLeader: false,
-        leader: '',
-        version: 'v',
-        uptimeSeconds: 1,
-        members: [],
-        clusterId: 'c1',
-        fencingToken: '',
-        etcdRunning: true,
-        etcdRestarts: 0,
-        specHealthy: true,
-        specGeneration: 1,
-        specProblem: '',
-        leaderProblem: '',
-        leaderGrpc: '',
-        restore: null,
-        etcdFlagsPending: '',
-        lastVerified: '',
-        lastVerifiedAt: '',
-      };
+      return statusOf();
     },
     save: (_request, _emit, ctx) => probe.hang('save', ctx),
     list: (_request, ctx) => probe.hang('list', ctx),
