@@ -100,6 +100,12 @@ export class StewardMetrics {
     labelNames: ['op', 'code'] as const,
     registers: [this.registry],
   });
+  /** Without S3 the canary never runs and s3_healthy sits at prom-client's 0: rules read it only where this is 1. */
+  readonly s3Enabled = new Gauge({
+    name: 'etcd_steward_s3_enabled',
+    help: '1 if this steward stores snapshots in S3 (--etcd-s3), else 0',
+    registers: [this.registry],
+  });
   readonly s3Healthy = new Gauge({
     name: 'etcd_steward_s3_healthy',
     help: '1 if the last S3 canary (write, read, delete under the backups prefix) succeeded',

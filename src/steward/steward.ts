@@ -226,6 +226,7 @@ export class Steward {
   static async create(config: Config, logger: Logger): Promise<Steward> {
     const metrics = new StewardMetrics();
     const s3 = await loadS3Store(config, metrics, { bucket: config.etcdS3Bucket, folder: config.etcdS3Folder });
+    metrics.s3Enabled.set(s3 ? 1 : 0);
     const control =
       (await loadS3Store(config, metrics, { bucket: config.controlS3Bucket, folder: config.controlS3Folder })) ??
       new LocalStore(join(config.stateDir, 'control'));
