@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Server } from '../harness/s3.js';
 import { StewardCluster } from '../harness/steward-cluster.js';
+import { etcdProcessesUnder } from '../harness/processes.js';
 
 interface LsEntry {
   name: string;
@@ -22,17 +23,6 @@ interface VerifyJson {
   snapshotKeys: number;
   hashKV: number;
   recordProblem: string;
-}
-
-/** etcd processes whose command line names `dir`: a throwaway drill etcd left running would show here. */
-async function etcdProcessesUnder(dir: string): Promise<string[]> {
-  const found: string[] = [];
-  for (const pid of await readdir('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    if (/(^|\/)etcd$/.test(cmdline.split('\0')[0] ?? '') && cmdline.includes(dir)) found.push(pid);
-  }
-  return found;
 }
 
 async function metric(cluster: StewardCluster, index: number, line: RegExp): Promise<number | undefined> {

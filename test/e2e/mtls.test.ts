@@ -1,5 +1,4 @@
 import { chmod, copyFile, readFile, rename, writeFile } from 'node:fs/promises';
-import { connect, type PeerCertificate } from 'node:tls';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,18 +10,7 @@ import { ctlCredentials } from '../../src/security/ctl-tls.js';
 import { HealthProbe } from '../harness/grpc-health.js';
 import { waitUntil } from '../harness/processes.js';
 import { StewardCluster } from '../harness/steward-cluster.js';
-
-/** The certificate a new TLS connection to `endpoint` is served. */
-function servedCertificate(endpoint: string, ca: Buffer): Promise<PeerCertificate> {
-  const [host, port] = endpoint.split(':');
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host, port: Number(port), ca, servername: 'localhost' }, () => {
-      resolve(socket.getPeerCertificate());
-      socket.end();
-    });
-    socket.on('error', reject);
-  });
-}
+import { servedCertificate } from '../harness/tls-probe.js';
 
 describe('mTLS between ctl and stewards and among stewards (3 stewards, real etcd)', () => {
   let cluster: StewardCluster;

@@ -1,4 +1,5 @@
 import { readFileSync, readdirSync } from 'node:fs';
+import { readFile, readdir } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export function isAlive(pid: number): boolean {
@@ -55,4 +56,15 @@ export async function waitUntil<T>(what: string, probe: () => Promise<T | undefi
     }
     await sleep(intervalMs);
   }
+}
+
+/** etcd processes whose command line names `dir`: a throwaway etcd left running would show here. */
+export async function etcdProcessesUnder(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of await readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (/(^|\/)etcd$/.test(cmdline.split('\0')[0] ?? '') && cmdline.includes(dir)) found.push(pid);
+  }
+  return found;
 }

@@ -14,6 +14,7 @@ import type { SnapshotMetadata } from '../../src/snapshot/metadata.js';
 import { metadataKey } from '../../src/snapshot/names.js';
 import { LocalStore } from '../../src/store/local.js';
 import { EtcdCluster } from '../harness/etcd-cluster.js';
+import { etcdProcessesUnder } from '../harness/processes.js';
 
 const logLines: string[] = [];
 const logger = pino({ level: 'info' }, { write: (line: string) => logLines.push(line) });
@@ -47,17 +48,6 @@ async function putSnapshot(store: LocalStore, name: string, bytes: Buffer, revis
     fencingToken: '',
   };
   await store.putSmall(metadataKey(name), JSON.stringify(metadata), signal);
-}
-
-/** etcd processes whose command line names `dir`: a throwaway etcd left running would show here. */
-async function etcdProcessesUnder(dir: string): Promise<string[]> {
-  const found: string[] = [];
-  for (const pid of await readdir('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    if (/(^|\/)etcd$/.test(cmdline.split('\0')[0] ?? '') && cmdline.includes(dir)) found.push(pid);
-  }
-  return found;
 }
 
 describe('runDrill (real etcd snapshot, real etcdctl, a real throwaway etcd)', () => {

@@ -20,6 +20,7 @@ import { DevCa, makeDevPki, type CertFiles, type DevPki } from '../../src/securi
 import { TlsFiles } from '../../src/security/tls-files.js';
 import { HealthProbe } from '../harness/grpc-health.js';
 import { unusedPeerHandlers, statusOf } from '../harness/unused-handlers.js';
+import { servedCertificate } from '../harness/tls-probe.js';
 
 /** Real grpc-js servers with mTLS on 127.0.0.1, real certificates from the dev CA (openssl). */
 const logger = pino({ level: 'silent' });
@@ -146,18 +147,6 @@ async function refusal(promise: Promise<unknown>): Promise<StewardError> {
 async function replaceFile(from: string, to: string): Promise<void> {
   await copyFile(from, `${to}.tmp`);
   await rename(`${to}.tmp`, to);
-}
-
-/** The certificate a fresh TLS connection is served (no client certificate: the handshake still completes). */
-function servedCertificate(endpoint: string, ca: Buffer | string): Promise<PeerCertificate> {
-  const [host, port] = endpoint.split(':');
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host, port: Number(port), ca, servername: 'localhost' }, () => {
-      resolve(socket.getPeerCertificate());
-      socket.end();
-    });
-    socket.on('error', reject);
-  });
 }
 
 describe('mTLS on the ctl API: who may do what', () => {
